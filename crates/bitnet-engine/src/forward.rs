@@ -1,0 +1,283 @@
+//! The forward pass: embedding → N × (attention, FFN) → norm → logits, over a KV cache.
+//!
+//! Per layer (BITNET.md): `h = x + o(attn_sub_norm(Attn(input_norm(x))))`,
+//! `out = h + down(ffn_sub_norm(act(gate(n)) · up(n)))`, `n = post_norm(h)`. Every projection is
+//! ternary × per-token int8 through [`bitnet_kernels::ops::ternary_matmul`]; all buffers live in
+//! [`RunState`], allocated once.
+
+use crate::config::{Activation, ModelConfig};
+use crate::error::{Error, Result};
+use crate::model::Model;
+use bitnet_kernels::ops::{attend, dense_matmul, rmsnorm, ternary_matmul};
+use bitnet_kernels::QuantizedActs;
+
+/// Tokens per prefill chunk: prompts longer than this are processed in several batches (exactly
+/// equivalent, since attention reads earlier chunks from the cache).
+pub const DEFAULT_MAX_BATCH: usize = 256;
+
+/// Keys and values of every layer, `[layer][kv_head][position][head_dim]`, f32.
+pub struct KvCache {
+    n_layers: usize,
+    n_kv: usize,
+    hd: usize,
+    capacity: usize,
+    len: usize,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl KvCache {
+    /// A cache for `capacity` positions.
+    pub fn new(config: &ModelConfig, capacity: usize) -> Self {
+        let n = config.num_hidden_layers * config.num_key_value_heads * capacity * config.head_dim;
+        KvCache {
+            n_layers: config.num_hidden_layers,
+            n_kv: config.num_key_value_heads,
+            hd: config.head_dim,
+            capacity,
+            len: 0,
+            k: vec![0.0; n],
+            v: vec![0.0; n],
+        }
+    }
+    /// Positions filled.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether no position is filled.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Positions available.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+    /// Forgets positions `len..` (keeps a common prefix for reuse).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+    /// Grows the cache to hold `capacity` positions, keeping its contents.
+    pub fn reserve(&mut self, capacity: usize) {
+        if capacity <= self.capacity {
+            return;
+        }
+        let n = self.n_layers * self.n_kv * capacity * self.hd;
+        let mut k = vec![0.0; n];
+        let mut v = vec![0.0; n];
+        let (old, hd) = (self.capacity, self.hd);
+        for lh in 0..self.n_layers * self.n_kv {
+            let src = lh * old * hd..lh * old * hd + self.len * hd;
+            let dst = lh * capacity * hd;
+            k[dst..dst + self.len * hd].copy_from_slice(&self.k[src.clone()]);
+            v[dst..dst + self.len * hd].copy_from_slice(&self.v[src]);
+        }
+        self.k = k;
+        self.v = v;
+        self.capacity = capacity;
+    }
+    #[inline]
+    fn base(&self, layer: usize, kvh: usize) -> usize {
+        (layer * self.n_kv + kvh) * self.capacity * self.hd
+    }
+}
+
+/// Scratch buffers for up to `max_batch` tokens per step.
+pub struct RunState {
+    max_batch: usize,
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    proj: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    scores: Vec<f32>,
+    acts: QuantizedActs,
+    logits: Vec<f32>,
+}
+
+impl RunState {
+    /// Buffers for batches of up to `max_batch` tokens and contexts up to `n_ctx` positions.
+    pub fn new(config: &ModelConfig, max_batch: usize, n_ctx: usize) -> Self {
+        let b = max_batch.max(1);
+        let c = config;
+        let width = c.hidden_size.max(c.q_dim()).max(c.intermediate_size);
+        RunState {
+            max_batch: b,
+            x: vec![0.0; b * c.hidden_size],
+            xn: vec![0.0; b * width],
+            q: vec![0.0; b * c.q_dim()],
+            k: vec![0.0; b * c.kv_dim()],
+            v: vec![0.0; b * c.kv_dim()],
+            att: vec![0.0; b * c.q_dim()],
+            proj: vec![0.0; b * c.hidden_size],
+            gate: vec![0.0; b * c.intermediate_size],
+            up: vec![0.0; b * c.intermediate_size],
+            scores: vec![0.0; n_ctx],
+            acts: QuantizedActs::new(),
+            logits: vec![0.0; c.vocab_size],
+        }
+    }
+    /// Logits of the last token of the last [`Model::forward_last`] call.
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+}
+
+impl Model {
+    /// Runs `tokens` after the cache's contents and returns the last token's logits.
+    pub fn forward_last<'s>(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        state: &'s mut RunState,
+    ) -> Result<&'s [f32]> {
+        self.forward(tokens, cache, state, None)?;
+        Ok(&state.logits)
+    }
+
+    /// Runs `tokens` after the cache's contents and appends every position's logits
+    /// (`tokens.len() × vocab`) to `out`.
+    pub fn forward_all(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        state: &mut RunState,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        self.forward(tokens, cache, state, Some(out))
+    }
+
+    fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        state: &mut RunState,
+        mut all: Option<&mut Vec<f32>>,
+    ) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        let vocab = self.config.vocab_size;
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::TokenOutOfRange { id, vocab });
+        }
+        let end = cache.len + tokens.len();
+        let limit = cache.capacity.min(self.rope.max_pos()).min(state.scores.len());
+        if end > limit {
+            return Err(Error::ContextOverflow {
+                prompt_tokens: end,
+                max_tokens: 0,
+                n_ctx: limit,
+            });
+        }
+        let chunks = tokens.chunks(state.max_batch);
+        let n_chunks = chunks.len();
+        for (ci, chunk) in chunks.enumerate() {
+            self.forward_chunk(chunk, cache, state);
+            let n = chunk.len();
+            let h = self.config.hidden_size;
+            match all.as_deref_mut() {
+                Some(out) => {
+                    for t in 0..n {
+                        rmsnorm(&state.x[t * h..], &self.norm, self.config.rms_norm_eps, &mut state.xn[t * h..]);
+                    }
+                    let start = out.len();
+                    out.resize(start + n * vocab, 0.0);
+                    dense_matmul(self.head(), &state.xn, n, &mut out[start..]);
+                }
+                None if ci + 1 == n_chunks => {
+                    let last = &state.x[(n - 1) * h..n * h];
+                    rmsnorm(last, &self.norm, self.config.rms_norm_eps, &mut state.xn[..h]);
+                    dense_matmul(self.head(), &state.xn[..h], 1, &mut state.logits);
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// One batch of at most `max_batch` tokens; leaves the final hidden states in `state.x`.
+    fn forward_chunk(&self, tokens: &[u32], cache: &mut KvCache, st: &mut RunState) {
+        let c = &self.config;
+        let n = tokens.len();
+        let (h, qd, kvd, inter, hd) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size, c.head_dim);
+        let eps = c.rms_norm_eps;
+        let pos0 = cache.len;
+        let group = c.gqa_group();
+        let scale = (hd as f32).powf(-0.5);
+
+        for (t, &id) in tokens.iter().enumerate() {
+            self.embed.row_to_f32(id as usize, &mut st.x[t * h..(t + 1) * h]);
+        }
+        for (li, l) in self.layers.iter().enumerate() {
+            // Attention block.
+            for t in 0..n {
+                rmsnorm(&st.x[t * h..], &l.input_norm, eps, &mut st.xn[t * h..]);
+            }
+            st.acts.quantize(&st.xn, n, h, l.q.cols_padded());
+            ternary_matmul(&l.q, &st.acts, &mut st.q);
+            ternary_matmul(&l.k, &st.acts, &mut st.k);
+            ternary_matmul(&l.v, &st.acts, &mut st.v);
+            for t in 0..n {
+                let pos = pos0 + t;
+                self.rope.apply(&mut st.q[t * qd..(t + 1) * qd], pos);
+                self.rope.apply(&mut st.k[t * kvd..(t + 1) * kvd], pos);
+                for j in 0..c.num_key_value_heads {
+                    let dst = cache.base(li, j) + pos * hd;
+                    cache.k[dst..dst + hd].copy_from_slice(&st.k[t * kvd + j * hd..][..hd]);
+                    cache.v[dst..dst + hd].copy_from_slice(&st.v[t * kvd + j * hd..][..hd]);
+                }
+            }
+            for t in 0..n {
+                let npos = pos0 + t + 1;
+                for head in 0..c.num_attention_heads {
+                    let base = cache.base(li, head / group);
+                    let span = base..base + npos * hd;
+                    attend(
+                        &st.q[t * qd + head * hd..][..hd],
+                        &cache.k[span.clone()],
+                        &cache.v[span],
+                        npos,
+                        scale,
+                        &mut st.scores,
+                        &mut st.att[t * qd + head * hd..][..hd],
+                    );
+                }
+                rmsnorm(&st.att[t * qd..], &l.attn_sub_norm, eps, &mut st.xn[t * qd..]);
+            }
+            st.acts.quantize(&st.xn, n, qd, l.o.cols_padded());
+            ternary_matmul(&l.o, &st.acts, &mut st.proj);
+            for (x, p) in st.x[..n * h].iter_mut().zip(&st.proj) {
+                *x += p;
+            }
+
+            // FFN block.
+            for t in 0..n {
+                rmsnorm(&st.x[t * h..], &l.post_norm, eps, &mut st.xn[t * h..]);
+            }
+            st.acts.quantize(&st.xn, n, h, l.gate.cols_padded());
+            ternary_matmul(&l.gate, &st.acts, &mut st.gate);
+            ternary_matmul(&l.up, &st.acts, &mut st.up);
+            let gu = st.gate[..n * inter].iter_mut().zip(&st.up);
+            match c.hidden_act {
+                Activation::Relu2 => gu.for_each(|(g, &u)| {
+                    let r = g.max(0.0);
+                    *g = r * r * u;
+                }),
+                Activation::Silu => gu.for_each(|(g, &u)| *g = *g / (1.0 + (-*g).exp()) * u),
+            }
+            for t in 0..n {
+                rmsnorm(&st.gate[t * inter..], &l.ffn_sub_norm, eps, &mut st.xn[t * inter..]);
+            }
+            st.acts.quantize(&st.xn, n, inter, l.down.cols_padded());
+            ternary_matmul(&l.down, &st.acts, &mut st.proj);
+            for (x, p) in st.x[..n * h].iter_mut().zip(&st.proj) {
+                *x += p;
+            }
+        }
+        cache.len += n;
+    }
+}

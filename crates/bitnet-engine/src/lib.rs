@@ -1,0 +1,15 @@
+//! BitNet b1.58 inference engine: loads Hugging Face checkpoints (packed or master weights),
+//! runs the forward pass exactly as transformers' `BitNetForCausalLM`, tokenizes, renders chat
+//! templates, samples and generates.
+
+pub mod compare;
+pub mod config;
+pub mod error;
+pub mod forward;
+pub mod model;
+pub mod weights;
+
+pub use config::{Activation, Architecture, ModelConfig, WeightFormat};
+pub use error::{Error, Result};
+pub use forward::{KvCache, RunState};
+pub use model::Model;

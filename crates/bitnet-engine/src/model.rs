@@ -1,0 +1,242 @@
+//! The BitNet b1.58 model: weights in the engine's layout, loaded from a Hugging Face checkpoint.
+
+use crate::config::{Architecture, ModelConfig, WeightFormat};
+use crate::error::{Error, Result};
+use crate::weights::{Checkpoint, TensorRef};
+use bitnet_kernels::ops::RopeTable;
+use bitnet_kernels::{DenseData, DenseMatrix, TernaryMatrix};
+use half::{bf16, f16};
+use safetensors::Dtype;
+use std::path::Path;
+
+/// One transformer block.
+pub(crate) struct Layer {
+    pub input_norm: Vec<f32>,
+    pub q: TernaryMatrix,
+    pub k: TernaryMatrix,
+    pub v: TernaryMatrix,
+    pub o: TernaryMatrix,
+    pub attn_sub_norm: Vec<f32>,
+    pub post_norm: Vec<f32>,
+    pub gate: TernaryMatrix,
+    pub up: TernaryMatrix,
+    pub down: TernaryMatrix,
+    pub ffn_sub_norm: Vec<f32>,
+}
+
+/// A loaded model, ready to run ([`crate::forward`]).
+pub struct Model {
+    /// Hyper-parameters.
+    pub config: ModelConfig,
+    pub(crate) embed: DenseMatrix,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) norm: Vec<f32>,
+    /// Separate output head; `None` when tied to the embedding.
+    pub(crate) lm_head: Option<DenseMatrix>,
+    pub(crate) rope: RopeTable,
+}
+
+impl Model {
+    /// Loads `dir/config.json` and the safetensors weights of `dir`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::NotFound {
+                path: dir.to_path_buf(),
+                what: "model directory",
+            });
+        }
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let ckpt = Checkpoint::open(dir)?;
+        Self::from_checkpoint(config, &ckpt)
+    }
+
+    /// Builds the model from a parsed config and an opened checkpoint.
+    pub fn from_checkpoint(config: ModelConfig, ckpt: &Checkpoint) -> Result<Self> {
+        let c = &config;
+        let (h, inter, vocab) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+        let (qd, kvd) = (c.q_dim(), c.kv_dim());
+        let embed = dense(ckpt, "model.embed_tokens.weight", vocab, h)?;
+        let (attn_sub, ffn_sub) = match c.architecture {
+            Architecture::BitNet => ("self_attn.attn_sub_norm", "mlp.ffn_sub_norm"),
+            Architecture::Bitnet1bitLlm => ("self_attn.inner_attn_ln", "mlp.ffn_layernorm"),
+        };
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}.");
+            let lin = |name: &str, out: usize, inp: usize| {
+                ternary(ckpt, &format!("{p}{name}"), out, inp, c.weight_format)
+            };
+            let nrm = |name: &str, n: usize| vector(ckpt, &format!("{p}{name}.weight"), n);
+            layers.push(Layer {
+                input_norm: nrm("input_layernorm", h)?,
+                q: lin("self_attn.q_proj", qd, h)?,
+                k: lin("self_attn.k_proj", kvd, h)?,
+                v: lin("self_attn.v_proj", kvd, h)?,
+                o: lin("self_attn.o_proj", h, qd)?,
+                attn_sub_norm: nrm(attn_sub, qd)?,
+                post_norm: nrm("post_attention_layernorm", h)?,
+                gate: lin("mlp.gate_proj", inter, h)?,
+                up: lin("mlp.up_proj", inter, h)?,
+                down: lin("mlp.down_proj", h, inter)?,
+                ffn_sub_norm: nrm(ffn_sub, inter)?,
+            });
+        }
+        let norm = vector(ckpt, "model.norm.weight", h)?;
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(dense(ckpt, "lm_head.weight", vocab, h)?)
+        };
+        let rope = RopeTable::new(c.head_dim, c.rope_theta, c.max_position_embeddings);
+        Ok(Model {
+            config,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rope,
+        })
+    }
+
+    /// The output head (the embedding when tied).
+    pub(crate) fn head(&self) -> &DenseMatrix {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// Bytes held by ternary projections and by float tensors.
+    pub fn weight_bytes(&self) -> (usize, usize) {
+        let mut tern = 0;
+        let mut float = self.embed.nbytes() + self.norm.len() * 4;
+        if let Some(hd) = &self.lm_head {
+            float += hd.nbytes();
+        }
+        for l in &self.layers {
+            for m in [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down] {
+                tern += m.nbytes();
+            }
+            float += 4 * (l.input_norm.len()
+                + l.attn_sub_norm.len()
+                + l.post_norm.len()
+                + l.ffn_sub_norm.len());
+        }
+        (tern, float)
+    }
+}
+
+/// A float vector (norm weight) of length `n`.
+fn vector(ckpt: &Checkpoint, name: &str, n: usize) -> Result<Vec<f32>> {
+    let t = ckpt.get(name)?;
+    t.expect_shape(&[n])?;
+    t.to_f32()
+}
+
+/// A float `[rows, cols]` matrix kept in its stored precision.
+fn dense(ckpt: &Checkpoint, name: &str, rows: usize, cols: usize) -> Result<DenseMatrix> {
+    let t = ckpt.get(name)?;
+    t.expect_shape(&[rows, cols])?;
+    let d = t.data;
+    let data = match t.dtype {
+        Dtype::F32 => DenseData::F32(t.to_f32()?),
+        Dtype::BF16 => DenseData::Bf16(
+            d.chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]))
+                .collect(),
+        ),
+        Dtype::F16 => DenseData::F16(
+            d.chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]))
+                .collect(),
+        ),
+        _ => return Err(t.dtype_error("F32, BF16 or F16")),
+    };
+    Ok(DenseMatrix::new(rows, cols, data))
+}
+
+/// One BitLinear projection `prefix.weight` (`[out, in]` logical) in the given convention.
+fn ternary(
+    ckpt: &Checkpoint,
+    prefix: &str,
+    out: usize,
+    inp: usize,
+    format: WeightFormat,
+) -> Result<TernaryMatrix> {
+    let wname = format!("{prefix}.weight");
+    let w = ckpt.get(&wname)?;
+    match format {
+        WeightFormat::Online => {
+            if w.dtype == Dtype::U8 {
+                return Err(w.dtype_error(
+                    "F32, BF16 or F16 (quantization_mode online expects float master weights)",
+                ));
+            }
+            w.expect_shape(&[out, inp])?;
+            let vals = w.to_f32()?;
+            Ok(ternarize_absmean(&vals, out, inp))
+        }
+        WeightFormat::PackedMultiply | WeightFormat::PackedDivide => {
+            if w.dtype != Dtype::U8 {
+                return Err(w.dtype_error(
+                    "U8 (packed ternary; quantization_mode offline — use online for float weights)",
+                ));
+            }
+            w.expect_shape(&[out.div_ceil(4), inp])?;
+            let ws = ckpt.get(&format!("{prefix}.weight_scale"))?.scalar_f32()?;
+            if !(ws.is_finite() && ws > 0.0) {
+                return Err(Error::InvalidField {
+                    path: w.path.to_path_buf(),
+                    field: format!("{prefix}.weight_scale"),
+                    message: format!("weight scale must be positive and finite, found {ws}"),
+                });
+            }
+            let scale = if format == WeightFormat::PackedMultiply {
+                ws
+            } else {
+                1.0 / ws
+            };
+            unpack_hf(&w, out, inp, scale)
+        }
+    }
+}
+
+/// Absmean ternarization (transformers `WeightQuant`): `s = 1 / max(mean|W|, 1e-5)`,
+/// `T = clamp(round_half_even(W·s), −1, 1)`, `W ≈ T / s`.
+pub fn ternarize_absmean(vals: &[f32], rows: usize, cols: usize) -> TernaryMatrix {
+    let mean = (vals.iter().map(|v| v.abs() as f64).sum::<f64>() / vals.len().max(1) as f64) as f32;
+    let s = 1.0f32 / mean.max(1e-5);
+    let mut m = TernaryMatrix::zeros(rows, cols, 1.0 / s);
+    let mut row = vec![0i8; cols];
+    for r in 0..rows {
+        for (o, &v) in row.iter_mut().zip(&vals[r * cols..(r + 1) * cols]) {
+            *o = (v * s).round_ties_even().clamp(-1.0, 1.0) as i8;
+        }
+        m.set_row(r, &row);
+    }
+    m
+}
+
+/// Unpacks the Hugging Face 2-bit layout: `packed[r, c]` holds rows `i·R + r` (i = 0..3, low
+/// bits first, R = ceil(out/4)) as codes `w + 1`.
+fn unpack_hf(w: &TensorRef<'_>, out: usize, inp: usize, scale: f32) -> Result<TernaryMatrix> {
+    let r_rows = out.div_ceil(4);
+    let mut m = TernaryMatrix::zeros(out, inp, scale);
+    let mut row = vec![0i8; inp];
+    for o in 0..out {
+        let (i, r) = (o / r_rows, o % r_rows);
+        let src = &w.data[r * inp..(r + 1) * inp];
+        for (c, (dst, &b)) in row.iter_mut().zip(src).enumerate() {
+            let code = (b >> (2 * i)) & 3;
+            if code == 3 {
+                return Err(Error::Safetensors {
+                    path: w.path.to_path_buf(),
+                    message: format!(
+                        "tensor `{}`: invalid 2-bit code 3 at packed row {r}, column {c} (codes are 0, 1, 2)",
+                        w.name
+                    ),
+                });
+            }
+            *dst = code as i8 - 1;
+        }
+        m.set_row(o, &row);
+    }
+    Ok(m)
+}

@@ -1,0 +1,105 @@
+//! Per-token int8 activation quantization (absmax, BITNET.md):
+//! `s_x = 127 / max(max|x|, 1e-5)`, `q = clamp(round_half_even(x · s_x), −128, 127)`.
+
+/// A batch of quantized activation rows, reused across calls (no allocation once large enough).
+#[derive(Clone, Debug, Default)]
+pub struct QuantizedActs {
+    n: usize,
+    k: usize,
+    k_padded: usize,
+    q: Vec<i8>,
+    scales: Vec<f32>,
+    sums: Vec<i32>,
+}
+
+impl QuantizedActs {
+    /// An empty buffer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Quantizes `n` rows of length `k` from `x` (row-major, `x.len() >= n * k`), padding each row
+    /// with zeros to `k_padded` (≥ `k`, the weight matrix's [`crate::TernaryMatrix::cols_padded`]).
+    pub fn quantize(&mut self, x: &[f32], n: usize, k: usize, k_padded: usize) {
+        assert!(k_padded >= k && x.len() >= n * k, "activation shape");
+        self.n = n;
+        self.k = k;
+        self.k_padded = k_padded;
+        self.q.resize(n * k_padded, 0);
+        self.scales.resize(n, 0.0);
+        self.sums.resize(n, 0);
+        for t in 0..n {
+            let row = &x[t * k..(t + 1) * k];
+            let qrow = &mut self.q[t * k_padded..(t + 1) * k_padded];
+            let (s, sum) = quantize_row(row, qrow);
+            self.scales[t] = s;
+            self.sums[t] = sum;
+        }
+    }
+
+    /// Rows.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    /// Unpadded row length.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// Padded row length.
+    pub fn k_padded(&self) -> usize {
+        self.k_padded
+    }
+    /// Quantized row `t` (padded length).
+    #[inline]
+    pub fn row(&self, t: usize) -> &[i8] {
+        &self.q[t * self.k_padded..(t + 1) * self.k_padded]
+    }
+    /// `s_x` of row `t` (real value = q / s_x).
+    #[inline]
+    pub fn scale(&self, t: usize) -> f32 {
+        self.scales[t]
+    }
+    /// `Σ q` of row `t`, for the `Σ w·q = Σ c·q − Σ q` identity.
+    #[inline]
+    pub fn sum(&self, t: usize) -> i32 {
+        self.sums[t]
+    }
+}
+
+/// Quantizes one row into `out` (zero-padded past `x.len()`); returns `(s_x, Σ q)`.
+pub fn quantize_row(x: &[f32], out: &mut [i8]) -> (f32, i32) {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let s = 127.0f32 / amax.max(1e-5);
+    let mut sum = 0i32;
+    for (o, &v) in out.iter_mut().zip(x) {
+        let q = (v * s).round_ties_even().clamp(-128.0, 127.0) as i8;
+        sum += q as i32;
+        *o = q;
+    }
+    out[x.len()..].fill(0);
+    (s, sum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_half_to_even_and_pads() {
+        // amax = 127 → s = 1: 0.5 → 0, 1.5 → 2, 2.5 → 2, -0.5 → -0, -1.5 → -2.
+        let x = [127.0, 0.5, 1.5, 2.5, -0.5, -1.5];
+        let mut q = [9i8; 8];
+        let (s, sum) = quantize_row(&x, &mut q);
+        assert_eq!(s, 1.0);
+        assert_eq!(q, [127, 0, 2, 2, 0, -2, 0, 0]);
+        assert_eq!(sum, 129);
+    }
+
+    #[test]
+    fn zero_row_is_finite() {
+        let mut a = QuantizedActs::new();
+        a.quantize(&[0.0; 4], 1, 4, 128);
+        assert!(a.scale(0).is_finite());
+        assert!(a.row(0).iter().all(|&v| v == 0));
+    }
+}

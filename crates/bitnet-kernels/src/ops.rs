@@ -1,0 +1,258 @@
+//! The operations the model calls. Scalar reference implementations, threaded with rayon over
+//! output rows where the work is large enough to pay for it.
+
+use crate::act::QuantizedActs;
+use crate::dense::DenseMatrix;
+use crate::quant::QuantBlock;
+use crate::ternary::TernaryMatrix;
+use rayon::prelude::*;
+
+/// Multiply-adds below which a matmul stays on the calling thread.
+const PAR_THRESHOLD: usize = 1 << 18;
+
+/// `out[t, r] = (Σ_c T[r, c] · q[t, c]) · scale / s_x[t]` for every token row `t` of `x` and
+/// every weight row `r`: ternary × int8 with i32 accumulation (`Σ w·q = Σ c·q − Σ q`), one float
+/// multiply per output. `out` is row-major `[x.n(), w.rows()]`.
+pub fn ternary_matmul(w: &TernaryMatrix, x: &QuantizedActs, out: &mut [f32]) {
+    let (n, rows) = (x.n(), w.rows());
+    assert_eq!(x.k_padded(), w.cols_padded(), "activation row length vs weight columns");
+    assert!(out.len() >= n * rows, "ternary_matmul output length");
+    let scale = w.scale();
+    // Row-chunk kernel: every weight row is read once for all tokens of the batch.
+    let kernel = |r0: usize, chunk: &mut [f32]| {
+        let nr = chunk.len() / n;
+        for i in 0..nr {
+            let blocks = w.row_blocks(r0 + i);
+            for t in 0..n {
+                let q = x.row(t);
+                let mut acc = 0i32;
+                for (b, qb) in blocks.iter().zip(q.chunks_exact(crate::ternary::QK_I2)) {
+                    acc += b.vec_dot_i8(qb);
+                }
+                chunk[i * n + t] = (acc - x.sum(t)) as f32 / x.scale(t) * scale;
+            }
+        }
+    };
+    if n == 1 {
+        run_rows(rows, w.cols_padded(), &mut out[..rows], 1, kernel);
+    } else {
+        // Compute into a row-major [rows, n] layout, then transpose: keeps weight rows hot.
+        let mut tmp = vec![0f32; rows * n];
+        run_rows(rows, w.cols_padded() * n, &mut tmp, n, kernel);
+        for r in 0..rows {
+            for t in 0..n {
+                out[t * rows + r] = tmp[r * n + t];
+            }
+        }
+    }
+}
+
+/// `out[t, r] = Σ_c M[r, c] · x[t, c]` in f32 (the output head). `x` is `[n, cols]`.
+pub fn dense_matmul(m: &DenseMatrix, x: &[f32], n: usize, out: &mut [f32]) {
+    let (rows, cols) = (m.rows(), m.cols());
+    assert!(x.len() >= n * cols && out.len() >= n * rows, "dense_matmul shapes");
+    if n == 1 {
+        run_rows(rows, cols, &mut out[..rows], 1, |r0, chunk: &mut [f32]| {
+            for (i, o) in chunk.iter_mut().enumerate() {
+                *o = m.row_dot(r0 + i, &x[..cols]);
+            }
+        });
+        return;
+    }
+    let kernel = |r0: usize, chunk: &mut [f32]| {
+        for i in 0..chunk.len() / n {
+            for t in 0..n {
+                chunk[i * n + t] = m.row_dot(r0 + i, &x[t * cols..(t + 1) * cols]);
+            }
+        }
+    };
+    let mut tmp = vec![0f32; rows * n];
+    run_rows(rows, cols * n, &mut tmp, n, kernel);
+    for r in 0..rows {
+        for t in 0..n {
+            out[t * rows + r] = tmp[r * n + t];
+        }
+    }
+}
+
+/// Runs `kernel(first_row, out_chunk)` over `rows` rows of `per_row` outputs each, in parallel
+/// chunks when `rows * work_per_row` is large.
+fn run_rows<F>(rows: usize, work_per_row: usize, out: &mut [f32], per_row: usize, kernel: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync,
+{
+    let threads = rayon::current_num_threads().max(1);
+    if rows * work_per_row < PAR_THRESHOLD || threads == 1 {
+        kernel(0, out);
+        return;
+    }
+    let rows_per_chunk = rows.div_ceil(threads * 4).max(1);
+    out.par_chunks_mut(rows_per_chunk * per_row)
+        .enumerate()
+        .for_each(|(i, chunk)| kernel(i * rows_per_chunk, chunk));
+}
+
+/// RMSNorm in f32: `out = w · x / sqrt(mean(x²) + eps)` (sum of squares accumulated in f64).
+pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let n = w.len();
+    let ss: f64 = x[..n].iter().map(|&v| (v as f64) * (v as f64)).sum();
+    let var = (ss / n as f64) as f32;
+    let inv = 1.0f32 / (var + eps).sqrt();
+    for ((o, &v), &g) in out[..n].iter_mut().zip(&x[..n]).zip(w) {
+        *o = g * (v * inv);
+    }
+}
+
+/// In-place softmax in f32.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// Precomputed half-split ("NEOX") rotary tables: dimension `i` pairs with `i + head_dim/2`,
+/// `inv_freq[i] = theta^(−2i/head_dim)`, angle = `pos · inv_freq[i]` in f32 (as transformers).
+#[derive(Clone, Debug)]
+pub struct RopeTable {
+    half: usize,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl RopeTable {
+    /// Tables for positions `0..max_pos`.
+    pub fn new(head_dim: usize, theta: f32, max_pos: usize) -> Self {
+        let half = head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0f32 / theta.powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        let mut cos = Vec::with_capacity(max_pos * half);
+        let mut sin = Vec::with_capacity(max_pos * half);
+        for p in 0..max_pos {
+            for &f in &inv_freq {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        RopeTable { half, cos, sin }
+    }
+
+    /// Positions covered.
+    pub fn max_pos(&self) -> usize {
+        self.cos.len() / self.half.max(1)
+    }
+
+    /// Rotates every head of `x` (`x.len()` a multiple of `head_dim`) for position `pos`.
+    pub fn apply(&self, x: &mut [f32], pos: usize) {
+        let h = self.half;
+        let cos = &self.cos[pos * h..(pos + 1) * h];
+        let sin = &self.sin[pos * h..(pos + 1) * h];
+        for head in x.chunks_exact_mut(2 * h) {
+            let (a, b) = head.split_at_mut(h);
+            for i in 0..h {
+                let (x1, x2) = (a[i], b[i]);
+                a[i] = x1 * cos[i] - x2 * sin[i];
+                b[i] = x2 * cos[i] + x1 * sin[i];
+            }
+        }
+    }
+}
+
+/// One query head attending over `npos` cached positions: `out = softmax(q·Kᵀ·scale) · V`.
+/// `keys`/`values` are `[npos, head_dim]` row-major; `scores` is scratch of length ≥ `npos`.
+pub fn attend(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    npos: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    let scores = &mut scores[..npos];
+    for (p, s) in scores.iter_mut().enumerate() {
+        let k = &keys[p * hd..(p + 1) * hd];
+        let mut acc = 0f32;
+        for (a, b) in q.iter().zip(k) {
+            acc += a * b;
+        }
+        *s = acc * scale;
+    }
+    softmax(scores);
+    out[..hd].fill(0.0);
+    for (p, &w) in scores.iter().enumerate() {
+        let v = &values[p * hd..(p + 1) * hd];
+        for (o, &x) in out[..hd].iter_mut().zip(v) {
+            *o += w * x;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{RngExt, SeedableRng};
+
+    fn naive(w: &[i8], rows: usize, cols: usize, scale: f32, x: &[f32], n: usize) -> Vec<f32> {
+        let mut out = vec![0f32; n * rows];
+        for t in 0..n {
+            let xr = &x[t * cols..(t + 1) * cols];
+            let amax = xr.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let s = 127.0 / amax.max(1e-5);
+            let q: Vec<i32> = xr
+                .iter()
+                .map(|v| (v * s).round_ties_even().clamp(-128.0, 127.0) as i32)
+                .collect();
+            for r in 0..rows {
+                let d: i32 = (0..cols).map(|c| w[r * cols + c] as i32 * q[c]).sum();
+                out[t * rows + r] = d as f32 / s * scale;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn ternary_matmul_matches_naive() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        for &(rows, cols, n) in &[(5, 64, 1), (7, 130, 3), (300, 1000, 2), (1024, 512, 1)] {
+            let w: Vec<i8> = (0..rows * cols).map(|_| rng.random_range(-1..=1)).collect();
+            let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-3.0..3.0)).collect();
+            let m = TernaryMatrix::from_values(rows, cols, &w, 0.7);
+            let mut a = QuantizedActs::new();
+            a.quantize(&x, n, cols, m.cols_padded());
+            let mut out = vec![0f32; n * rows];
+            ternary_matmul(&m, &a, &mut out);
+            assert_eq!(out, naive(&w, rows, cols, 0.7, &x, n), "{rows}x{cols} n={n}");
+        }
+    }
+
+    #[test]
+    fn rope_is_half_split() {
+        let t = RopeTable::new(4, 10000.0, 3);
+        let mut x = [1.0, 2.0, 3.0, 4.0];
+        t.apply(&mut x, 0);
+        assert_eq!(x, [1.0, 2.0, 3.0, 4.0]);
+        t.apply(&mut x, 1);
+        // dim 0 pairs with dim 2, angle 1 rad.
+        let (c, s) = (1f32.cos(), 1f32.sin());
+        assert!((x[0] - (1.0 * c - 3.0 * s)).abs() < 1e-6);
+        assert!((x[2] - (3.0 * c + 1.0 * s)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn attend_single_position_returns_value() {
+        let mut scores = [0f32; 1];
+        let mut out = [0f32; 2];
+        attend(&[1.0, 0.0], &[0.5, 0.5], &[3.0, -1.0], 1, 1.0, &mut scores, &mut out);
+        assert_eq!(out, [3.0, -1.0]);
+    }
+}
