@@ -13,3 +13,14 @@ pub use config::{Activation, Architecture, ModelConfig, WeightFormat};
 pub use error::{Error, Result};
 pub use forward::{KvCache, RunState};
 pub use model::Model;
+pub mod chat;
+pub mod generate;
+pub mod sampling;
+pub mod tokenizer;
+
+pub use chat::{ChatMessage, ChatTemplate};
+pub use generate::{FinishReason, GenerateParams, Generation, Generator};
+pub use sampling::SamplingParams;
+pub use tokenizer::Tokenizer;
+#[doc(hidden)]
+pub mod test_support;
