@@ -1,1 +1,62 @@
-fn main(){}
+//! `bitnet`: run, inspect and compare BitNet b1.58 models.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// BitNet b1.58 inference: generate, chat, dump and compare logits, inspect checkpoints.
+#[derive(Parser)]
+#[command(name = "bitnet", version, about)]
+struct Cli {
+    /// Worker threads for the matrix kernels (default: all cores).
+    #[arg(long, global = true, env = "BITNET_THREADS")]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text after a prompt, streamed to stdout; speed on stderr.
+    Generate(commands::generate::Args),
+    /// Multi-turn chat with the model's chat template (interactive or piped stdin).
+    Chat(commands::chat::Args),
+    /// Write prompt logits (and optionally a greedy decode) to a safetensors file.
+    Logits(commands::logits::Args),
+    /// Compare two logits files (A is the reference) against the fixture criteria.
+    CompareLogits(commands::compare::Args),
+    /// Describe a checkpoint: architecture, shapes, parameters, formats, tokenizer, template.
+    Inspect(commands::inspect::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    if let Some(n) = cli.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global() {
+            eprintln!("error: --threads {n}: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let result = match cli.command {
+        Command::Generate(a) => commands::generate::run(a),
+        Command::Chat(a) => commands::chat::run(a),
+        Command::Logits(a) => commands::logits::run(a),
+        Command::CompareLogits(a) => commands::compare::run(a),
+        Command::Inspect(a) => commands::inspect::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -250,3 +250,25 @@ mod tests {
         }
     }
 }
+
+impl SamplingParams {
+    /// The model's defaults from `generation_config.json` (`do_sample`, `temperature`, `top_k`,
+    /// `top_p`, `min_p`, `repetition_penalty`); greedy when the file is absent or says
+    /// `do_sample: false`.
+    pub fn from_generation_config(path: &std::path::Path) -> Result<Self> {
+        let mut p = SamplingParams::default();
+        if !path.is_file() {
+            return Ok(p);
+        }
+        let v = crate::config::read_json(path)?;
+        let f = crate::config::Fields { v: &v, path };
+        if f.opt_bool("do_sample")?.unwrap_or(false) {
+            p.temperature = f.opt_f64("temperature")?.unwrap_or(1.0) as f32;
+            p.top_k = f.opt_usize("top_k")?.unwrap_or(50);
+            p.top_p = f.opt_f64("top_p")?.unwrap_or(1.0) as f32;
+            p.min_p = f.opt_f64("min_p")?.unwrap_or(0.0) as f32;
+        }
+        p.repeat_penalty = f.opt_f64("repetition_penalty")?.unwrap_or(1.0) as f32;
+        Ok(p)
+    }
+}

@@ -25,17 +25,27 @@ pub fn fixtures_dir() -> PathBuf {
     );
 }
 
-/// The fixture checkpoints that carry a `reference.safetensors`, sorted by name.
+/// The repository's own extra reference checkpoints (`tests/fixtures`, made by
+/// `scripts/make-extra-fixtures.sh`).
+pub fn repo_fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+/// Every fixture checkpoint that carries a `reference.safetensors` (shared ones, then the
+/// repository's), each group sorted by name.
 pub fn fixture_models() -> Vec<PathBuf> {
-    let dir = fixtures_dir();
-    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("reference.safetensors").is_file() && p.join("config.json").is_file())
-        .collect();
-    v.sort();
-    assert!(!v.is_empty(), "no fixture with reference.safetensors in {}", dir.display());
-    v
+    let mut all = Vec::new();
+    for dir in [fixtures_dir(), repo_fixtures_dir()] {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("reference.safetensors").is_file() && p.join("config.json").is_file())
+            .collect();
+        v.sort();
+        assert!(!v.is_empty(), "no fixture with reference.safetensors in {}", dir.display());
+        all.extend(v);
+    }
+    all
 }
 
 /// Prompt texts of a fixture's `reference.json`.
@@ -51,4 +61,69 @@ pub fn reference_prompts(model_dir: &std::path::Path) -> Vec<String> {
         .iter()
         .map(|x| x["text"].as_str().expect("prompt text").to_string())
         .collect()
+}
+
+/// A tensor read into memory, for tests that rewrite checkpoints.
+#[derive(Clone, Debug)]
+pub struct OwnedTensor {
+    /// Name.
+    pub name: String,
+    /// Dtype.
+    pub dtype: safetensors::Dtype,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Raw bytes.
+    pub data: Vec<u8>,
+}
+
+/// Reads every tensor of a safetensors file (sorted by name).
+pub fn read_tensors(path: &std::path::Path) -> Vec<OwnedTensor> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
+    let mut v: Vec<OwnedTensor> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| OwnedTensor {
+            name,
+            dtype: t.dtype(),
+            shape: t.shape().to_vec(),
+            data: t.data().to_vec(),
+        })
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
+}
+
+/// Writes tensors to a safetensors file.
+pub fn write_tensors(path: &std::path::Path, tensors: &[OwnedTensor]) {
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|t| {
+            let v = safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data)
+                .expect("consistent tensor");
+            (t.name.clone(), v)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).expect("write safetensors");
+}
+
+/// Copies the plain files of a checkpoint directory into `dst` (created if needed).
+pub fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
+    std::fs::create_dir_all(dst).expect("create dir");
+    for e in std::fs::read_dir(src).expect("read dir").flatten() {
+        if e.path().is_file() {
+            std::fs::copy(e.path(), dst.join(e.file_name())).expect("copy");
+        }
+    }
+}
+
+/// Rewrites `dir/config.json` through `edit`.
+pub fn edit_config(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let p = dir.join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).expect("config")).expect("json");
+    edit(&mut v);
+    // The copy may be read-only (fixtures are): replace the file.
+    let _ = std::fs::remove_file(&p);
+    std::fs::write(&p, serde_json::to_string_pretty(&v).expect("json")).expect("write config");
 }

@@ -1,0 +1,70 @@
+//! One module per subcommand, plus the options they share.
+
+pub mod chat;
+pub mod compare;
+pub mod generate;
+pub mod inspect;
+pub mod logits;
+
+use anyhow::{Context, Result};
+use bitnet_engine::{Model, SamplingParams, Tokenizer};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Sampling flags shared by `generate` and `chat`; unset flags take the model's
+/// `generation_config.json` defaults (greedy when it has none).
+#[derive(clap::Args, Clone, Debug)]
+pub struct SamplingArgs {
+    /// Softmax temperature; 0 = greedy.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Sample from the K most likely tokens (0 = off).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Nucleus sampling: smallest set with probability ≥ P (1 = off).
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Drop tokens less likely than P × the most likely one (0 = off).
+    #[arg(long)]
+    pub min_p: Option<f32>,
+    /// Repetition penalty over prompt and output (1 = off).
+    #[arg(long)]
+    pub repeat_penalty: Option<f32>,
+    /// RNG seed: the same seed gives the same text.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    /// Flags over the model's defaults, validated.
+    pub fn resolve(&self, model_dir: &Path) -> Result<SamplingParams> {
+        let mut p = SamplingParams::from_generation_config(&model_dir.join("generation_config.json"))?;
+        if let Some(t) = self.temperature {
+            p.temperature = t;
+        }
+        if let Some(k) = self.top_k {
+            p.top_k = k;
+        }
+        if let Some(v) = self.top_p {
+            p.top_p = v;
+        }
+        if let Some(v) = self.min_p {
+            p.min_p = v;
+        }
+        if let Some(v) = self.repeat_penalty {
+            p.repeat_penalty = v;
+        }
+        p.seed = self.seed;
+        p.validate()?;
+        Ok(p)
+    }
+}
+
+/// Loads model and tokenizer, logging the load time.
+pub fn load(dir: &PathBuf) -> Result<(Model, Tokenizer)> {
+    let t = Instant::now();
+    let model = Model::load(dir).with_context(|| format!("loading model {}", dir.display()))?;
+    let tok = Tokenizer::load(dir, &model.config)?;
+    tracing::info!("loaded {} in {:.2} s", dir.display(), t.elapsed().as_secs_f64());
+    Ok((model, tok))
+}
