@@ -40,7 +40,10 @@ fn main() -> ExitCode {
         )
         .init();
     if let Some(n) = cli.threads {
-        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global() {
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+        {
             eprintln!("error: --threads {n}: {e}");
             return ExitCode::from(2);
         }

@@ -85,9 +85,15 @@ impl ChatTemplate {
             .map_err(|e| Error::ChatTemplate(e.to_string()))?;
         env.set_syntax(syntax);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
         env.add_template_owned("chat", src)
             .map_err(|e| Error::ChatTemplate(format!("cannot parse: {e}")))?;
@@ -137,8 +143,18 @@ fn strftime_now(fmt: &str) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     const MONTHS: [&str; 12] = [
-        "January", "February", "March", "April", "May", "June", "July", "August", "September",
-        "October", "November", "December",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
     ];
     let month = MONTHS[(m - 1) as usize];
     let mut out = String::new();
@@ -183,7 +199,10 @@ mod tests {
         .unwrap();
         let s = t
             .render(
-                &[ChatMessage::new("system", "Be brief. "), ChatMessage::new("user", " Hi")],
+                &[
+                    ChatMessage::new("system", "Be brief. "),
+                    ChatMessage::new("user", " Hi"),
+                ],
                 true,
             )
             .unwrap();
@@ -198,8 +217,13 @@ mod tests {
         let src = "{% for m in messages %}{% if m.role not in ['user', 'assistant'] %}\
 {{ raise_exception('bad role ' + m.role) }}{% endif %}\n{{ m.content.strip() | upper }}\n{% endfor %}";
         let t = ChatTemplate::new(src.into(), "", "", TemplateSource::TokenizerConfig).unwrap();
-        assert_eq!(t.render(&[ChatMessage::new("user", " a ")], false).unwrap(), "A\n");
-        let e = t.render(&[ChatMessage::new("tool", "x")], false).unwrap_err();
+        assert_eq!(
+            t.render(&[ChatMessage::new("user", " a ")], false).unwrap(),
+            "A\n"
+        );
+        let e = t
+            .render(&[ChatMessage::new("tool", "x")], false)
+            .unwrap_err();
         assert!(e.to_string().contains("bad role tool"), "{e}");
         assert!(strftime_now("%Y-%m-%d").len() == 10);
     }

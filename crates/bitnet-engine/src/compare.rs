@@ -93,7 +93,12 @@ impl LogitsRecord {
     /// Writes the record as `ids`, `logits`, `greedy`, `greedy_logits`.
     pub fn write(&self, path: &Path) -> Result<()> {
         let mut bufs: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = vec![
-            ("ids", Dtype::I64, vec![self.ids.len()], le_bytes_i64(&self.ids)),
+            (
+                "ids",
+                Dtype::I64,
+                vec![self.ids.len()],
+                le_bytes_i64(&self.ids),
+            ),
             (
                 "logits",
                 Dtype::F32,
@@ -104,15 +109,21 @@ impl LogitsRecord {
         if let Some(g) = &self.greedy {
             bufs.push(("greedy", Dtype::I64, vec![g.len()], le_bytes_i64(g)));
             if let Some(gl) = &self.greedy_logits {
-                bufs.push(("greedy_logits", Dtype::F32, vec![g.len(), self.vocab], le_bytes_f32(gl)));
+                bufs.push((
+                    "greedy_logits",
+                    Dtype::F32,
+                    vec![g.len(), self.vocab],
+                    le_bytes_f32(gl),
+                ));
             }
         }
         let mut views = HashMap::new();
         for (name, dtype, shape, data) in &bufs {
-            let view = TensorView::new(*dtype, shape.clone(), data).map_err(|e| Error::Safetensors {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
+            let view =
+                TensorView::new(*dtype, shape.clone(), data).map_err(|e| Error::Safetensors {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
             views.insert(name.to_string(), view);
         }
         safetensors::serialize_to_file(views, None, path).map_err(|e| Error::Safetensors {
@@ -144,7 +155,12 @@ fn as_i64(path: &Path, t: &TensorView<'_>, name: &str) -> Result<Vec<i64>> {
         .collect())
 }
 
-fn as_f32_2d(path: &Path, t: &TensorView<'_>, name: &str, rows: usize) -> Result<(Vec<f32>, usize)> {
+fn as_f32_2d(
+    path: &Path,
+    t: &TensorView<'_>,
+    name: &str,
+    rows: usize,
+) -> Result<(Vec<f32>, usize)> {
     if t.dtype() != Dtype::F32 || t.shape().len() != 2 || t.shape()[0] != rows {
         return Err(Error::TensorDtype {
             name: name.into(),

@@ -111,7 +111,10 @@ impl ModelConfig {
         let f = Fields { v, path };
         let model_type = f.opt_str("model_type")?.unwrap_or_default();
         let archs: Vec<String> = match v.get("architectures") {
-            Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect(),
             Some(_) => return Err(f.invalid("architectures", "expected a list of class names")),
             None => Vec::new(),
         };
@@ -150,14 +153,18 @@ impl ModelConfig {
 
         let hidden_size = f.req_usize("hidden_size")?;
         let num_attention_heads = f.req_usize("num_attention_heads")?;
-        let num_key_value_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(num_attention_heads);
+        let num_key_value_heads = f
+            .opt_usize("num_key_value_heads")?
+            .unwrap_or(num_attention_heads);
         if num_attention_heads == 0 || hidden_size == 0 {
             return Err(f.invalid("num_attention_heads", "must be positive"));
         }
         if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
             return Err(f.invalid(
                 "num_key_value_heads",
-                &format!("{num_key_value_heads} must divide num_attention_heads {num_attention_heads}"),
+                &format!(
+                    "{num_key_value_heads} must divide num_attention_heads {num_attention_heads}"
+                ),
             ));
         }
         let head_dim = match f.opt_usize("head_dim")? {
@@ -173,7 +180,10 @@ impl ModelConfig {
             }
         };
         if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(f.invalid("head_dim", &format!("{head_dim} must be even and positive (RoPE)")));
+            return Err(f.invalid(
+                "head_dim",
+                &format!("{head_dim} must be even and positive (RoPE)"),
+            ));
         }
 
         let rope_theta = match f.opt_f64("rope_theta")? {
@@ -189,10 +199,11 @@ impl ModelConfig {
                             ));
                         }
                     }
-                    pf.opt_f64("rope_theta")?.ok_or_else(|| Error::MissingField {
-                        path: path.to_path_buf(),
-                        field: "rope_parameters.rope_theta".into(),
-                    })?
+                    pf.opt_f64("rope_theta")?
+                        .ok_or_else(|| Error::MissingField {
+                            path: path.to_path_buf(),
+                            field: "rope_parameters.rope_theta".into(),
+                        })?
                 }
                 _ if architecture == Architecture::BitNet => 500000.0,
                 _ => 10000.0,
@@ -269,7 +280,11 @@ fn parse_quant(v: &Value, path: &Path, arch: Architecture) -> Result<WeightForma
             return Ok(WeightFormat::Online);
         }
         Some(q) if q.is_object() => q,
-        Some(_) => return Err(unsupported("`quantization_config` must be an object".into())),
+        Some(_) => {
+            return Err(unsupported(
+                "`quantization_config` must be an object".into(),
+            ))
+        }
     };
     let qf = Fields { v: q, path };
     let method = qf.opt_str("quant_method")?;
@@ -280,8 +295,12 @@ fn parse_quant(v: &Value, path: &Path, arch: Architecture) -> Result<WeightForma
         )));
     }
     // transformers' BitNetQuantConfig defaults: linear_class bitlinear, quantization_mode offline.
-    let class = qf.opt_str("linear_class")?.unwrap_or_else(|| "bitlinear".into());
-    let mode = qf.opt_str("quantization_mode")?.unwrap_or_else(|| "offline".into());
+    let class = qf
+        .opt_str("linear_class")?
+        .unwrap_or_else(|| "bitlinear".into());
+    let mode = qf
+        .opt_str("quantization_mode")?
+        .unwrap_or_else(|| "offline".into());
     match (class.as_str(), mode.as_str()) {
         ("autobitlinear", "offline") => Ok(WeightFormat::PackedMultiply),
         ("bitlinear", "offline") => Ok(WeightFormat::PackedDivide),
@@ -364,10 +383,12 @@ impl Fields<'_> {
     pub fn opt_usize(&self, field: &str) -> Result<Option<usize>> {
         match self.get(field) {
             None => Ok(None),
-            Some(x) => x
-                .as_u64()
-                .map(|n| Some(n as usize))
-                .ok_or_else(|| self.invalid(field, &format!("expected a non-negative integer, found {x}"))),
+            Some(x) => x.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
+                self.invalid(
+                    field,
+                    &format!("expected a non-negative integer, found {x}"),
+                )
+            }),
         }
     }
     pub fn opt_f64(&self, field: &str) -> Result<Option<f64>> {

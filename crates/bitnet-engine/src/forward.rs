@@ -165,7 +165,10 @@ impl Model {
             return Err(Error::TokenOutOfRange { id, vocab });
         }
         let end = cache.len + tokens.len();
-        let limit = cache.capacity.min(self.rope.max_pos()).min(state.scores.len());
+        let limit = cache
+            .capacity
+            .min(self.rope.max_pos())
+            .min(state.scores.len());
         if end > limit {
             return Err(Error::ContextOverflow {
                 prompt_tokens: end,
@@ -182,7 +185,12 @@ impl Model {
             match all.as_deref_mut() {
                 Some(out) => {
                     for t in 0..n {
-                        rmsnorm(&state.x[t * h..], &self.norm, self.config.rms_norm_eps, &mut state.xn[t * h..]);
+                        rmsnorm(
+                            &state.x[t * h..],
+                            &self.norm,
+                            self.config.rms_norm_eps,
+                            &mut state.xn[t * h..],
+                        );
                     }
                     let start = out.len();
                     out.resize(start + n * vocab, 0.0);
@@ -190,7 +198,12 @@ impl Model {
                 }
                 None if ci + 1 == n_chunks => {
                     let last = &state.x[(n - 1) * h..n * h];
-                    rmsnorm(last, &self.norm, self.config.rms_norm_eps, &mut state.xn[..h]);
+                    rmsnorm(
+                        last,
+                        &self.norm,
+                        self.config.rms_norm_eps,
+                        &mut state.xn[..h],
+                    );
                     dense_matmul(self.head(), &state.xn[..h], 1, &mut state.logits);
                 }
                 None => {}
@@ -203,14 +216,21 @@ impl Model {
     fn forward_chunk(&self, tokens: &[u32], cache: &mut KvCache, st: &mut RunState) {
         let c = &self.config;
         let n = tokens.len();
-        let (h, qd, kvd, inter, hd) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size, c.head_dim);
+        let (h, qd, kvd, inter, hd) = (
+            c.hidden_size,
+            c.q_dim(),
+            c.kv_dim(),
+            c.intermediate_size,
+            c.head_dim,
+        );
         let eps = c.rms_norm_eps;
         let pos0 = cache.len;
         let group = c.gqa_group();
         let scale = (hd as f32).powf(-0.5);
 
         for (t, &id) in tokens.iter().enumerate() {
-            self.embed.row_to_f32(id as usize, &mut st.x[t * h..(t + 1) * h]);
+            self.embed
+                .row_to_f32(id as usize, &mut st.x[t * h..(t + 1) * h]);
         }
         for (li, l) in self.layers.iter().enumerate() {
             // Attention block.
@@ -246,7 +266,12 @@ impl Model {
                         &mut st.att[t * qd + head * hd..][..hd],
                     );
                 }
-                rmsnorm(&st.att[t * qd..], &l.attn_sub_norm, eps, &mut st.xn[t * qd..]);
+                rmsnorm(
+                    &st.att[t * qd..],
+                    &l.attn_sub_norm,
+                    eps,
+                    &mut st.xn[t * qd..],
+                );
             }
             st.acts.quantize(&st.xn, n, qd, l.o.cols_padded());
             ternary_matmul(&l.o, &st.acts, &mut st.proj);
@@ -270,7 +295,12 @@ impl Model {
                 Activation::Silu => gu.for_each(|(g, &u)| *g = *g / (1.0 + (-*g).exp()) * u),
             }
             for t in 0..n {
-                rmsnorm(&st.gate[t * inter..], &l.ffn_sub_norm, eps, &mut st.xn[t * inter..]);
+                rmsnorm(
+                    &st.gate[t * inter..],
+                    &l.ffn_sub_norm,
+                    eps,
+                    &mut st.xn[t * inter..],
+                );
             }
             st.acts.quantize(&st.xn, n, inter, l.down.cols_padded());
             ternary_matmul(&l.down, &st.acts, &mut st.proj);

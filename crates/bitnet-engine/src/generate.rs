@@ -140,7 +140,9 @@ impl<'m> Generator<'m> {
         let t0 = Instant::now();
         let fresh = &prompt[common..];
         self.cached.extend_from_slice(fresh);
-        let logits = self.model.forward_last(fresh, &mut self.cache, &mut self.state);
+        let logits = self
+            .model
+            .forward_last(fresh, &mut self.cache, &mut self.state);
         let logits = match logits {
             Ok(l) => l,
             Err(e) => {
@@ -175,7 +177,9 @@ impl<'m> Generator<'m> {
                 break;
             }
             self.cached.push(id);
-            let l = self.model.forward_last(&[id], &mut self.cache, &mut self.state)?;
+            let l = self
+                .model
+                .forward_last(&[id], &mut self.cache, &mut self.state)?;
             logits_buf.copy_from_slice(l);
         }
         if finish == FinishReason::Length {
@@ -338,9 +342,18 @@ mod tests {
 
     #[test]
     fn stop_strings_across_pieces() {
-        assert_eq!(run(&["END"], &["abc E", "N", "D tail"]), ("abc ".into(), "abc ".into(), true));
-        assert_eq!(run(&["END"], &["abc E", "x"]), ("abc Ex".into(), "abc Ex".into(), false));
-        assert_eq!(run(&["\n\n", "ü"], &["hé", "llo ü!"]), ("héllo ".into(), "héllo ".into(), true));
+        assert_eq!(
+            run(&["END"], &["abc E", "N", "D tail"]),
+            ("abc ".into(), "abc ".into(), true)
+        );
+        assert_eq!(
+            run(&["END"], &["abc E", "x"]),
+            ("abc Ex".into(), "abc Ex".into(), false)
+        );
+        assert_eq!(
+            run(&["\n\n", "ü"], &["hé", "llo ü!"]),
+            ("héllo ".into(), "héllo ".into(), true)
+        );
         assert_eq!(run(&[], &["a", "b"]), ("ab".into(), "ab".into(), false));
     }
 }

@@ -10,7 +10,15 @@ use std::fmt::Write;
 use std::path::Path;
 
 /// Names of the seven BitLinear projections.
-const PROJECTIONS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+const PROJECTIONS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
 
 /// A human-readable report on the checkpoint in `dir` (no weights are loaded).
 pub fn inspect(dir: &Path) -> Result<String> {
@@ -41,7 +49,11 @@ pub fn inspect(dir: &Path) -> Result<String> {
     let _ = writeln!(
         w,
         "output head:   {}",
-        if c.tie_word_embeddings { "tied to the embedding" } else { "separate lm_head" }
+        if c.tie_word_embeddings {
+            "tied to the embedding"
+        } else {
+            "separate lm_head"
+        }
     );
     let _ = writeln!(w, "weights:       {}", c.weight_format.describe());
 
@@ -53,7 +65,9 @@ pub fn inspect(dir: &Path) -> Result<String> {
         let e = by_dtype.entry(format!("{dtype:?}")).or_default();
         e.0 += 1;
         e.1 += bytes;
-        let is_proj = PROJECTIONS.iter().any(|p| name.ends_with(&format!("{p}.weight")));
+        let is_proj = PROJECTIONS
+            .iter()
+            .any(|p| name.ends_with(&format!("{p}.weight")));
         if !is_proj && !name.ends_with("weight_scale") {
             float_params += numel;
         }

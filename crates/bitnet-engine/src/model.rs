@@ -114,10 +114,11 @@ impl Model {
             for m in [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down] {
                 tern += m.nbytes();
             }
-            float += 4 * (l.input_norm.len()
-                + l.attn_sub_norm.len()
-                + l.post_norm.len()
-                + l.ffn_sub_norm.len());
+            float += 4
+                * (l.input_norm.len()
+                    + l.attn_sub_norm.len()
+                    + l.post_norm.len()
+                    + l.ffn_sub_norm.len());
         }
         (tern, float)
     }

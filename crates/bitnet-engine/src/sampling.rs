@@ -53,7 +53,11 @@ impl SamplingParams {
             })
         };
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return bad("temperature", self.temperature, "must be a finite number >= 0");
+            return bad(
+                "temperature",
+                self.temperature,
+                "must be a finite number >= 0",
+            );
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad("top_p", self.top_p, "must be in (0, 1]");
@@ -62,9 +66,35 @@ impl SamplingParams {
             return bad("min_p", self.min_p, "must be in [0, 1]");
         }
         if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
-            return bad("repeat_penalty", self.repeat_penalty, "must be a finite number > 0");
+            return bad(
+                "repeat_penalty",
+                self.repeat_penalty,
+                "must be a finite number > 0",
+            );
         }
         Ok(())
+    }
+}
+
+impl SamplingParams {
+    /// The model's defaults from `generation_config.json` (`do_sample`, `temperature`, `top_k`,
+    /// `top_p`, `min_p`, `repetition_penalty`); greedy when the file is absent or says
+    /// `do_sample: false`.
+    pub fn from_generation_config(path: &std::path::Path) -> Result<Self> {
+        let mut p = SamplingParams::default();
+        if !path.is_file() {
+            return Ok(p);
+        }
+        let v = crate::config::read_json(path)?;
+        let f = crate::config::Fields { v: &v, path };
+        if f.opt_bool("do_sample")?.unwrap_or(false) {
+            p.temperature = f.opt_f64("temperature")?.unwrap_or(1.0) as f32;
+            p.top_k = f.opt_usize("top_k")?.unwrap_or(50);
+            p.top_p = f.opt_f64("top_p")?.unwrap_or(1.0) as f32;
+            p.min_p = f.opt_f64("min_p")?.unwrap_or(0.0) as f32;
+        }
+        p.repeat_penalty = f.opt_f64("repetition_penalty")?.unwrap_or(1.0) as f32;
+        Ok(p)
     }
 }
 
@@ -122,7 +152,11 @@ impl Sampler {
         if p.repeat_penalty != 1.0 {
             for &id in &self.seen_ids {
                 if let Some(l) = logits.get_mut(id as usize) {
-                    *l = if *l < 0.0 { *l * p.repeat_penalty } else { *l / p.repeat_penalty };
+                    *l = if *l < 0.0 {
+                        *l * p.repeat_penalty
+                    } else {
+                        *l / p.repeat_penalty
+                    };
                 }
             }
         }
@@ -131,8 +165,12 @@ impl Sampler {
         }
         let inv_t = 1.0 / p.temperature;
         self.cand.clear();
-        self.cand
-            .extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l * inv_t)));
+        self.cand.extend(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (i as u32, l * inv_t)),
+        );
         let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1);
         if p.top_k > 0 && p.top_k < self.cand.len() {
             self.cand.select_nth_unstable_by(p.top_k - 1, by_logit);
@@ -196,10 +234,13 @@ mod tests {
     fn greedy_and_penalty() {
         let mut s = Sampler::new(SamplingParams::greedy(), 4).unwrap();
         assert_eq!(s.sample(&mut [0.0, 3.0, 2.9, -1.0]), 1);
-        let mut s = Sampler::new(params(|p| {
-            p.temperature = 0.0;
-            p.repeat_penalty = 2.0
-        }), 4)
+        let mut s = Sampler::new(
+            params(|p| {
+                p.temperature = 0.0;
+                p.repeat_penalty = 2.0
+            }),
+            4,
+        )
         .unwrap();
         s.observe(&[1]);
         // 3.0 / 2 = 1.5 < 2.9.
@@ -209,7 +250,11 @@ mod tests {
     #[test]
     fn top_k_one_and_min_p_one_are_greedy() {
         let logits = [0.1, 0.5, 2.0, 1.9, -3.0];
-        for p in [params(|p| p.top_k = 1), params(|p| p.min_p = 1.0), params(|p| p.top_p = 0.01)] {
+        for p in [
+            params(|p| p.top_k = 1),
+            params(|p| p.min_p = 1.0),
+            params(|p| p.top_p = 0.01),
+        ] {
             let mut s = Sampler::new(p, 5).unwrap();
             for _ in 0..50 {
                 assert_eq!(s.sample(&mut logits.clone()), 2);
@@ -221,12 +266,17 @@ mod tests {
     fn top_k_restricts_support_and_seed_repeats() {
         let logits: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.1).collect();
         let draw = |seed| {
-            let mut s = Sampler::new(params(|p| {
-                p.top_k = 3;
-                p.seed = Some(seed)
-            }), 50)
+            let mut s = Sampler::new(
+                params(|p| {
+                    p.top_k = 3;
+                    p.seed = Some(seed)
+                }),
+                50,
+            )
             .unwrap();
-            (0..200).map(|_| s.sample(&mut logits.clone())).collect::<Vec<_>>()
+            (0..200)
+                .map(|_| s.sample(&mut logits.clone()))
+                .collect::<Vec<_>>()
         };
         let a = draw(1);
         assert_eq!(a, draw(1));
@@ -248,27 +298,5 @@ mod tests {
             let e = Sampler::new(p, 4).err().expect("invalid");
             assert!(e.to_string().contains(&format!("`{name}`")), "{e}");
         }
-    }
-}
-
-impl SamplingParams {
-    /// The model's defaults from `generation_config.json` (`do_sample`, `temperature`, `top_k`,
-    /// `top_p`, `min_p`, `repetition_penalty`); greedy when the file is absent or says
-    /// `do_sample: false`.
-    pub fn from_generation_config(path: &std::path::Path) -> Result<Self> {
-        let mut p = SamplingParams::default();
-        if !path.is_file() {
-            return Ok(p);
-        }
-        let v = crate::config::read_json(path)?;
-        let f = crate::config::Fields { v: &v, path };
-        if f.opt_bool("do_sample")?.unwrap_or(false) {
-            p.temperature = f.opt_f64("temperature")?.unwrap_or(1.0) as f32;
-            p.top_k = f.opt_usize("top_k")?.unwrap_or(50);
-            p.top_p = f.opt_f64("top_p")?.unwrap_or(1.0) as f32;
-            p.min_p = f.opt_f64("min_p")?.unwrap_or(0.0) as f32;
-        }
-        p.repeat_penalty = f.opt_f64("repetition_penalty")?.unwrap_or(1.0) as f32;
-        Ok(p)
     }
 }

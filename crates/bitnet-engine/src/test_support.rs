@@ -39,10 +39,16 @@ pub fn fixture_models() -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.join("reference.safetensors").is_file() && p.join("config.json").is_file())
+            .filter(|p| {
+                p.join("reference.safetensors").is_file() && p.join("config.json").is_file()
+            })
             .collect();
         v.sort();
-        assert!(!v.is_empty(), "no fixture with reference.safetensors in {}", dir.display());
+        assert!(
+            !v.is_empty(),
+            "no fixture with reference.safetensors in {}",
+            dir.display()
+        );
         all.extend(v);
     }
     all

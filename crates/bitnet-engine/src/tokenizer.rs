@@ -37,7 +37,9 @@ impl Tokenizer {
             return Err(if sp.is_file() {
                 Error::Tokenizer {
                     path: sp,
-                    message: "SentencePiece tokenizer.model is not supported yet; provide tokenizer.json".into(),
+                    message:
+                        "SentencePiece tokenizer.model is not supported yet; provide tokenizer.json"
+                            .into(),
                 }
             } else {
                 Error::NotFound {
@@ -77,7 +79,10 @@ impl Tokenizer {
                 })
             }
         };
-        let add_bos = tc.get("add_bos_token").and_then(Value::as_bool).unwrap_or(false);
+        let add_bos = tc
+            .get("add_bos_token")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
 
         let gc_path = dir.join("generation_config.json");
         let gc = if gc_path.is_file() {
@@ -122,7 +127,10 @@ impl Tokenizer {
     /// Encodes `text`; with `add_special`, adds BOS as the tokenizer's post-processor (or
     /// `add_bos_token`) says. Chat-template output already holds its specials: pass `false`.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, add_special).map_err(|e| self.err(e))?;
+        let enc = self
+            .inner
+            .encode(text, add_special)
+            .map_err(|e| self.err(e))?;
         let mut ids = enc.get_ids().to_vec();
         if add_special && self.add_bos {
             if let Some(b) = self.bos_id {
@@ -136,7 +144,9 @@ impl Tokenizer {
 
     /// Decodes ids to text, skipping special tokens when asked.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special).map_err(|e| self.err(e))
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| self.err(e))
     }
 
     /// Vocabulary size including added tokens.
@@ -174,7 +184,10 @@ impl Tokenizer {
     /// Model kind of the tokenizer ("BPE", …).
     pub fn kind(&self) -> String {
         let v = serde_json::to_value(self.inner.get_model()).unwrap_or(Value::Null);
-        v.get("type").and_then(Value::as_str).unwrap_or("unknown").to_string()
+        v.get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown")
+            .to_string()
     }
 }
 
@@ -224,6 +237,9 @@ impl StreamDecoder {
         let now = tok.decode(&self.ids[self.prefix..], true)?;
         self.prefix = self.read;
         self.read = self.ids.len();
-        Ok(now.get(before.len()..).filter(|d| !d.is_empty()).map(String::from))
+        Ok(now
+            .get(before.len()..)
+            .filter(|d| !d.is_empty())
+            .map(String::from))
     }
 }

@@ -38,7 +38,10 @@ fn rewrite_tensors(dir: &std::path::Path, edit: impl FnOnce(&mut Vec<OwnedTensor
 #[test]
 fn missing_directory_and_files() {
     let e = load_err(std::path::Path::new("/nonexistent/model-dir"));
-    assert!(e.contains("model directory not found: /nonexistent/model-dir"), "{e}");
+    assert!(
+        e.contains("model directory not found: /nonexistent/model-dir"),
+        "{e}"
+    );
 
     let t = packed_copy();
     std::fs::remove_file(t.path().join("config.json")).unwrap();
@@ -48,12 +51,18 @@ fn missing_directory_and_files() {
     let t = packed_copy();
     std::fs::remove_file(t.path().join("model.safetensors")).unwrap();
     let e = load_err(t.path());
-    assert!(e.contains("model.safetensors") && e.contains("not found"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("not found"),
+        "{e}"
+    );
 
     let t = packed_copy();
     std::fs::remove_file(t.path().join("tokenizer.json")).unwrap();
     let m = Model::load(t.path()).unwrap();
-    let e = Tokenizer::load(t.path(), &m.config).err().unwrap().to_string();
+    let e = Tokenizer::load(t.path(), &m.config)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("tokenizer.json"), "{e}");
 }
 
@@ -64,12 +73,18 @@ fn config_missing_or_invalid_field() {
         c.as_object_mut().unwrap().remove("hidden_size");
     });
     let e = load_err(t.path());
-    assert!(e.contains("config.json") && e.contains("missing required field `hidden_size`"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("missing required field `hidden_size`"),
+        "{e}"
+    );
 
     let t = packed_copy();
     edit_config(t.path(), |c| c["num_key_value_heads"] = json!(3));
     let e = load_err(t.path());
-    assert!(e.contains("`num_key_value_heads`") && e.contains("must divide"), "{e}");
+    assert!(
+        e.contains("`num_key_value_heads`") && e.contains("must divide"),
+        "{e}"
+    );
 
     let t = packed_copy();
     edit_config(t.path(), |c| c["vocab_size"] = json!("big"));
@@ -80,7 +95,10 @@ fn config_missing_or_invalid_field() {
     std::fs::remove_file(t.path().join("config.json")).unwrap();
     std::fs::write(t.path().join("config.json"), "{ not json").unwrap();
     let e = load_err(t.path());
-    assert!(e.contains("config.json") && e.contains("invalid JSON"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("invalid JSON"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -91,7 +109,10 @@ fn unsupported_architecture_and_quantization() {
         c["model_type"] = json!("llama");
     });
     let e = load_err(t.path());
-    assert!(e.contains("unsupported architecture") && e.contains("LlamaForCausalLM"), "{e}");
+    assert!(
+        e.contains("unsupported architecture") && e.contains("LlamaForCausalLM"),
+        "{e}"
+    );
     assert!(e.contains("supported: BitNetForCausalLM"), "{e}");
 
     let t = packed_copy();
@@ -100,13 +121,20 @@ fn unsupported_architecture_and_quantization() {
     assert!(e.contains("gelu") && e.contains("relu2 or silu"), "{e}");
 
     let t = packed_copy();
-    edit_config(t.path(), |c| c["quantization_config"] = json!({"quant_method": "gptq", "bits": 4}));
+    edit_config(t.path(), |c| {
+        c["quantization_config"] = json!({"quant_method": "gptq", "bits": 4})
+    });
     let e = load_err(t.path());
-    assert!(e.contains("unsupported quantization config") && e.contains("gptq"), "{e}");
+    assert!(
+        e.contains("unsupported quantization config") && e.contains("gptq"),
+        "{e}"
+    );
     assert!(e.contains("autobitlinear"), "{e}");
 
     let t = packed_copy();
-    edit_config(t.path(), |c| c["quantization_config"]["quantization_mode"] = json!("dynamic"));
+    edit_config(t.path(), |c| {
+        c["quantization_config"]["quantization_mode"] = json!("dynamic")
+    });
     let e = load_err(t.path());
     assert!(e.contains("\"dynamic\"") && e.contains("supported"), "{e}");
 }
@@ -119,63 +147,101 @@ fn corrupt_or_truncated_safetensors() {
     std::fs::remove_file(&p).unwrap();
     std::fs::write(&p, &bytes[..bytes.len() - 100]).unwrap();
     let e = load_err(t.path());
-    assert!(e.contains("model.safetensors") && e.contains("invalid safetensors"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("invalid safetensors"),
+        "{e}"
+    );
 
     let mut garbage = bytes.clone();
     garbage[8..40].copy_from_slice(&[b'#'; 32]);
     std::fs::remove_file(&p).unwrap();
     std::fs::write(&p, &garbage).unwrap();
     let e = load_err(t.path());
-    assert!(e.contains("model.safetensors") && e.contains("invalid safetensors"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("invalid safetensors"),
+        "{e}"
+    );
 
     std::fs::remove_file(&p).unwrap();
     std::fs::write(&p, [1u8, 2, 3]).unwrap();
     let e = load_err(t.path());
-    assert!(e.contains("model.safetensors") && e.contains("invalid safetensors"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("invalid safetensors"),
+        "{e}"
+    );
 }
 
 #[test]
 fn missing_tensor_wrong_shape_wrong_dtype() {
     let t = packed_copy();
-    rewrite_tensors(t.path(), |v| v.retain(|x| x.name != "model.layers.1.mlp.up_proj.weight"));
+    rewrite_tensors(t.path(), |v| {
+        v.retain(|x| x.name != "model.layers.1.mlp.up_proj.weight")
+    });
     let e = load_err(t.path());
-    assert!(e.contains("tensor `model.layers.1.mlp.up_proj.weight` not found"), "{e}");
+    assert!(
+        e.contains("tensor `model.layers.1.mlp.up_proj.weight` not found"),
+        "{e}"
+    );
 
     let t = packed_copy();
     rewrite_tensors(t.path(), |v| {
-        let x = v.iter_mut().find(|x| x.name == "model.layers.0.self_attn.k_proj.weight").unwrap();
+        let x = v
+            .iter_mut()
+            .find(|x| x.name == "model.layers.0.self_attn.k_proj.weight")
+            .unwrap();
         x.shape = vec![16, 32]; // same byte count, wrong shape
     });
     let e = load_err(t.path());
-    assert!(e.contains("`model.layers.0.self_attn.k_proj.weight`"), "{e}");
+    assert!(
+        e.contains("`model.layers.0.self_attn.k_proj.weight`"),
+        "{e}"
+    );
     assert!(e.contains("expected shape [8, 64], found [16, 32]"), "{e}");
 
     let t = packed_copy();
     rewrite_tensors(t.path(), |v| {
-        let x = v.iter_mut().find(|x| x.name == "model.norm.weight").unwrap();
+        let x = v
+            .iter_mut()
+            .find(|x| x.name == "model.norm.weight")
+            .unwrap();
         x.dtype = safetensors::Dtype::I16;
     });
     let e = load_err(t.path());
-    assert!(e.contains("`model.norm.weight`") && e.contains("found I16"), "{e}");
+    assert!(
+        e.contains("`model.norm.weight`") && e.contains("found I16"),
+        "{e}"
+    );
 
     // Float weights in a checkpoint whose config says packed.
     let t = packed_copy();
     rewrite_tensors(t.path(), |v| {
-        let x = v.iter_mut().find(|x| x.name == "model.layers.0.mlp.gate_proj.weight").unwrap();
+        let x = v
+            .iter_mut()
+            .find(|x| x.name == "model.layers.0.mlp.gate_proj.weight")
+            .unwrap();
         x.dtype = safetensors::Dtype::BF16;
         x.shape = vec![48, 32];
     });
     let e = load_err(t.path());
-    assert!(e.contains("`model.layers.0.mlp.gate_proj.weight`") && e.contains("expected dtype U8"), "{e}");
+    assert!(
+        e.contains("`model.layers.0.mlp.gate_proj.weight`") && e.contains("expected dtype U8"),
+        "{e}"
+    );
 
     // An invalid 2-bit code (3) in packed weights.
     let t = packed_copy();
     rewrite_tensors(t.path(), |v| {
-        let x = v.iter_mut().find(|x| x.name == "model.layers.0.self_attn.q_proj.weight").unwrap();
+        let x = v
+            .iter_mut()
+            .find(|x| x.name == "model.layers.0.self_attn.q_proj.weight")
+            .unwrap();
         x.data[5] = 0xFF;
     });
     let e = load_err(t.path());
-    assert!(e.contains("`model.layers.0.self_attn.q_proj.weight`") && e.contains("code 3"), "{e}");
+    assert!(
+        e.contains("`model.layers.0.self_attn.q_proj.weight`") && e.contains("code 3"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -192,14 +258,20 @@ fn prompt_beyond_context() {
     let e = g.generate(&prompt, &params, |_| {}).unwrap_err();
     assert!(matches!(e, Error::ContextOverflow { .. }));
     let s = e.to_string();
-    assert!(s.contains("200 tokens") && s.contains("max_tokens 100") && s.contains("256"), "{s}");
+    assert!(
+        s.contains("200 tokens") && s.contains("max_tokens 100") && s.contains("256"),
+        "{s}"
+    );
     // Exactly the context is fine.
     let params = GenerateParams {
         max_tokens: 56,
         ignore_eos: true,
         ..Default::default()
     };
-    assert_eq!(g.generate(&prompt, &params, |_| {}).unwrap().tokens.len(), 56);
+    assert_eq!(
+        g.generate(&prompt, &params, |_| {}).unwrap().tokens.len(),
+        56
+    );
 }
 
 #[test]
@@ -215,7 +287,10 @@ fn invalid_sampling_value() {
         },
         ..Default::default()
     };
-    let e = g.generate(&[507, 1, 2], &params, |_| {}).unwrap_err().to_string();
+    let e = g
+        .generate(&[507, 1, 2], &params, |_| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("`top_p` = 1.5"), "{e}");
 }
 
@@ -225,10 +300,15 @@ fn token_id_out_of_range() {
     let m = Model::load(&dir).unwrap();
     let mut cache = KvCache::new(&m.config, 8);
     let mut st = RunState::new(&m.config, 8, 8);
-    let e = m.forward_last(&[1, 512], &mut cache, &mut st).unwrap_err().to_string();
+    let e = m
+        .forward_last(&[1, 512], &mut cache, &mut st)
+        .unwrap_err()
+        .to_string();
     assert_eq!(e, "token id 512 is out of range for vocabulary size 512");
     let tok = Tokenizer::load(&dir, &m.config).unwrap();
     let mut g = Generator::new(&m, &tok, None);
-    let e = g.generate(&[99999], &GenerateParams::default(), |_| {}).unwrap_err();
+    let e = g
+        .generate(&[99999], &GenerateParams::default(), |_| {})
+        .unwrap_err();
     assert!(e.to_string().contains("99999"), "{e}");
 }

@@ -23,9 +23,15 @@ fn tokenization_matches_reference_ids() {
         let model_cfg = bitnet_engine::ModelConfig::from_file(&dir.join("config.json")).unwrap();
         let tok = Tokenizer::load(&dir, &model_cfg).unwrap();
         for (i, text) in reference_prompts(&dir).iter().enumerate() {
-            let r = LogitsRecord::read(&dir.join("reference.safetensors"), &format!("p{i}.")).unwrap();
+            let r =
+                LogitsRecord::read(&dir.join("reference.safetensors"), &format!("p{i}.")).unwrap();
             let ids = tok.encode(text, true).unwrap();
-            assert_eq!(ids, ids_u32(&r.ids), "{} p{i}: tokenization of {text:?}", dir.display());
+            assert_eq!(
+                ids,
+                ids_u32(&r.ids),
+                "{} p{i}: tokenization of {text:?}",
+                dir.display()
+            );
             checked += 1;
         }
     }
@@ -38,7 +44,8 @@ fn prompt_logits_and_greedy_decode_match_reference() {
         let model = Model::load(&dir).unwrap();
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
         for i in 0..3 {
-            let r = LogitsRecord::read(&dir.join("reference.safetensors"), &format!("p{i}.")).unwrap();
+            let r =
+                LogitsRecord::read(&dir.join("reference.safetensors"), &format!("p{i}.")).unwrap();
             let ids = ids_u32(&r.ids);
             let ref_greedy = r.greedy.as_ref().expect("reference greedy");
             let ref_gl = r.greedy_logits.as_ref().expect("reference greedy_logits");
@@ -70,7 +77,9 @@ fn batched_prefill_equals_token_by_token_decode() {
         let mut batched = Vec::new();
         let mut cache = KvCache::new(c, ids.len());
         let mut st = RunState::new(c, 64, ids.len());
-        model.forward_all(&ids, &mut cache, &mut st, &mut batched).unwrap();
+        model
+            .forward_all(&ids, &mut cache, &mut st, &mut batched)
+            .unwrap();
 
         let mut stepwise = Vec::new();
         let mut cache = KvCache::new(c, ids.len());
@@ -82,7 +91,9 @@ fn batched_prefill_equals_token_by_token_decode() {
         let mut chunked = Vec::new();
         let mut cache = KvCache::new(c, ids.len());
         let mut st5 = RunState::new(c, 5, ids.len());
-        model.forward_all(&ids, &mut cache, &mut st5, &mut chunked).unwrap();
+        model
+            .forward_all(&ids, &mut cache, &mut st5, &mut chunked)
+            .unwrap();
 
         let s = std_dev(&batched);
         for other in [&stepwise, &chunked] {
@@ -110,7 +121,9 @@ fn generator_greedy_follows_reference_and_seeds_repeat() {
         ..Default::default()
     };
     let mut streamed = String::new();
-    let out = gen.generate(&ids, &params, |s| streamed.push_str(s)).unwrap();
+    let out = gen
+        .generate(&ids, &params, |s| streamed.push_str(s))
+        .unwrap();
     let want: Vec<u32> = ids_u32(r.greedy.as_ref().unwrap());
     assert_eq!(out.tokens, want);
     assert_eq!(streamed, out.text);

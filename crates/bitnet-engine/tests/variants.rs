@@ -19,10 +19,14 @@ fn stats(dir: &Path, reference_dir: &Path) -> Vec<LogitStats> {
     let model = Model::load(dir).unwrap();
     (0..3)
         .map(|i| {
-            let r = LogitsRecord::read(&reference_dir.join("reference.safetensors"), &format!("p{i}."))
-                .unwrap();
+            let r = LogitsRecord::read(
+                &reference_dir.join("reference.safetensors"),
+                &format!("p{i}."),
+            )
+            .unwrap();
             let ids: Vec<u32> = r.ids.iter().map(|&x| x as u32).collect();
-            let (logits, _, _) = bitnet_engine::generate::greedy_with_logits(&model, &ids, 0).unwrap();
+            let (logits, _, _) =
+                bitnet_engine::generate::greedy_with_logits(&model, &ids, 0).unwrap();
             LogitStats::compute(&r.logits, &logits, r.vocab, std_dev(&r.logits))
         })
         .collect()
@@ -41,7 +45,10 @@ fn sharded_checkpoint_with_index_matches() {
     let tensors = read_tensors(&src.join("model.safetensors"));
     std::fs::remove_file(t.path().join("model.safetensors")).unwrap();
     let (a, b) = tensors.split_at(tensors.len() / 2);
-    let names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"];
+    let names = [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ];
     write_tensors(&t.path().join(names[0]), a);
     write_tensors(&t.path().join(names[1]), b);
     let mut map = serde_json::Map::new();
@@ -51,7 +58,11 @@ fn sharded_checkpoint_with_index_matches() {
         }
     }
     let index = json!({"metadata": {"total_size": 0}, "weight_map": map});
-    std::fs::write(t.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    std::fs::write(
+        t.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
     for s in stats(t.path(), &src) {
         assert!(s.passes() && s.max_rel < 1e-4, "{s:?}");
     }
@@ -94,8 +105,12 @@ fn one_bit_llm_layout_matches() {
 #[test]
 fn planted_bugs_fail_the_criteria() {
     // Each edit reproduces a bug public engines shipped; the criteria must reject every one.
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
-        ("bitnet-tiny-packed", Box::new(|c| c["hidden_act"] = json!("silu"))),
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "bitnet-tiny-packed",
+            Box::new(|c| c["hidden_act"] = json!("silu")),
+        ),
         (
             "bitnet-tiny-packed",
             Box::new(|c| c["quantization_config"]["linear_class"] = json!("bitlinear")),
@@ -104,14 +119,23 @@ fn planted_bugs_fail_the_criteria() {
             "gqa4-bitlinear-untied",
             Box::new(|c| c["quantization_config"]["linear_class"] = json!("autobitlinear")),
         ),
-        ("bitnet-tiny-master", Box::new(|c| c["rope_parameters"]["rope_theta"] = json!(10000.0))),
-        ("mqa-silu-master-tied", Box::new(|c| c["hidden_act"] = json!("relu2"))),
+        (
+            "bitnet-tiny-master",
+            Box::new(|c| c["rope_parameters"]["rope_theta"] = json!(10000.0)),
+        ),
+        (
+            "mqa-silu-master-tied",
+            Box::new(|c| c["hidden_act"] = json!("relu2")),
+        ),
     ];
     for (name, edit) in cases {
         let src = fixture(name);
         let t = copy_of(&src);
         edit_config(t.path(), edit);
         let all = stats(t.path(), &src);
-        assert!(all.iter().any(|s| !s.passes()), "{name}: planted bug not caught: {all:?}");
+        assert!(
+            all.iter().any(|s| !s.passes()),
+            "{name}: planted bug not caught: {all:?}"
+        );
     }
 }

@@ -15,7 +15,11 @@ const PAR_THRESHOLD: usize = 1 << 18;
 /// multiply per output. `out` is row-major `[x.n(), w.rows()]`.
 pub fn ternary_matmul(w: &TernaryMatrix, x: &QuantizedActs, out: &mut [f32]) {
     let (n, rows) = (x.n(), w.rows());
-    assert_eq!(x.k_padded(), w.cols_padded(), "activation row length vs weight columns");
+    assert_eq!(
+        x.k_padded(),
+        w.cols_padded(),
+        "activation row length vs weight columns"
+    );
     assert!(out.len() >= n * rows, "ternary_matmul output length");
     let scale = w.scale();
     // Row-chunk kernel: every weight row is read once for all tokens of the batch.
@@ -50,7 +54,10 @@ pub fn ternary_matmul(w: &TernaryMatrix, x: &QuantizedActs, out: &mut [f32]) {
 /// `out[t, r] = Σ_c M[r, c] · x[t, c]` in f32 (the output head). `x` is `[n, cols]`.
 pub fn dense_matmul(m: &DenseMatrix, x: &[f32], n: usize, out: &mut [f32]) {
     let (rows, cols) = (m.rows(), m.cols());
-    assert!(x.len() >= n * cols && out.len() >= n * rows, "dense_matmul shapes");
+    assert!(
+        x.len() >= n * cols && out.len() >= n * rows,
+        "dense_matmul shapes"
+    );
     if n == 1 {
         run_rows(rows, cols, &mut out[..rows], 1, |r0, chunk: &mut [f32]| {
             for (i, o) in chunk.iter_mut().enumerate() {
@@ -231,7 +238,11 @@ mod tests {
             a.quantize(&x, n, cols, m.cols_padded());
             let mut out = vec![0f32; n * rows];
             ternary_matmul(&m, &a, &mut out);
-            assert_eq!(out, naive(&w, rows, cols, 0.7, &x, n), "{rows}x{cols} n={n}");
+            assert_eq!(
+                out,
+                naive(&w, rows, cols, 0.7, &x, n),
+                "{rows}x{cols} n={n}"
+            );
         }
     }
 
@@ -252,7 +263,15 @@ mod tests {
     fn attend_single_position_returns_value() {
         let mut scores = [0f32; 1];
         let mut out = [0f32; 2];
-        attend(&[1.0, 0.0], &[0.5, 0.5], &[3.0, -1.0], 1, 1.0, &mut scores, &mut out);
+        attend(
+            &[1.0, 0.0],
+            &[0.5, 0.5],
+            &[3.0, -1.0],
+            1,
+            1.0,
+            &mut scores,
+            &mut out,
+        );
         assert_eq!(out, [3.0, -1.0]);
     }
 }

@@ -40,7 +40,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
     };
     let mut messages = fresh();
     if interactive {
-        eprintln!("chatting with {} — /reset starts over, /exit quits", a.model.display());
+        eprintln!(
+            "chatting with {} — /reset starts over, /exit quits",
+            a.model.display()
+        );
     }
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();

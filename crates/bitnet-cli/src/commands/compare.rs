@@ -30,7 +30,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let rb = LogitsRecord::read(&a.b, &a.b_prefix)?;
     let mut ok = true;
     if ra.vocab != rb.vocab {
-        anyhow::bail!("vocabulary sizes differ: {} in A, {} in B", ra.vocab, rb.vocab);
+        anyhow::bail!(
+            "vocabulary sizes differ: {} in A, {} in B",
+            ra.vocab,
+            rb.vocab
+        );
     }
     if ra.ids != rb.ids {
         let at = ra.ids.iter().zip(&rb.ids).position(|(x, y)| x != y);
@@ -63,13 +67,19 @@ pub fn run(a: Args) -> Result<ExitCode> {
             print_stats("greedy steps", &rep.stats);
             ok &= rep.passes();
         }
-        _ => println!("greedy:         not compared (needs greedy and greedy_logits in both files)"),
+        _ => {
+            println!("greedy:         not compared (needs greedy and greedy_logits in both files)")
+        }
     }
     println!(
         "verdict:        {} (mean |ΔL| ≤ {MEAN_BOUND}·s, max |ΔL| ≤ {MAX_BOUND}·s, top-1 equal where A's top-2 gap > {TOP1_MARGIN}·s)",
         if ok { "PASS" } else { "FAIL" }
     );
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn print_stats(what: &str, st: &LogitStats) {

@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use bitnet_engine::compare::LogitsRecord;
 use bitnet_engine::generate::greedy_with_logits;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Options of `bitnet logits`.
@@ -61,7 +61,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     write(&model, &ids, a.generate, &a.output)
 }
 
-fn write(model: &bitnet_engine::Model, ids: &[u32], n: usize, out: &PathBuf) -> Result<ExitCode> {
+fn write(model: &bitnet_engine::Model, ids: &[u32], n: usize, out: &Path) -> Result<ExitCode> {
     let (logits, greedy, greedy_logits) = greedy_with_logits(model, ids, n)?;
     let rec = LogitsRecord {
         ids: ids.iter().map(|&x| x as i64).collect(),
@@ -75,7 +75,11 @@ fn write(model: &bitnet_engine::Model, ids: &[u32], n: usize, out: &PathBuf) -> 
         "wrote {}: {} prompt tokens{}",
         out.display(),
         ids.len(),
-        if n > 0 { format!(", {n} greedy tokens") } else { String::new() }
+        if n > 0 {
+            format!(", {n} greedy tokens")
+        } else {
+            String::new()
+        }
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -8,7 +8,7 @@ pub mod logits;
 
 use anyhow::{Context, Result};
 use bitnet_engine::{Model, SamplingParams, Tokenizer};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 /// Sampling flags shared by `generate` and `chat`; unset flags take the model's
@@ -16,19 +16,19 @@ use std::time::Instant;
 #[derive(clap::Args, Clone, Debug)]
 pub struct SamplingArgs {
     /// Softmax temperature; 0 = greedy.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub temperature: Option<f32>,
     /// Sample from the K most likely tokens (0 = off).
     #[arg(long)]
     pub top_k: Option<usize>,
     /// Nucleus sampling: smallest set with probability ≥ P (1 = off).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub top_p: Option<f32>,
     /// Drop tokens less likely than P × the most likely one (0 = off).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub min_p: Option<f32>,
     /// Repetition penalty over prompt and output (1 = off).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub repeat_penalty: Option<f32>,
     /// RNG seed: the same seed gives the same text.
     #[arg(long)]
@@ -38,7 +38,8 @@ pub struct SamplingArgs {
 impl SamplingArgs {
     /// Flags over the model's defaults, validated.
     pub fn resolve(&self, model_dir: &Path) -> Result<SamplingParams> {
-        let mut p = SamplingParams::from_generation_config(&model_dir.join("generation_config.json"))?;
+        let mut p =
+            SamplingParams::from_generation_config(&model_dir.join("generation_config.json"))?;
         if let Some(t) = self.temperature {
             p.temperature = t;
         }
@@ -61,10 +62,14 @@ impl SamplingArgs {
 }
 
 /// Loads model and tokenizer, logging the load time.
-pub fn load(dir: &PathBuf) -> Result<(Model, Tokenizer)> {
+pub fn load(dir: &Path) -> Result<(Model, Tokenizer)> {
     let t = Instant::now();
     let model = Model::load(dir).with_context(|| format!("loading model {}", dir.display()))?;
     let tok = Tokenizer::load(dir, &model.config)?;
-    tracing::info!("loaded {} in {:.2} s", dir.display(), t.elapsed().as_secs_f64());
+    tracing::info!(
+        "loaded {} in {:.2} s",
+        dir.display(),
+        t.elapsed().as_secs_f64()
+    );
     Ok((model, tok))
 }
