@@ -6,6 +6,7 @@ use crate::weights::{Checkpoint, TensorRef};
 use bitnet_kernels::ops::RopeTable;
 use bitnet_kernels::{DenseData, DenseMatrix, TernaryMatrix};
 use half::{bf16, f16};
+use rayon::prelude::*;
 use safetensors::Dtype;
 use std::path::Path;
 
@@ -60,27 +61,30 @@ impl Model {
             Architecture::BitNet => ("self_attn.attn_sub_norm", "mlp.ffn_sub_norm"),
             Architecture::Bitnet1bitLlm => ("self_attn.inner_attn_ln", "mlp.ffn_layernorm"),
         };
-        let mut layers = Vec::with_capacity(c.num_hidden_layers);
-        for i in 0..c.num_hidden_layers {
-            let p = format!("model.layers.{i}.");
-            let lin = |name: &str, out: usize, inp: usize| {
-                ternary(ckpt, &format!("{p}{name}"), out, inp, c.weight_format)
-            };
-            let nrm = |name: &str, n: usize| vector(ckpt, &format!("{p}{name}.weight"), n);
-            layers.push(Layer {
-                input_norm: nrm("input_layernorm", h)?,
-                q: lin("self_attn.q_proj", qd, h)?,
-                k: lin("self_attn.k_proj", kvd, h)?,
-                v: lin("self_attn.v_proj", kvd, h)?,
-                o: lin("self_attn.o_proj", h, qd)?,
-                attn_sub_norm: nrm(attn_sub, qd)?,
-                post_norm: nrm("post_attention_layernorm", h)?,
-                gate: lin("mlp.gate_proj", inter, h)?,
-                up: lin("mlp.up_proj", inter, h)?,
-                down: lin("mlp.down_proj", h, inter)?,
-                ffn_sub_norm: nrm(ffn_sub, inter)?,
-            });
-        }
+        // Layers load in parallel: unpacking/ternarizing is the bulk of load time.
+        let layers = (0..c.num_hidden_layers)
+            .into_par_iter()
+            .map(|i| {
+                let p = format!("model.layers.{i}.");
+                let lin = |name: &str, out: usize, inp: usize| {
+                    ternary(ckpt, &format!("{p}{name}"), out, inp, c.weight_format)
+                };
+                let nrm = |name: &str, n: usize| vector(ckpt, &format!("{p}{name}.weight"), n);
+                Ok(Layer {
+                    input_norm: nrm("input_layernorm", h)?,
+                    q: lin("self_attn.q_proj", qd, h)?,
+                    k: lin("self_attn.k_proj", kvd, h)?,
+                    v: lin("self_attn.v_proj", kvd, h)?,
+                    o: lin("self_attn.o_proj", h, qd)?,
+                    attn_sub_norm: nrm(attn_sub, qd)?,
+                    post_norm: nrm("post_attention_layernorm", h)?,
+                    gate: lin("mlp.gate_proj", inter, h)?,
+                    up: lin("mlp.up_proj", inter, h)?,
+                    down: lin("mlp.down_proj", h, inter)?,
+                    ffn_sub_norm: nrm(ffn_sub, inter)?,
+                })
+            })
+            .collect::<Result<Vec<Layer>>>()?;
         let norm = vector(ckpt, "model.norm.weight", h)?;
         let lm_head = if c.tie_word_embeddings {
             None
@@ -138,6 +142,13 @@ fn dense(ckpt: &Checkpoint, name: &str, rows: usize, cols: usize) -> Result<Dens
     let d = t.data;
     let data = match t.dtype {
         Dtype::F32 => DenseData::F32(t.to_f32()?),
+        // Little-endian on disk; a byte copy (any alignment) on little-endian hosts.
+        Dtype::BF16 if cfg!(target_endian = "little") => {
+            DenseData::Bf16(bytemuck::pod_collect_to_vec(d))
+        }
+        Dtype::F16 if cfg!(target_endian = "little") => {
+            DenseData::F16(bytemuck::pod_collect_to_vec(d))
+        }
         Dtype::BF16 => DenseData::Bf16(
             d.chunks_exact(2)
                 .map(|c| bf16::from_le_bytes([c[0], c[1]]))

@@ -121,7 +121,7 @@ impl Sampler {
             params,
             rng: ChaCha8Rng::seed_from_u64(seed),
             seen: vec![false; vocab],
-            seen_ids: Vec::new(),
+            seen_ids: Vec::with_capacity(vocab),
             cand: Vec::with_capacity(vocab),
         })
     }
