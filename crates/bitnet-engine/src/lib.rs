@@ -17,6 +17,7 @@ pub mod chat;
 pub mod generate;
 pub mod inspect;
 pub mod sampling;
+pub mod spm;
 pub mod tokenizer;
 
 pub use chat::{ChatMessage, ChatTemplate};

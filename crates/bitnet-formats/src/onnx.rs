@@ -1,0 +1,1 @@
+//! ONNX initializers. (in progress)

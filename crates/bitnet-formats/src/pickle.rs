@@ -1,0 +1,1 @@
+//! PyTorch checkpoints (`torch.save` zip archives) through a restricted unpickler. (in progress)
