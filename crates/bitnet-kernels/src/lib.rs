@@ -6,18 +6,20 @@
 //!
 //! - [`ternary`]: the in-memory ternary weight layout ([`ternary::BlockI2`], 128 weights in 32
 //!   bytes) and [`ternary::TernaryMatrix`].
-//! - [`quant`]: the one trait every quantized block format implements ([`quant::QuantBlock`]).
+//! - [`quant`]: the traits every quantized block format implements ([`quant::QuantBlock`],
+//!   [`quant::TernaryBlock`]); [`formats`]: the GGML formats (Q8_0, Q4_K, Q6_K, TQ1_0, TQ2_0, I2_S).
 //! - [`act`]: per-token absmax int8 activation quantization ([`act::QuantizedActs`]).
 //! - [`dense`]: float matrices (embeddings, output head) stored as f32, bf16 or f16.
 //! - [`ops`]: integer GEMM/GEMV, RMSNorm, RoPE, softmax, attention.
 
 pub mod act;
 pub mod dense;
+pub mod formats;
 pub mod ops;
 pub mod quant;
 pub mod ternary;
 
 pub use act::QuantizedActs;
 pub use dense::{DenseData, DenseMatrix};
-pub use quant::QuantBlock;
+pub use quant::{QuantBlock, TernaryBlock};
 pub use ternary::{BlockI2, TernaryMatrix};

@@ -3,7 +3,6 @@
 
 use crate::act::QuantizedActs;
 use crate::dense::DenseMatrix;
-use crate::quant::QuantBlock;
 use crate::ternary::TernaryMatrix;
 use rayon::prelude::*;
 

@@ -1,17 +1,44 @@
-//! The trait shared by all quantized block formats.
+//! The traits shared by all quantized block formats.
 
 /// A quantized block format: a `#[repr(C)]` plain-old-data struct holding [`QuantBlock::BLOCK`]
-/// weights. Ternary formats store only the codes; the per-tensor scale lives in the matrix.
+/// values, with the reference quantizer of the tool that defined it (so files we write carry the
+/// same bytes as theirs).
 pub trait QuantBlock: bytemuck::Pod + Send + Sync {
-    /// Weights per block.
+    /// Values per block.
     const BLOCK: usize;
-    /// Short name of the format, as printed by `bitnet inspect`.
+    /// Format name (GGML's where it has one).
     const NAME: &'static str;
 
-    /// Writes the block's weights (without the tensor scale) as floats into `out[..BLOCK]`.
+    /// Dequantizes the block into `out[..BLOCK]`.
     fn to_float(&self, out: &mut [f32]);
-    /// Builds a block from integer weights in `-1..=1` (`values.len() == BLOCK`).
-    fn from_ternary(values: &[i8]) -> Self;
-    /// Integer dot product of the block's weights with `BLOCK` int8 activations.
-    fn vec_dot_i8(&self, q: &[i8]) -> i32;
+    /// Quantizes `x[..BLOCK]` as the format's reference implementation does.
+    fn from_float(x: &[f32]) -> Self;
+}
+
+/// A ternary block format: every value is `(code − 1) · d` with 2-bit codes 0, 1, 2.
+pub trait TernaryBlock: QuantBlock {
+    /// The block's codes in element order (`out[..BLOCK]`, each 0, 1 or 2).
+    fn codes(&self, out: &mut [u8]);
+    /// The block scale `d` (the tensor scale for per-tensor formats).
+    fn d(&self) -> f32;
+    /// Builds a block from codes (0, 1, 2) and a scale.
+    fn from_codes(codes: &[u8], d: f32) -> Self;
+}
+
+/// Dequantizes a row of blocks into `out` (`out.len() == blocks.len() * B::BLOCK`).
+pub fn dequantize_row<B: QuantBlock>(blocks: &[B], out: &mut [f32]) {
+    for (b, o) in blocks.iter().zip(out.chunks_exact_mut(B::BLOCK)) {
+        b.to_float(o);
+    }
+}
+
+/// Quantizes `x` (a multiple of `B::BLOCK` long) into blocks.
+pub fn quantize_row<B: QuantBlock>(x: &[f32]) -> Vec<B> {
+    x.chunks_exact(B::BLOCK).map(B::from_float).collect()
+}
+
+/// llama.cpp's `nearest_int`: round half to even (for |x| < 2^22).
+#[inline]
+pub fn nearest_int(x: f32) -> i32 {
+    x.round_ties_even() as i32
 }

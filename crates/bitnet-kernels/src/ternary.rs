@@ -6,7 +6,7 @@
 //! (BITNET.md), so that one byte load and four shifts give four 32-wide lanes. Padding weights
 //! (past `cols`) are code 1 (zero), and activations are zero-padded, so padding adds nothing.
 
-use crate::quant::QuantBlock;
+use crate::quant::{QuantBlock, TernaryBlock};
 
 /// Weights per [`BlockI2`].
 pub const QK_I2: usize = 128;
@@ -32,17 +32,9 @@ impl BlockI2 {
     }
 }
 
-impl QuantBlock for BlockI2 {
-    const BLOCK: usize = QK_I2;
-    const NAME: &'static str = "i2 (2-bit ternary, 128/block)";
-
-    fn to_float(&self, out: &mut [f32]) {
-        for (i, o) in out[..QK_I2].iter_mut().enumerate() {
-            *o = self.code(i) as f32 - 1.0;
-        }
-    }
-
-    fn from_ternary(values: &[i8]) -> Self {
+impl BlockI2 {
+    /// Builds a block from ternary values in `-1..=1` (`values.len() == 128`).
+    pub fn from_ternary(values: &[i8]) -> Self {
         debug_assert_eq!(values.len(), QK_I2);
         let mut qs = [0u8; 32];
         for (i, &v) in values.iter().enumerate() {
@@ -54,7 +46,7 @@ impl QuantBlock for BlockI2 {
 
     /// `Σ c·q` over the block (codes, not weights: callers subtract `Σ q` once per row).
     #[inline]
-    fn vec_dot_i8(&self, q: &[i8]) -> i32 {
+    pub fn vec_dot_i8(&self, q: &[i8]) -> i32 {
         let q = &q[..QK_I2];
         let mut acc = 0i32;
         for m in 0..32 {
@@ -65,6 +57,45 @@ impl QuantBlock for BlockI2 {
                 + (b & 3) * q[m + 96] as i32;
         }
         acc
+    }
+}
+
+/// Scale-free: values are the ternary weights themselves (the scale lives in the matrix).
+impl QuantBlock for BlockI2 {
+    const BLOCK: usize = QK_I2;
+    const NAME: &'static str = "i2 (2-bit ternary, 128/block)";
+
+    fn to_float(&self, out: &mut [f32]) {
+        for (i, o) in out[..QK_I2].iter_mut().enumerate() {
+            *o = self.code(i) as f32 - 1.0;
+        }
+    }
+
+    /// Sign of each value (zero stays zero).
+    fn from_float(x: &[f32]) -> Self {
+        let mut v = [0i8; QK_I2];
+        for (o, &f) in v.iter_mut().zip(x) {
+            *o = if f > 0.0 { 1 } else if f < 0.0 { -1 } else { 0 };
+        }
+        BlockI2::from_ternary(&v)
+    }
+}
+
+impl TernaryBlock for BlockI2 {
+    fn codes(&self, out: &mut [u8]) {
+        for (i, o) in out[..QK_I2].iter_mut().enumerate() {
+            *o = self.code(i);
+        }
+    }
+    fn d(&self) -> f32 {
+        1.0
+    }
+    fn from_codes(codes: &[u8], _d: f32) -> Self {
+        let mut qs = [0u8; 32];
+        for (i, &c) in codes[..QK_I2].iter().enumerate() {
+            qs[i % 32] |= (c & 3) << (6 - 2 * (i / 32));
+        }
+        BlockI2 { qs }
     }
 }
 

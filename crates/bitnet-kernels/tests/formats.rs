@@ -1,0 +1,77 @@
+//! Round trips of the GGML block formats.
+
+use bitnet_kernels::formats::*;
+use bitnet_kernels::{BlockI2, QuantBlock, TernaryBlock};
+use rand::{RngExt, SeedableRng};
+
+fn ternary_roundtrip<B: TernaryBlock>() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+    for case in 0..50 {
+        let codes: Vec<u8> = (0..B::BLOCK)
+            .map(|_| match case {
+                0 => 0,
+                1 => 2,
+                2 => 1,
+                _ => rng.random_range(0..3u8),
+            })
+            .collect();
+        let d = 0.0371f32;
+        let b = B::from_codes(&codes, d);
+        let mut back = vec![0u8; B::BLOCK];
+        b.codes(&mut back);
+        assert_eq!(back, codes, "{} case {case}", B::NAME);
+        // Quantizing the float values {-d, 0, d} gives the same codes.
+        let mut f = vec![0f32; B::BLOCK];
+        b.to_float(&mut f);
+        let q = B::from_float(&f);
+        let mut back2 = vec![0u8; B::BLOCK];
+        q.codes(&mut back2);
+        if case != 2 {
+            assert_eq!(back2, codes, "{} from_float case {case}", B::NAME);
+        }
+    }
+}
+
+#[test]
+fn ternary_formats_roundtrip() {
+    ternary_roundtrip::<BlockTQ2_0>();
+    ternary_roundtrip::<BlockTQ1_0>();
+    ternary_roundtrip::<BlockI2>();
+}
+
+fn lossy_roundtrip<B: QuantBlock>(tol: f32) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    for _ in 0..50 {
+        let x: Vec<f32> = (0..B::BLOCK).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let b = B::from_float(&x);
+        let mut y = vec![0f32; B::BLOCK];
+        b.to_float(&mut y);
+        let err = x.iter().zip(&y).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(err <= tol, "{}: max error {err}", B::NAME);
+    }
+    let zeros = B::from_float(&vec![0f32; B::BLOCK]);
+    let mut y = vec![1f32; B::BLOCK];
+    zeros.to_float(&mut y);
+    assert!(y.iter().all(|&v| v == 0.0), "{}: zero block", B::NAME);
+}
+
+#[test]
+fn float_formats_roundtrip() {
+    lossy_roundtrip::<BlockQ8_0>(2.0 / 127.0);
+    lossy_roundtrip::<BlockQ6K>(4.0 / 63.0);
+    lossy_roundtrip::<BlockQ4K>(4.0 / 15.0);
+}
+
+#[test]
+fn i2_s_bytes_roundtrip() {
+    let s = 0.25f32;
+    let vals: Vec<f32> = (0..384).map(|i| [(-s), 0.0, s][(i * 7 + i / 5) % 3]).collect();
+    let bytes = quantize_i2_s(&vals);
+    assert_eq!(bytes.len(), i2_s_nbytes(384));
+    let mut codes = vec![0u8; 384];
+    let scale = dequantize_i2_s(&bytes, 384, &mut codes);
+    assert_eq!(scale, s);
+    for (c, v) in codes.iter().zip(&vals) {
+        assert_eq!((*c as f32 - 1.0) * scale, *v);
+    }
+}
