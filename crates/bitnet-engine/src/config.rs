@@ -44,6 +44,8 @@ pub enum WeightFormat {
     PackedDivide,
     /// Float master weights, ternarized at load (absmean; `quantization_mode: online`).
     Online,
+    /// Ternary tensors of a GGUF file (TQ1_0, TQ2_0, I2_S, or floats holding `{−s, 0, +s}`).
+    Gguf,
 }
 
 impl WeightFormat {
@@ -55,6 +57,7 @@ impl WeightFormat {
             }
             WeightFormat::PackedDivide => "packed 2-bit uint8 + weight_scale (bitlinear: divide)",
             WeightFormat::Online => "float master weights, ternarized at load (online absmean)",
+            WeightFormat::Gguf => "GGUF ternary tensors",
         }
     }
 }

@@ -150,6 +150,9 @@ pub enum Error {
         /// Vocabulary size.
         vocab: usize,
     },
+    /// A GGUF file is unreadable or hostile.
+    #[error(transparent)]
+    Gguf(#[from] bitnet_formats::gguf::GgufError),
     /// The prompt is empty (no tokens to run).
     #[error("the prompt is empty: at least one token is needed")]
     EmptyPrompt,

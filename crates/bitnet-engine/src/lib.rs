@@ -15,6 +15,7 @@ pub use forward::{KvCache, RunState};
 pub use model::Model;
 pub mod chat;
 pub mod generate;
+pub mod gguf_model;
 pub mod inspect;
 pub mod sampling;
 pub mod spm;

@@ -38,8 +38,13 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads `dir/config.json` and the safetensors weights of `dir`.
+    /// Loads a model: a Hugging Face checkpoint directory (`config.json` + safetensors) or a
+    /// `.gguf` file.
     pub fn load(dir: &Path) -> Result<Self> {
+        if dir.is_file() {
+            let f = bitnet_formats::gguf::GgufFile::open(dir)?;
+            return crate::gguf_model::model_from_gguf(&f);
+        }
         if !dir.is_dir() {
             return Err(Error::NotFound {
                 path: dir.to_path_buf(),
@@ -185,6 +190,10 @@ fn ternary(
             let vals = w.to_f32()?;
             Ok(ternarize_absmean(&vals, out, inp))
         }
+        WeightFormat::Gguf => Err(Error::UnsupportedQuantization {
+            path: w.path.to_path_buf(),
+            message: "GGUF weight format in a safetensors checkpoint".into(),
+        }),
         WeightFormat::PackedMultiply | WeightFormat::PackedDivide => {
             if w.dtype != Dtype::U8 {
                 return Err(w.dtype_error(

@@ -1,5 +1,7 @@
 //! Float matrices: embeddings and the output head, kept in their stored precision.
 
+use crate::formats::{BlockQ4K, BlockQ6K, BlockQ8_0};
+use crate::quant::QuantBlock;
 use half::{bf16, f16};
 
 /// Storage of a [`DenseMatrix`]: values are exact in f32 whatever the storage type.
@@ -11,6 +13,12 @@ pub enum DenseData {
     Bf16(Vec<bf16>),
     /// IEEE half.
     F16(Vec<f16>),
+    /// Q8_0 blocks (rows are whole blocks).
+    Q8_0(Vec<BlockQ8_0>),
+    /// Q6_K blocks.
+    Q6K(Vec<BlockQ6K>),
+    /// Q4_K blocks.
+    Q4K(Vec<BlockQ4K>),
 }
 
 /// A row-major `[rows, cols]` float matrix.
@@ -22,7 +30,7 @@ pub struct DenseMatrix {
 }
 
 impl DenseMatrix {
-    /// Wraps row-major data.
+    /// Wraps row-major data (block formats: `cols` a multiple of the block size).
     ///
     /// # Panics
     /// If the data length is not `rows * cols`.
@@ -31,6 +39,9 @@ impl DenseMatrix {
             DenseData::F32(v) => v.len(),
             DenseData::Bf16(v) => v.len(),
             DenseData::F16(v) => v.len(),
+            DenseData::Q8_0(v) => v.len() * BlockQ8_0::BLOCK,
+            DenseData::Q6K(v) => v.len() * BlockQ6K::BLOCK,
+            DenseData::Q4K(v) => v.len() * BlockQ4K::BLOCK,
         };
         assert_eq!(len, rows * cols, "dense matrix length");
         DenseMatrix { rows, cols, data }
@@ -49,6 +60,9 @@ impl DenseMatrix {
             DenseData::F32(_) => "F32",
             DenseData::Bf16(_) => "BF16",
             DenseData::F16(_) => "F16",
+            DenseData::Q8_0(_) => "Q8_0",
+            DenseData::Q6K(_) => "Q6_K",
+            DenseData::Q4K(_) => "Q4_K",
         }
     }
     /// Bytes of storage.
@@ -57,7 +71,15 @@ impl DenseMatrix {
             DenseData::F32(v) => v.len() * 4,
             DenseData::Bf16(v) => v.len() * 2,
             DenseData::F16(v) => v.len() * 2,
+            DenseData::Q8_0(v) => std::mem::size_of_val(v.as_slice()),
+            DenseData::Q6K(v) => std::mem::size_of_val(v.as_slice()),
+            DenseData::Q4K(v) => std::mem::size_of_val(v.as_slice()),
         }
+    }
+
+    /// The storage.
+    pub fn data(&self) -> &DenseData {
+        &self.data
     }
 
     /// Copies row `r` into `out` as f32 (embedding lookup).
@@ -76,6 +98,9 @@ impl DenseMatrix {
                     *o = x.to_f32();
                 }
             }
+            DenseData::Q8_0(v) => dequant_row(&v[r * c / 32..(r + 1) * c / 32], out),
+            DenseData::Q6K(v) => dequant_row(&v[r * c / 256..(r + 1) * c / 256], out),
+            DenseData::Q4K(v) => dequant_row(&v[r * c / 256..(r + 1) * c / 256], out),
         }
     }
 
@@ -87,8 +112,28 @@ impl DenseMatrix {
             DenseData::F32(v) => dot8(&v[r * c..(r + 1) * c], x, |a| a),
             DenseData::Bf16(v) => dot8(&v[r * c..(r + 1) * c], x, |a| a.to_f32()),
             DenseData::F16(v) => dot8(&v[r * c..(r + 1) * c], x, |a| a.to_f32()),
+            DenseData::Q8_0(v) => dot_blocks(&v[r * c / 32..(r + 1) * c / 32], x),
+            DenseData::Q6K(v) => dot_blocks(&v[r * c / 256..(r + 1) * c / 256], x),
+            DenseData::Q4K(v) => dot_blocks(&v[r * c / 256..(r + 1) * c / 256], x),
         }
     }
+}
+
+fn dequant_row<B: QuantBlock>(blocks: &[B], out: &mut [f32]) {
+    for (b, o) in blocks.iter().zip(out.chunks_exact_mut(B::BLOCK)) {
+        b.to_float(o);
+    }
+}
+
+/// Dot product of dequantized blocks with `x`, block by block through a stack buffer.
+fn dot_blocks<B: QuantBlock>(blocks: &[B], x: &[f32]) -> f32 {
+    let mut buf = [0f32; 256];
+    let mut acc = 0f32;
+    for (b, xc) in blocks.iter().zip(x.chunks_exact(B::BLOCK)) {
+        b.to_float(&mut buf[..B::BLOCK]);
+        acc += dot8(&buf[..B::BLOCK], xc, |a| a);
+    }
+    acc
 }
 
 #[inline]

@@ -1,0 +1,293 @@
+//! Models from GGUF files: llama.cpp's `bitnet` (SiLU) and Microsoft's `bitnet-b1.58` /
+//! `bitnet-25` (relu²) architectures, with TQ1_0 / TQ2_0 / I2_S or float-stored ternary
+//! projections and F32/F16/BF16/Q8_0/Q6_K/Q4_K embeddings.
+
+use crate::config::{Activation, Architecture, ModelConfig, WeightFormat};
+use crate::error::{Error, Result};
+use crate::model::{Layer, Model};
+use bitnet_formats::gguf::{GgmlType, GgufFile, TensorInfo};
+use bitnet_kernels::formats::{dequantize_i2_s, BlockQ4K, BlockQ6K, BlockQ8_0, BlockTQ1_0, BlockTQ2_0};
+use bitnet_kernels::ops::RopeTable;
+use bitnet_kernels::{DenseData, DenseMatrix, TernaryBlock, TernaryMatrix};
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// Architectures read from `general.architecture`.
+pub const GGUF_ARCHS: &str = "bitnet (SiLU, llama.cpp), bitnet-b1.58 and bitnet-25 (relu², microsoft/BitNet)";
+
+fn missing(f: &GgufFile, key: &str) -> Error {
+    Error::MissingField {
+        path: f.path().to_path_buf(),
+        field: key.to_string(),
+    }
+}
+
+/// Hyper-parameters from GGUF metadata.
+pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
+    let arch = f.get_str("general.architecture").ok_or_else(|| missing(f, "general.architecture"))?;
+    let hidden_act = match arch {
+        "bitnet" => Activation::Silu,
+        "bitnet-b1.58" | "bitnet-25" => Activation::Relu2,
+        other => {
+            return Err(Error::UnsupportedArchitecture {
+                path: f.path().to_path_buf(),
+                found: format!("general.architecture {other:?}"),
+                supported: GGUF_ARCHS,
+            })
+        }
+    };
+    let key = |k: &str| format!("{arch}.{k}");
+    let req = |k: &str| f.get_u64(&key(k)).map(|v| v as usize).ok_or_else(|| missing(f, &key(k)));
+    let hidden = req("embedding_length")?;
+    let heads = req("attention.head_count")?;
+    let kv_heads = f.get_u64(&key("attention.head_count_kv")).map_or(heads, |v| v as usize);
+    let invalid = |field: String, message: String| Error::InvalidField {
+        path: f.path().to_path_buf(),
+        field,
+        message,
+    };
+    if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+        return Err(invalid(key("attention.head_count_kv"), format!("{kv_heads} must divide head_count {heads}")));
+    }
+    let head_dim = match f.get_u64(&key("attention.key_length")) {
+        Some(d) => d as usize,
+        None if hidden % heads == 0 => hidden / heads,
+        None => return Err(invalid(key("embedding_length"), format!("{hidden} not divisible by {heads} heads"))),
+    };
+    if head_dim == 0 || head_dim % 2 != 0 {
+        return Err(invalid(key("attention.key_length"), format!("{head_dim} must be even")));
+    }
+    if let Some(factor) = f.get_f64(&key("rope.scaling.factor")) {
+        if factor != 1.0 && f.get_str(&key("rope.scaling.type")) != Some("none") {
+            return Err(invalid(key("rope.scaling.factor"), format!("RoPE scaling {factor} is not supported")));
+        }
+    }
+    let embd = f.tensor("token_embd.weight").ok_or_else(|| Error::MissingTensor {
+        name: "token_embd.weight".into(),
+        path: f.path().to_path_buf(),
+    })?;
+    let vocab = f
+        .get_u64(&key("vocab_size"))
+        .map(|v| v as usize)
+        .unwrap_or_else(|| embd.dims.get(1).copied().unwrap_or(0) as usize);
+    let eos: Vec<u32> = f.get_u64("tokenizer.ggml.eos_token_id").map(|v| v as u32).into_iter().collect();
+    let cfg = ModelConfig {
+        architecture: Architecture::BitNet,
+        vocab_size: vocab,
+        hidden_size: hidden,
+        intermediate_size: req("feed_forward_length")?,
+        num_hidden_layers: req("block_count")?,
+        num_attention_heads: heads,
+        num_key_value_heads: kv_heads,
+        head_dim,
+        hidden_act,
+        rms_norm_eps: f.get_f64(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f32,
+        rope_theta: f.get_f64(&key("rope.freq_base")).unwrap_or(if arch == "bitnet" { 10000.0 } else { 500000.0 }) as f32,
+        max_position_embeddings: req("context_length")?,
+        tie_word_embeddings: f.tensor("output.weight").is_none(),
+        weight_format: WeightFormat::Gguf,
+        bos_token_id: f.get_u64("tokenizer.ggml.bos_token_id").map(|v| v as u32),
+        eos_token_ids: eos,
+    };
+    Ok(cfg)
+}
+
+struct Loader<'a> {
+    f: &'a GgufFile,
+}
+
+impl Loader<'_> {
+    fn tensor(&self, name: &str) -> Result<&TensorInfo> {
+        self.f.tensor(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+            path: self.f.path().to_path_buf(),
+        })
+    }
+
+    fn shape(&self, t: &TensorInfo, expected: &[u64]) -> Result<()> {
+        if t.dims != expected {
+            return Err(Error::TensorShape {
+                name: t.name.clone(),
+                path: self.f.path().to_path_buf(),
+                expected: expected.iter().map(|&d| d as usize).collect(),
+                found: t.dims.iter().map(|&d| d as usize).collect(),
+            });
+        }
+        Ok(())
+    }
+
+    fn dtype_err(&self, t: &TensorInfo, expected: &str) -> Error {
+        Error::TensorDtype {
+            name: t.name.clone(),
+            path: self.f.path().to_path_buf(),
+            expected: expected.into(),
+            found: t.ggml_type.name().into(),
+        }
+    }
+
+    fn floats(&self, t: &TensorInfo) -> Result<Vec<f32>> {
+        let d = self.f.data(t);
+        Ok(match t.ggml_type {
+            GgmlType::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            GgmlType::F16 => d.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            GgmlType::BF16 => d.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            _ => return Err(self.dtype_err(t, "F32, F16 or BF16")),
+        })
+    }
+
+    fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>> {
+        let t = self.tensor(name)?;
+        self.shape(t, &[n as u64])?;
+        self.floats(t)
+    }
+
+    fn dense(&self, name: &str, rows: usize, cols: usize) -> Result<DenseMatrix> {
+        let t = self.tensor(name)?;
+        self.shape(t, &[cols as u64, rows as u64])?;
+        let d = self.f.data(t);
+        let data = match t.ggml_type {
+            GgmlType::F32 => DenseData::F32(self.floats(t)?),
+            GgmlType::F16 => DenseData::F16(bytemuck::pod_collect_to_vec(d)),
+            GgmlType::BF16 => DenseData::Bf16(bytemuck::pod_collect_to_vec(d)),
+            GgmlType::Q8_0 => DenseData::Q8_0(bytemuck::pod_collect_to_vec::<u8, BlockQ8_0>(d)),
+            GgmlType::Q6K => DenseData::Q6K(bytemuck::pod_collect_to_vec::<u8, BlockQ6K>(d)),
+            GgmlType::Q4K => DenseData::Q4K(bytemuck::pod_collect_to_vec::<u8, BlockQ4K>(d)),
+            _ => return Err(self.dtype_err(t, "F32, F16, BF16, Q8_0, Q6_K or Q4_K")),
+        };
+        Ok(DenseMatrix::new(rows, cols, data))
+    }
+
+    /// A projection stored as `[in, out]` GGML dims, as a ternary matrix with one scale.
+    fn ternary(&self, name: &str, out: usize, inp: usize) -> Result<TernaryMatrix> {
+        let t = self.tensor(&format!("{name}.weight"))?;
+        self.shape(t, &[inp as u64, out as u64])?;
+        let data = self.f.data(t);
+        let n = out * inp;
+        let mut codes = vec![1u8; n];
+        let scale = match t.ggml_type {
+            GgmlType::I2S => {
+                let s = dequantize_i2_s(data, n, &mut codes);
+                if codes.contains(&3) {
+                    return Err(self.bad(t, "I2_S code 3 (codes are 0, 1, 2)"));
+                }
+                s
+            }
+            GgmlType::TQ2_0 => self.block_codes::<BlockTQ2_0>(t, data, &mut codes)?,
+            GgmlType::TQ1_0 => self.block_codes::<BlockTQ1_0>(t, data, &mut codes)?,
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
+                let vals = self.floats(t)?;
+                let s = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
+                for (c, &v) in codes.iter_mut().zip(&vals) {
+                    *c = if v == 0.0 {
+                        1
+                    } else if v == s {
+                        2
+                    } else if v == -s {
+                        0
+                    } else {
+                        return Err(self.bad(t, &format!(
+                            "value {v} is not one of {{-s, 0, +s}} with s = {s}: not a ternary tensor"
+                        )));
+                    };
+                }
+                s
+            }
+            _ => return Err(self.dtype_err(t, "TQ1_0, TQ2_0, I2_S, or F32/F16/BF16 holding {-s, 0, +s}")),
+        };
+        let extra = match self.f.tensor(&format!("{name}.scale")) {
+            Some(st) => {
+                let v = self.floats(st)?;
+                if v.len() != 1 {
+                    return Err(self.bad(st, "a per-tensor scale must hold one value"));
+                }
+                v[0]
+            }
+            None => 1.0,
+        };
+        let mut m = TernaryMatrix::zeros(out, inp, scale * extra);
+        let mut row = vec![0i8; inp];
+        for r in 0..out {
+            for (o, &c) in row.iter_mut().zip(&codes[r * inp..(r + 1) * inp]) {
+                *o = c as i8 - 1;
+            }
+            m.set_row(r, &row);
+        }
+        Ok(m)
+    }
+
+    /// Codes of a per-block-scaled ternary format; every block with a non-zero code must have
+    /// the same scale (the per-tensor scale, as BitNet converters write it).
+    fn block_codes<B: TernaryBlock>(&self, t: &TensorInfo, data: &[u8], codes: &mut [u8]) -> Result<f32> {
+        let blocks: Vec<B> = bytemuck::pod_collect_to_vec(data);
+        let mut scale: Option<f32> = None;
+        for (b, c) in blocks.iter().zip(codes.chunks_exact_mut(B::BLOCK)) {
+            b.codes(c);
+            if c.iter().any(|&x| x != 1) {
+                let d = b.d();
+                match scale {
+                    None => scale = Some(d),
+                    Some(s) if s != d => {
+                        return Err(self.bad(t, &format!(
+                            "block scales {s} and {d} differ: not a per-tensor ternary tensor"
+                        )))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(scale.unwrap_or(0.0))
+    }
+
+    fn bad(&self, t: &TensorInfo, message: &str) -> Error {
+        Error::InvalidField {
+            path: self.f.path().to_path_buf(),
+            field: format!("tensor {}", t.name),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Loads a model from an opened GGUF file.
+pub fn model_from_gguf(f: &GgufFile) -> Result<Model> {
+    let config = config_from_gguf(f)?;
+    let c = &config;
+    let ld = Loader { f };
+    let (h, inter, vocab, qd, kvd) = (c.hidden_size, c.intermediate_size, c.vocab_size, c.q_dim(), c.kv_dim());
+    let embed = ld.dense("token_embd.weight", vocab, h)?;
+    let layers = (0..c.num_hidden_layers)
+        .into_par_iter()
+        .map(|i| {
+            let p = format!("blk.{i}.");
+            let lin = |n: &str, out: usize, inp: usize| ld.ternary(&format!("{p}{n}"), out, inp);
+            let nrm = |n: &str, len: usize| ld.vector(&format!("{p}{n}.weight"), len);
+            Ok(Layer {
+                input_norm: nrm("attn_norm", h)?,
+                q: lin("attn_q", qd, h)?,
+                k: lin("attn_k", kvd, h)?,
+                v: lin("attn_v", kvd, h)?,
+                o: lin("attn_output", h, qd)?,
+                attn_sub_norm: nrm("attn_sub_norm", qd)?,
+                post_norm: nrm("ffn_norm", h)?,
+                gate: lin("ffn_gate", inter, h)?,
+                up: lin("ffn_up", inter, h)?,
+                down: lin("ffn_down", h, inter)?,
+                ffn_sub_norm: nrm("ffn_sub_norm", inter)?,
+            })
+        })
+        .collect::<Result<Vec<Layer>>>()?;
+    let norm = ld.vector("output_norm.weight", h)?;
+    let lm_head = if c.tie_word_embeddings {
+        None
+    } else {
+        Some(ld.dense("output.weight", vocab, h)?)
+    };
+    let rope = RopeTable::new(c.head_dim, c.rope_theta, c.max_position_embeddings);
+    Ok(Model {
+        config,
+        embed,
+        layers,
+        norm,
+        lm_head,
+        rope,
+    })
+}
