@@ -28,6 +28,10 @@ enum Command {
     CompareLogits(commands::compare::Args),
     /// Describe a checkpoint: architecture, shapes, parameters, formats, tokenizer, template.
     Inspect(commands::inspect::Args),
+    /// Convert a checkpoint (HF, GGUF, PyTorch, ONNX) to GGUF (I2_S, TQ1_0, TQ2_0, F16) or HF.
+    Convert(commands::convert::Args),
+    /// Perplexity of a text file (llama.cpp's method).
+    Perplexity(commands::perplexity::Args),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +58,8 @@ fn main() -> ExitCode {
         Command::Logits(a) => commands::logits::run(a),
         Command::CompareLogits(a) => commands::compare::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
+        Command::Convert(a) => commands::convert::run(a),
+        Command::Perplexity(a) => commands::perplexity::run(a),
     };
     match result {
         Ok(code) => code,

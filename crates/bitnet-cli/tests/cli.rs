@@ -289,7 +289,7 @@ fn inspect_describes_the_checkpoint() {
         "separate lm_head",
         "context:       256 tokens",
         "BPE",
-        "chat template: from tokenizer_config.json",
+        "chat template: from the model",
     ] {
         assert!(out.contains(needle), "lacks {needle:?}: {out}");
     }

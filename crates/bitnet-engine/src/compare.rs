@@ -204,6 +204,36 @@ pub fn argmax(row: &[f32]) -> usize {
     top2(row).0
 }
 
+/// KL divergence `KL(softmax(a) ‖ softmax(b))` per position of two `[positions, vocab]`
+/// logit arrays (nats): what using `b`'s model instead of `a`'s costs, as llama.cpp's
+/// `--kl-divergence` reports it.
+pub fn kl_divergence(a: &[f32], b: &[f32], vocab: usize) -> Vec<f64> {
+    let log_softmax = |row: &[f32], out: &mut Vec<f64>| {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+        let lse = max
+            + row
+                .iter()
+                .map(|&v| (v as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
+        out.clear();
+        out.extend(row.iter().map(|&v| v as f64 - lse));
+    };
+    let (mut la, mut lb) = (Vec::new(), Vec::new());
+    a.chunks_exact(vocab)
+        .zip(b.chunks_exact(vocab))
+        .map(|(ra, rb)| {
+            log_softmax(ra, &mut la);
+            log_softmax(rb, &mut lb);
+            la.iter()
+                .zip(&lb)
+                .map(|(&x, &y)| x.exp() * (x - y))
+                .sum::<f64>()
+                .max(0.0)
+        })
+        .collect()
+}
+
 /// Differences between two `[positions, vocab]` logit arrays, in units of `s`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LogitStats {

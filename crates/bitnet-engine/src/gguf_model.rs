@@ -4,16 +4,19 @@
 
 use crate::config::{Activation, Architecture, ModelConfig, WeightFormat};
 use crate::error::{Error, Result};
-use crate::model::{Layer, Model};
+use crate::model::{Layer, Model, TernaryCodes, NEG_ZERO};
 use bitnet_formats::gguf::{GgmlType, GgufFile, TensorInfo};
-use bitnet_kernels::formats::{dequantize_i2_s, BlockQ4K, BlockQ6K, BlockQ8_0, BlockTQ1_0, BlockTQ2_0};
+use bitnet_kernels::formats::{
+    dequantize_i2_s, BlockQ4K, BlockQ6K, BlockQ8_0, BlockTQ1_0, BlockTQ2_0,
+};
 use bitnet_kernels::ops::RopeTable;
 use bitnet_kernels::{DenseData, DenseMatrix, TernaryBlock, TernaryMatrix};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
 /// Architectures read from `general.architecture`.
-pub const GGUF_ARCHS: &str = "bitnet (SiLU, llama.cpp), bitnet-b1.58 and bitnet-25 (relu², microsoft/BitNet)";
+pub const GGUF_ARCHS: &str =
+    "bitnet (SiLU, llama.cpp), bitnet-b1.58 and bitnet-25 (relu², microsoft/BitNet)";
 
 fn missing(f: &GgufFile, key: &str) -> Error {
     Error::MissingField {
@@ -24,7 +27,9 @@ fn missing(f: &GgufFile, key: &str) -> Error {
 
 /// Hyper-parameters from GGUF metadata.
 pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
-    let arch = f.get_str("general.architecture").ok_or_else(|| missing(f, "general.architecture"))?;
+    let arch = f
+        .get_str("general.architecture")
+        .ok_or_else(|| missing(f, "general.architecture"))?;
     let hidden_act = match arch {
         "bitnet" => Activation::Silu,
         "bitnet-b1.58" | "bitnet-25" => Activation::Relu2,
@@ -37,40 +42,66 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
         }
     };
     let key = |k: &str| format!("{arch}.{k}");
-    let req = |k: &str| f.get_u64(&key(k)).map(|v| v as usize).ok_or_else(|| missing(f, &key(k)));
+    let req = |k: &str| {
+        f.get_u64(&key(k))
+            .map(|v| v as usize)
+            .ok_or_else(|| missing(f, &key(k)))
+    };
     let hidden = req("embedding_length")?;
     let heads = req("attention.head_count")?;
-    let kv_heads = f.get_u64(&key("attention.head_count_kv")).map_or(heads, |v| v as usize);
+    let kv_heads = f
+        .get_u64(&key("attention.head_count_kv"))
+        .map_or(heads, |v| v as usize);
     let invalid = |field: String, message: String| Error::InvalidField {
         path: f.path().to_path_buf(),
         field,
         message,
     };
     if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
-        return Err(invalid(key("attention.head_count_kv"), format!("{kv_heads} must divide head_count {heads}")));
+        return Err(invalid(
+            key("attention.head_count_kv"),
+            format!("{kv_heads} must divide head_count {heads}"),
+        ));
     }
     let head_dim = match f.get_u64(&key("attention.key_length")) {
         Some(d) => d as usize,
         None if hidden % heads == 0 => hidden / heads,
-        None => return Err(invalid(key("embedding_length"), format!("{hidden} not divisible by {heads} heads"))),
+        None => {
+            return Err(invalid(
+                key("embedding_length"),
+                format!("{hidden} not divisible by {heads} heads"),
+            ))
+        }
     };
     if head_dim == 0 || head_dim % 2 != 0 {
-        return Err(invalid(key("attention.key_length"), format!("{head_dim} must be even")));
+        return Err(invalid(
+            key("attention.key_length"),
+            format!("{head_dim} must be even"),
+        ));
     }
     if let Some(factor) = f.get_f64(&key("rope.scaling.factor")) {
         if factor != 1.0 && f.get_str(&key("rope.scaling.type")) != Some("none") {
-            return Err(invalid(key("rope.scaling.factor"), format!("RoPE scaling {factor} is not supported")));
+            return Err(invalid(
+                key("rope.scaling.factor"),
+                format!("RoPE scaling {factor} is not supported"),
+            ));
         }
     }
-    let embd = f.tensor("token_embd.weight").ok_or_else(|| Error::MissingTensor {
-        name: "token_embd.weight".into(),
-        path: f.path().to_path_buf(),
-    })?;
+    let embd = f
+        .tensor("token_embd.weight")
+        .ok_or_else(|| Error::MissingTensor {
+            name: "token_embd.weight".into(),
+            path: f.path().to_path_buf(),
+        })?;
     let vocab = f
         .get_u64(&key("vocab_size"))
         .map(|v| v as usize)
         .unwrap_or_else(|| embd.dims.get(1).copied().unwrap_or(0) as usize);
-    let eos: Vec<u32> = f.get_u64("tokenizer.ggml.eos_token_id").map(|v| v as u32).into_iter().collect();
+    let eos: Vec<u32> = f
+        .get_u64("tokenizer.ggml.eos_token_id")
+        .map(|v| v as u32)
+        .into_iter()
+        .collect();
     let cfg = ModelConfig {
         architecture: Architecture::BitNet,
         vocab_size: vocab,
@@ -81,8 +112,13 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
         num_key_value_heads: kv_heads,
         head_dim,
         hidden_act,
-        rms_norm_eps: f.get_f64(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f32,
-        rope_theta: f.get_f64(&key("rope.freq_base")).unwrap_or(if arch == "bitnet" { 10000.0 } else { 500000.0 }) as f32,
+        rms_norm_eps: f
+            .get_f64(&key("attention.layer_norm_rms_epsilon"))
+            .unwrap_or(1e-5) as f32,
+        rope_theta: f
+            .get_f64(&key("rope.freq_base"))
+            .unwrap_or(if arch == "bitnet" { 10000.0 } else { 500000.0 })
+            as f32,
         max_position_embeddings: req("context_length")?,
         tie_word_embeddings: f.tensor("output.weight").is_none(),
         weight_format: WeightFormat::Gguf,
@@ -92,12 +128,13 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
     Ok(cfg)
 }
 
-struct Loader<'a> {
-    f: &'a GgufFile,
+/// Reads model tensors out of a GGUF file.
+pub(crate) struct Loader<'a> {
+    pub f: &'a GgufFile,
 }
 
 impl Loader<'_> {
-    fn tensor(&self, name: &str) -> Result<&TensorInfo> {
+    pub(crate) fn tensor(&self, name: &str) -> Result<&TensorInfo> {
         self.f.tensor(name).ok_or_else(|| Error::MissingTensor {
             name: name.to_string(),
             path: self.f.path().to_path_buf(),
@@ -125,23 +162,32 @@ impl Loader<'_> {
         }
     }
 
-    fn floats(&self, t: &TensorInfo) -> Result<Vec<f32>> {
+    pub(crate) fn floats(&self, t: &TensorInfo) -> Result<Vec<f32>> {
         let d = self.f.data(t);
         Ok(match t.ggml_type {
-            GgmlType::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            GgmlType::F16 => d.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            GgmlType::BF16 => d.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            GgmlType::F32 => d
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            GgmlType::F16 => d
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            GgmlType::BF16 => d
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
             _ => return Err(self.dtype_err(t, "F32, F16 or BF16")),
         })
     }
 
-    fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>> {
+    pub(crate) fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>> {
         let t = self.tensor(name)?;
         self.shape(t, &[n as u64])?;
         self.floats(t)
     }
 
-    fn dense(&self, name: &str, rows: usize, cols: usize) -> Result<DenseMatrix> {
+    pub(crate) fn dense(&self, name: &str, rows: usize, cols: usize) -> Result<DenseMatrix> {
         let t = self.tensor(name)?;
         self.shape(t, &[cols as u64, rows as u64])?;
         let d = self.f.data(t);
@@ -159,6 +205,12 @@ impl Loader<'_> {
 
     /// A projection stored as `[in, out]` GGML dims, as a ternary matrix with one scale.
     fn ternary(&self, name: &str, out: usize, inp: usize) -> Result<TernaryMatrix> {
+        let t = self.ternary_codes(name, out, inp)?;
+        Ok(TernaryMatrix::from_codes(out, inp, &t.codes, t.scale))
+    }
+
+    /// A projection's codes and magnitude (times the optional `name.scale` tensor).
+    pub(crate) fn ternary_codes(&self, name: &str, out: usize, inp: usize) -> Result<TernaryCodes> {
         let t = self.tensor(&format!("{name}.weight"))?;
         self.shape(t, &[inp as u64, out as u64])?;
         let data = self.f.data(t);
@@ -179,7 +231,11 @@ impl Loader<'_> {
                 let s = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
                 for (c, &v) in codes.iter_mut().zip(&vals) {
                     *c = if v == 0.0 {
-                        1
+                        if v.is_sign_negative() {
+                            1 | NEG_ZERO
+                        } else {
+                            1
+                        }
                     } else if v == s {
                         2
                     } else if v == -s {
@@ -192,7 +248,11 @@ impl Loader<'_> {
                 }
                 s
             }
-            _ => return Err(self.dtype_err(t, "TQ1_0, TQ2_0, I2_S, or F32/F16/BF16 holding {-s, 0, +s}")),
+            _ => {
+                return Err(
+                    self.dtype_err(t, "TQ1_0, TQ2_0, I2_S, or F32/F16/BF16 holding {-s, 0, +s}")
+                )
+            }
         };
         let extra = match self.f.tensor(&format!("{name}.scale")) {
             Some(st) => {
@@ -204,20 +264,20 @@ impl Loader<'_> {
             }
             None => 1.0,
         };
-        let mut m = TernaryMatrix::zeros(out, inp, scale * extra);
-        let mut row = vec![0i8; inp];
-        for r in 0..out {
-            for (o, &c) in row.iter_mut().zip(&codes[r * inp..(r + 1) * inp]) {
-                *o = c as i8 - 1;
-            }
-            m.set_row(r, &row);
-        }
-        Ok(m)
+        Ok(TernaryCodes {
+            codes,
+            scale: scale * extra,
+        })
     }
 
     /// Codes of a per-block-scaled ternary format; every block with a non-zero code must have
     /// the same scale (the per-tensor scale, as BitNet converters write it).
-    fn block_codes<B: TernaryBlock>(&self, t: &TensorInfo, data: &[u8], codes: &mut [u8]) -> Result<f32> {
+    fn block_codes<B: TernaryBlock>(
+        &self,
+        t: &TensorInfo,
+        data: &[u8],
+        codes: &mut [u8],
+    ) -> Result<f32> {
         let blocks: Vec<B> = bytemuck::pod_collect_to_vec(data);
         let mut scale: Option<f32> = None;
         for (b, c) in blocks.iter().zip(codes.chunks_exact_mut(B::BLOCK)) {
@@ -227,9 +287,12 @@ impl Loader<'_> {
                 match scale {
                     None => scale = Some(d),
                     Some(s) if s != d => {
-                        return Err(self.bad(t, &format!(
-                            "block scales {s} and {d} differ: not a per-tensor ternary tensor"
-                        )))
+                        return Err(self.bad(
+                            t,
+                            &format!(
+                                "block scales {s} and {d} differ: not a per-tensor ternary tensor"
+                            ),
+                        ))
                     }
                     _ => {}
                 }
@@ -252,7 +315,13 @@ pub fn model_from_gguf(f: &GgufFile) -> Result<Model> {
     let config = config_from_gguf(f)?;
     let c = &config;
     let ld = Loader { f };
-    let (h, inter, vocab, qd, kvd) = (c.hidden_size, c.intermediate_size, c.vocab_size, c.q_dim(), c.kv_dim());
+    let (h, inter, vocab, qd, kvd) = (
+        c.hidden_size,
+        c.intermediate_size,
+        c.vocab_size,
+        c.q_dim(),
+        c.kv_dim(),
+    );
     let embed = ld.dense("token_embd.weight", vocab, h)?;
     let layers = (0..c.num_hidden_layers)
         .into_par_iter()

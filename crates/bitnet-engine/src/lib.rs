@@ -4,6 +4,7 @@
 
 pub mod compare;
 pub mod config;
+pub mod convert;
 pub mod error;
 pub mod forward;
 pub mod model;
@@ -16,7 +17,9 @@ pub use model::Model;
 pub mod chat;
 pub mod generate;
 pub mod gguf_model;
+pub mod gguf_tokenizer;
 pub mod inspect;
+pub mod perplexity;
 pub mod sampling;
 pub mod spm;
 pub mod tokenizer;

@@ -177,6 +177,32 @@ fn ternary(
     inp: usize,
     format: WeightFormat,
 ) -> Result<TernaryMatrix> {
+    let t = ternary_codes(ckpt, prefix, out, inp, format)?;
+    Ok(TernaryMatrix::from_codes(out, inp, &t.codes, t.scale))
+}
+
+/// A ternary tensor as row-major codes `c = w + 1` (0, 1, 2) and the value `s` of its non-zero
+/// magnitude (`W = (c − 1) · s`). Bit 2 of a zero code ([`NEG_ZERO`]) records that the source
+/// float was negative, so float exports reproduce `−0.0` as converters write it.
+#[derive(Clone, Debug)]
+pub struct TernaryCodes {
+    /// Row-major codes.
+    pub codes: Vec<u8>,
+    /// Non-zero magnitude.
+    pub scale: f32,
+}
+
+/// Flag on a zero code whose source float was negative.
+pub const NEG_ZERO: u8 = 4;
+
+/// Reads a projection's ternary codes and scale from a Hugging Face checkpoint.
+pub fn ternary_codes(
+    ckpt: &Checkpoint,
+    prefix: &str,
+    out: usize,
+    inp: usize,
+    format: WeightFormat,
+) -> Result<TernaryCodes> {
     let wname = format!("{prefix}.weight");
     let w = ckpt.get(&wname)?;
     match format {
@@ -188,7 +214,7 @@ fn ternary(
             }
             w.expect_shape(&[out, inp])?;
             let vals = w.to_f32()?;
-            Ok(ternarize_absmean(&vals, out, inp))
+            Ok(ternarize_absmean(&vals))
         }
         WeightFormat::Gguf => Err(Error::UnsupportedQuantization {
             path: w.path.to_path_buf(),
@@ -214,37 +240,51 @@ fn ternary(
             } else {
                 1.0 / ws
             };
-            unpack_hf(&w, out, inp, scale)
+            Ok(TernaryCodes {
+                codes: unpack_hf(&w, out, inp)?,
+                scale,
+            })
         }
     }
 }
 
-/// Absmean ternarization (transformers `WeightQuant`): `s = 1 / max(mean|W|, 1e-5)`,
-/// `T = clamp(round_half_even(W·s), −1, 1)`, `W ≈ T / s`.
-pub fn ternarize_absmean(vals: &[f32], rows: usize, cols: usize) -> TernaryMatrix {
+/// Absmean ternarization (transformers `WeightQuant`, llama.cpp's and bitnet.cpp's converters):
+/// `s = mean|W|` (f32), `is = 1 / max(s, 1e-5)`, `T = clamp(round_half_even(W·is), −1, 1)`;
+/// the stored magnitude is `1 / is`, the value `T / is` those tools compute.
+pub fn ternarize_absmean(vals: &[f32]) -> TernaryCodes {
     let mean = (vals.iter().map(|v| v.abs() as f64).sum::<f64>() / vals.len().max(1) as f64) as f32;
-    let s = 1.0f32 / mean.max(1e-5);
-    let mut m = TernaryMatrix::zeros(rows, cols, 1.0 / s);
-    let mut row = vec![0i8; cols];
-    for r in 0..rows {
-        for (o, &v) in row.iter_mut().zip(&vals[r * cols..(r + 1) * cols]) {
-            *o = (v * s).round_ties_even().clamp(-1.0, 1.0) as i8;
-        }
-        m.set_row(r, &row);
+    let is = 1.0f32 / mean.max(1e-5);
+    let codes = vals
+        .iter()
+        .map(|&v| {
+            let q = (v * is).round_ties_even().clamp(-1.0, 1.0) as i8;
+            let c = (q + 1) as u8;
+            if q == 0 && v.is_sign_negative() {
+                c | NEG_ZERO
+            } else {
+                c
+            }
+        })
+        .collect();
+    TernaryCodes {
+        codes,
+        scale: 1.0 / is,
     }
-    m
 }
 
 /// Unpacks the Hugging Face 2-bit layout: `packed[r, c]` holds rows `i·R + r` (i = 0..3, low
 /// bits first, R = ceil(out/4)) as codes `w + 1`.
-fn unpack_hf(w: &TensorRef<'_>, out: usize, inp: usize, scale: f32) -> Result<TernaryMatrix> {
+fn unpack_hf(w: &TensorRef<'_>, out: usize, inp: usize) -> Result<Vec<u8>> {
     let r_rows = out.div_ceil(4);
-    let mut m = TernaryMatrix::zeros(out, inp, scale);
-    let mut row = vec![0i8; inp];
+    let mut codes = vec![1u8; out * inp];
     for o in 0..out {
         let (i, r) = (o / r_rows, o % r_rows);
         let src = &w.data[r * inp..(r + 1) * inp];
-        for (c, (dst, &b)) in row.iter_mut().zip(src).enumerate() {
+        for (c, (dst, &b)) in codes[o * inp..(o + 1) * inp]
+            .iter_mut()
+            .zip(src)
+            .enumerate()
+        {
             let code = (b >> (2 * i)) & 3;
             if code == 3 {
                 return Err(Error::Safetensors {
@@ -255,9 +295,8 @@ fn unpack_hf(w: &TensorRef<'_>, out: usize, inp: usize, scale: f32) -> Result<Te
                     ),
                 });
             }
-            *dst = code as i8 - 1;
+            *dst = code;
         }
-        m.set_row(o, &row);
     }
-    Ok(m)
+    Ok(codes)
 }

@@ -75,7 +75,13 @@ impl QuantBlock for BlockI2 {
     fn from_float(x: &[f32]) -> Self {
         let mut v = [0i8; QK_I2];
         for (o, &f) in v.iter_mut().zip(x) {
-            *o = if f > 0.0 { 1 } else if f < 0.0 { -1 } else { 0 };
+            *o = if f > 0.0 {
+                1
+            } else if f < 0.0 {
+                -1
+            } else {
+                0
+            };
         }
         BlockI2::from_ternary(&v)
     }
@@ -149,6 +155,46 @@ impl TernaryMatrix {
             tmp[chunk.len()..].fill(0);
             *b = BlockI2::from_ternary(&tmp);
         }
+    }
+
+    /// Builds a matrix from row-major 2-bit codes (`c = w + 1`; bits above the low two are
+    /// ignored, so callers may keep flags there).
+    ///
+    /// # Panics
+    /// If `codes.len() != rows * cols`.
+    pub fn from_codes(rows: usize, cols: usize, codes: &[u8], scale: f32) -> Self {
+        assert_eq!(codes.len(), rows * cols, "ternary matrix code count");
+        let mut m = TernaryMatrix::zeros(rows, cols, scale);
+        let bpr = m.blocks_per_row;
+        let mut tmp = [1u8; QK_I2];
+        for r in 0..rows {
+            let row = &codes[r * cols..(r + 1) * cols];
+            for (b, chunk) in m.blocks[r * bpr..(r + 1) * bpr]
+                .iter_mut()
+                .zip(row.chunks(QK_I2))
+            {
+                for (t, &c) in tmp.iter_mut().zip(chunk) {
+                    *t = c & 3;
+                }
+                tmp[chunk.len()..].fill(1);
+                *b = BlockI2::from_codes(&tmp, 1.0);
+            }
+        }
+        m
+    }
+
+    /// Row-major 2-bit codes of the whole matrix.
+    pub fn codes(&self) -> Vec<u8> {
+        let mut out = vec![1u8; self.rows * self.cols];
+        let mut tmp = [0u8; QK_I2];
+        for r in 0..self.rows {
+            let row = &mut out[r * self.cols..(r + 1) * self.cols];
+            for (b, chunk) in self.row_blocks(r).iter().zip(row.chunks_mut(QK_I2)) {
+                b.codes(&mut tmp);
+                chunk.copy_from_slice(&tmp[..chunk.len()]);
+            }
+        }
+        out
     }
 
     /// Rows (output features).

@@ -46,7 +46,11 @@ fn lossy_roundtrip<B: QuantBlock>(tol: f32) {
         let b = B::from_float(&x);
         let mut y = vec![0f32; B::BLOCK];
         b.to_float(&mut y);
-        let err = x.iter().zip(&y).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let err = x
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(err <= tol, "{}: max error {err}", B::NAME);
     }
     let zeros = B::from_float(&vec![0f32; B::BLOCK]);
@@ -65,7 +69,9 @@ fn float_formats_roundtrip() {
 #[test]
 fn i2_s_bytes_roundtrip() {
     let s = 0.25f32;
-    let vals: Vec<f32> = (0..384).map(|i| [(-s), 0.0, s][(i * 7 + i / 5) % 3]).collect();
+    let vals: Vec<f32> = (0..384)
+        .map(|i| [(-s), 0.0, s][(i * 7 + i / 5) % 3])
+        .collect();
     let bytes = quantize_i2_s(&vals);
     assert_eq!(bytes.len(), i2_s_nbytes(384));
     let mut codes = vec![0u8; 384];

@@ -4,7 +4,8 @@
 
 use anyhow::Result;
 use bitnet_engine::compare::{
-    std_dev, GreedyReport, LogitStats, LogitsRecord, MAX_BOUND, MEAN_BOUND, TOP1_MARGIN,
+    kl_divergence, std_dev, GreedyReport, LogitStats, LogitsRecord, MAX_BOUND, MEAN_BOUND,
+    TOP1_MARGIN,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +53,17 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let st = LogitStats::compute(&ra.logits, &rb.logits, ra.vocab, s);
     println!("scale s:        {s:.6} (std of A's prompt logits)");
     print_stats("prompt logits", &st);
+    let kl = kl_divergence(&ra.logits, &rb.logits, ra.vocab);
+    let mut sorted = kl.clone();
+    sorted.sort_by(f64::total_cmp);
+    println!(
+        "KL(A‖B):        mean {:.6}, median {:.6}, max {:.6} nats over {} positions; top-1 agreement {:.1}%",
+        kl.iter().sum::<f64>() / kl.len().max(1) as f64,
+        sorted.get(sorted.len() / 2).copied().unwrap_or(0.0),
+        sorted.last().copied().unwrap_or(0.0),
+        kl.len(),
+        100.0 * st.top1_agree as f64 / st.positions.max(1) as f64
+    );
     ok &= st.passes();
     match (&ra.greedy, &ra.greedy_logits, &rb.greedy, &rb.greedy_logits) {
         (Some(ga), Some(la), Some(gb), Some(lb)) => {

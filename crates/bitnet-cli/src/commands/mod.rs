@@ -2,9 +2,11 @@
 
 pub mod chat;
 pub mod compare;
+pub mod convert;
 pub mod generate;
 pub mod inspect;
 pub mod logits;
+pub mod perplexity;
 
 use anyhow::{Context, Result};
 use bitnet_engine::{Model, SamplingParams, Tokenizer};

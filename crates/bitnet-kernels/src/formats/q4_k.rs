@@ -100,7 +100,11 @@ impl QuantBlock for BlockQ4K {
             let (s, m) = scale_min(j, &y.scales);
             let (dj, mj) = (d * s as f32, dm * m as f32);
             for ii in 0..32 {
-                let q = if dj != 0.0 { nearest_int((x[32 * j + ii] + mj) / dj) } else { 0 };
+                let q = if dj != 0.0 {
+                    nearest_int((x[32 * j + ii] + mj) / dj)
+                } else {
+                    0
+                };
                 l[32 * j + ii] = q.clamp(0, 15) as u8;
             }
         }

@@ -142,8 +142,10 @@ impl QuantBlock for BlockQ6K {
                 let li = |k: usize| l[j + i + k] as u8;
                 y.ql[64 * half + i] = (li(0) & 0xF) | ((li(64) & 0xF) << 4);
                 y.ql[64 * half + i + 32] = (li(32) & 0xF) | ((li(96) & 0xF) << 4);
-                y.qh[32 * half + i] =
-                    (li(0) >> 4) | ((li(32) >> 4) << 2) | ((li(64) >> 4) << 4) | ((li(96) >> 4) << 6);
+                y.qh[32 * half + i] = (li(0) >> 4)
+                    | ((li(32) >> 4) << 2)
+                    | ((li(64) >> 4) << 4)
+                    | ((li(96) >> 4) << 6);
             }
         }
         y
