@@ -379,3 +379,122 @@ fn errors_are_messages_not_panics() {
     ]);
     assert_error(&o, &["no tensor `ids`", "p0."]);
 }
+
+#[test]
+fn convert_to_each_gguf_type_and_back_to_hf_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = |p: &str| tmp.path().join(p);
+    for (fx, reference, prefix) in [
+        ("bitnet-silu-gguf", "reference_llamacpp.safetensors", "p2."),
+        ("bitnet-tiny-packed", "reference.safetensors", "p2."),
+    ] {
+        let src = fixture(fx);
+        let prompt = &reference_prompts(&src)[2];
+        for ty in ["tq2_0", "tq1_0", "i2_s", "f16"] {
+            let out = t(&format!("{fx}-{ty}.gguf"));
+            let o = bitnet(&["convert", s(&src), "-o", s(&out), "--type", ty]);
+            let err = text(&o.stderr);
+            assert!(o.status.success(), "{err}");
+            assert!(err.contains("verified: all 14 ternary tensors"), "{err}");
+            // GGUF → HF (2B-4T packed), tokenizer included, then logits against the reference.
+            let hf = t(&format!("{fx}-{ty}-hf"));
+            let o = bitnet(&["convert", s(&out), "--to", "hf", "-o", s(&hf)]);
+            assert!(o.status.success(), "{}", text(&o.stderr));
+            for model in [&out, &hf] {
+                let lo = t("l.safetensors");
+                let o = bitnet(&[
+                    "logits",
+                    "--model",
+                    s(model),
+                    "--prompt",
+                    prompt,
+                    "--generate",
+                    "24",
+                    "-o",
+                    s(&lo),
+                ]);
+                assert!(o.status.success(), "{}", text(&o.stderr));
+                // i2_s keeps the f32 scale (the HF reference); the others store f16 scales.
+                let r = if ty == "i2_s" {
+                    "reference.safetensors"
+                } else {
+                    reference
+                };
+                let o = bitnet(&[
+                    "compare-logits",
+                    s(&src.join(r)),
+                    s(&lo),
+                    "--a-prefix",
+                    prefix,
+                ]);
+                let out_txt = text(&o.stdout);
+                assert!(
+                    o.status.success(),
+                    "{fx} {ty} {}: {out_txt}",
+                    model.display()
+                );
+                assert!(out_txt.contains("ids:            identical"), "{out_txt}");
+            }
+        }
+    }
+    // Bad types are errors naming the flag.
+    let o = bitnet(&[
+        "convert",
+        s(&fixture("bitnet-tiny-packed")),
+        "-o",
+        s(&t("x.gguf")),
+        "--type",
+        "q4_0",
+    ]);
+    assert_error(&o, &["--type \"q4_0\"", "i2_s, tq1_0, tq2_0, f16"]);
+}
+
+#[test]
+fn perplexity_and_inspect_on_gguf() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text_file = tmp.path().join("t.txt");
+    let body: String = reference_prompts(&fixture("bitnet-silu-gguf"))
+        .join("\n")
+        .repeat(20);
+    std::fs::write(&text_file, body).unwrap();
+    let g = fixture("bitnet-silu-gguf").join("gguf/tq2_0_default.gguf");
+    let o = bitnet(&[
+        "perplexity",
+        "--model",
+        s(&g),
+        "--file",
+        s(&text_file),
+        "--ctx",
+        "64",
+        "--chunks",
+        "3",
+    ]);
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        out.contains("perplexity: ") && out.contains("3 chunks of 64 tokens, 93 tokens scored"),
+        "{out}"
+    );
+    let o = bitnet(&["inspect", s(&g)]);
+    let out = text(&o.stdout);
+    for needle in [
+        "GGUF v3",
+        "bitnet",
+        "Q6_K: 1 tensors",
+        "TQ2_0: 14 tensors",
+        "SentencePiece BPE",
+        "vocab 1000",
+    ] {
+        assert!(out.contains(needle), "lacks {needle:?}: {out}");
+    }
+    let o = bitnet(&[
+        "perplexity",
+        "--model",
+        s(&g),
+        "--file",
+        s(&text_file),
+        "--ctx",
+        "100000",
+    ]);
+    assert_error(&o, &["ctx", "between 4 and the model's context of 256"]);
+}

@@ -61,51 +61,11 @@ pub fn backend_from_gguf(f: &GgufFile) -> Result<(GgufBackend, bool)> {
     }
     match model {
         "gpt2" => {
-            let pre = f.get_str("tokenizer.ggml.pre");
-            let (pattern, llama3) = match pre {
-                None | Some("llama-bpe") | Some("llama3") | Some("default") => (LLAMA3_SPLIT, true),
-                Some("gpt-2") | Some("gpt2") => (GPT2_SPLIT, false),
-                Some(other) => {
-                    return Err(err(f, format!(
-                        "tokenizer.ggml.pre {other:?} is not supported (supported: absent, llama-bpe, gpt-2)"
-                    )))
-                }
-            };
-            let merges: Vec<Value> =
-                match f.get("tokenizer.ggml.merges").and_then(MetaValue::as_array) {
-                    Some(m) => m
-                        .iter()
-                        .filter_map(|v| v.as_str().map(|s| Value::String(s.to_string())))
-                        .collect(),
-                    None => Vec::new(),
-                };
-            let mut vocab = Map::new();
-            let mut added = Vec::new();
-            for (i, (t, ty)) in tokens.iter().zip(&types).enumerate() {
-                match ty {
-                    3 | 4 => added.push(json!({
-                        "id": i, "content": t, "single_word": false, "lstrip": false,
-                        "rstrip": false, "normalized": false, "special": *ty == 3
-                    })),
-                    _ => {
-                        vocab.insert(t.to_string(), json!(i));
-                    }
-                }
-            }
-            let tj = json!({
-                "version": "1.0", "truncation": null, "padding": null,
-                "added_tokens": added,
-                "normalizer": null,
-                "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-                    {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false},
-                    {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
-                ]},
-                "post_processor": null,
-                "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-                "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                          "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
-                          "ignore_merges": llama3, "vocab": vocab, "merges": merges}
-            });
+            let llama3 = matches!(
+                f.get_str("tokenizer.ggml.pre"),
+                None | Some("llama-bpe") | Some("llama3") | Some("default")
+            );
+            let tj = gpt2_tokenizer_json(&f.metadata).map_err(|e| err(f, e.to_string()))?;
             let t: tokenizers::Tokenizer = tj
                 .to_string()
                 .parse()
@@ -159,4 +119,77 @@ pub fn backend_from_gguf(f: &GgufFile) -> Result<(GgufBackend, bool)> {
             format!("tokenizer.ggml.model {other:?} is not supported (supported: gpt2, llama)"),
         )),
     }
+}
+
+/// A `tokenizer.json` for a GGUF `gpt2` vocabulary (tokens, types, merges, `pre`).
+pub fn gpt2_tokenizer_json(meta: &[(String, MetaValue)]) -> Result<Value> {
+    let get = |k: &str| meta.iter().find(|(key, _)| key == k).map(|(_, v)| v);
+    let bad = |m: String| Error::Tokenizer {
+        path: "GGUF tokenizer.ggml.*".into(),
+        message: m,
+    };
+    let tokens: Vec<&str> = get("tokenizer.ggml.tokens")
+        .and_then(MetaValue::as_array)
+        .ok_or_else(|| bad("no tokenizer.ggml.tokens".into()))?
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .ok_or_else(|| bad("tokenizer.ggml.tokens holds a non-string".into()))
+        })
+        .collect::<Result<_>>()?;
+    let types: Vec<i64> = match get("tokenizer.ggml.token_type").and_then(MetaValue::as_array) {
+        Some(a) => a
+            .iter()
+            .map(|v| v.as_f64().map_or(1, |x| x as i64))
+            .collect(),
+        None => vec![1; tokens.len()],
+    };
+    let pre = get("tokenizer.ggml.pre").and_then(MetaValue::as_str);
+    let (pattern, llama3) = match pre {
+        None | Some("llama-bpe") | Some("llama3") | Some("default") => (LLAMA3_SPLIT, true),
+        Some("gpt-2") | Some("gpt2") => (GPT2_SPLIT, false),
+        Some(other) => {
+            return Err(bad(format!(
+            "tokenizer.ggml.pre {other:?} is not supported (supported: absent, llama-bpe, gpt-2)"
+        )))
+        }
+    };
+    let merges: Vec<Value> = match get("tokenizer.ggml.merges").and_then(MetaValue::as_array) {
+        Some(m) => m
+            .iter()
+            .filter_map(|v| v.as_str().map(|s| Value::String(s.to_string())))
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut vocab = Map::new();
+    let mut added = Vec::new();
+    for (i, (t, ty)) in tokens
+        .iter()
+        .zip(types.iter().chain(std::iter::repeat(&1)))
+        .enumerate()
+    {
+        match ty {
+            3 | 4 => added.push(json!({
+                "id": i, "content": t, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": *ty == 3
+            })),
+            _ => {
+                vocab.insert(t.to_string(), json!(i));
+            }
+        }
+    }
+    Ok(json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
+        ]},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                  "ignore_merges": llama3, "vocab": vocab, "merges": merges}
+    }))
 }

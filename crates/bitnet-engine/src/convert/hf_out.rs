@@ -156,6 +156,9 @@ pub fn write_hf(parts: &Parts, dir: &Path) -> Result<()> {
         source: e,
     })?;
     std::fs::write(dir.join("config.json"), text).map_err(io)?;
+    if parts.tokenizer.hf_files.is_empty() {
+        super::tokenizer_meta::write_hf_tokenizer_from_gguf(&parts.tokenizer.gguf, dir)?;
+    }
     for f in &parts.tokenizer.hf_files {
         if let Some(name) = f.file_name() {
             let dst = dir.join(name);

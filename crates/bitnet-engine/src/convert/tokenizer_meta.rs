@@ -224,3 +224,129 @@ fn gpt2_meta(path: &Path, tok: &Tokenizer, meta: &mut Vec<(String, MetaValue)>) 
     meta.push(("tokenizer.ggml.merges".into(), strings(merges)));
     Ok(())
 }
+
+fn pb_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn pb_tag(out: &mut Vec<u8>, field: u64, wire: u64) {
+    pb_varint(out, (field << 3) | wire);
+}
+
+fn pb_bytes(out: &mut Vec<u8>, field: u64, b: &[u8]) {
+    pb_tag(out, field, 2);
+    pb_varint(out, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
+/// A SentencePiece `tokenizer.model` (BPE, identity normalization, whitespace kept as
+/// llama.cpp treats GGUF vocabularies) for the pieces of a GGUF `llama` vocabulary.
+pub fn spm_model_bytes(
+    tokens: &[&str],
+    scores: &[f32],
+    types: &[i32],
+    add_dummy_prefix: bool,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    for ((t, &s), &ty) in tokens.iter().zip(scores).zip(types) {
+        let mut p = Vec::new();
+        pb_bytes(&mut p, 1, t.as_bytes());
+        pb_tag(&mut p, 2, 5);
+        p.extend_from_slice(&s.to_le_bytes());
+        pb_tag(&mut p, 3, 0);
+        pb_varint(&mut p, ty.clamp(1, 6) as u64);
+        pb_bytes(&mut out, 1, &p);
+    }
+    let mut trainer = Vec::new();
+    pb_tag(&mut trainer, 3, 0);
+    pb_varint(&mut trainer, 2); // BPE
+    pb_tag(&mut trainer, 35, 0);
+    pb_varint(&mut trainer, types.contains(&6) as u64); // byte_fallback
+    pb_bytes(&mut out, 2, &trainer);
+    let mut norm = Vec::new();
+    pb_bytes(&mut norm, 1, b"identity");
+    pb_tag(&mut norm, 3, 0);
+    pb_varint(&mut norm, add_dummy_prefix as u64);
+    pb_tag(&mut norm, 4, 0);
+    pb_varint(&mut norm, 0); // remove_extra_whitespaces
+    pb_tag(&mut norm, 5, 0);
+    pb_varint(&mut norm, 1); // escape_whitespaces
+    pb_bytes(&mut out, 3, &norm);
+    out
+}
+
+/// Writes tokenizer files into an HF directory from GGUF `tokenizer.*` metadata:
+/// `tokenizer.json` (gpt2) or `tokenizer.model` (llama), plus `tokenizer_config.json` and
+/// `generation_config.json`.
+pub fn write_hf_tokenizer_from_gguf(meta: &[(String, MetaValue)], dir: &Path) -> Result<()> {
+    let get = |k: &str| meta.iter().find(|(key, _)| key == k).map(|(_, v)| v);
+    let Some(model) = get("tokenizer.ggml.model").and_then(MetaValue::as_str) else {
+        return Ok(());
+    };
+    let tokens: Vec<&str> = get("tokenizer.ggml.tokens")
+        .and_then(MetaValue::as_array)
+        .map(|a| a.iter().filter_map(MetaValue::as_str).collect())
+        .unwrap_or_default();
+    let types: Vec<i32> = get("tokenizer.ggml.token_type")
+        .and_then(MetaValue::as_array)
+        .map(|a| a.iter().map(|v| v.as_f64().unwrap_or(1.0) as i32).collect())
+        .unwrap_or_else(|| vec![1; tokens.len()]);
+    let io = |p: &Path, e| Error::io(p, e);
+    match model {
+        "llama" => {
+            let scores: Vec<f32> = get("tokenizer.ggml.scores")
+                .and_then(MetaValue::as_array)
+                .map(|a| a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect())
+                .unwrap_or_else(|| vec![0.0; tokens.len()]);
+            let prefix = get("tokenizer.ggml.add_space_prefix")
+                .and_then(MetaValue::as_bool)
+                .unwrap_or(true);
+            let p = dir.join("tokenizer.model");
+            std::fs::write(&p, spm_model_bytes(&tokens, &scores, &types, prefix))
+                .map_err(|e| io(&p, e))?;
+        }
+        "gpt2" => {
+            let tj = crate::gguf_tokenizer::gpt2_tokenizer_json(meta)?;
+            let p = dir.join("tokenizer.json");
+            std::fs::write(&p, tj.to_string()).map_err(|e| io(&p, e))?;
+        }
+        _ => return Ok(()),
+    }
+    let id = |k: &str| get(k).and_then(MetaValue::as_u64);
+    let tok = |i: Option<u64>| {
+        i.and_then(|i| tokens.get(i as usize))
+            .map(|s| s.to_string())
+    };
+    let mut tc = serde_json::Map::new();
+    tc.insert(
+        "bos_token".into(),
+        json_opt(tok(id("tokenizer.ggml.bos_token_id"))),
+    );
+    tc.insert(
+        "eos_token".into(),
+        json_opt(tok(id("tokenizer.ggml.eos_token_id"))),
+    );
+    if let Some(b) = get("tokenizer.ggml.add_bos_token").and_then(MetaValue::as_bool) {
+        tc.insert("add_bos_token".into(), Value::Bool(b));
+    }
+    if let Some(t) = get("tokenizer.chat_template").and_then(MetaValue::as_str) {
+        tc.insert("chat_template".into(), Value::String(t.to_string()));
+    }
+    let p = dir.join("tokenizer_config.json");
+    std::fs::write(&p, Value::Object(tc).to_string()).map_err(|e| io(&p, e))?;
+    let gc = serde_json::json!({
+        "bos_token_id": id("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": id("tokenizer.ggml.eos_token_id"),
+        "do_sample": false
+    });
+    let p = dir.join("generation_config.json");
+    std::fs::write(&p, gc.to_string()).map_err(|e| io(&p, e))
+}
+
+fn json_opt(s: Option<String>) -> Value {
+    s.map_or(Value::Null, Value::String)
+}
