@@ -205,7 +205,7 @@ impl Tokenizer {
                 })
                 .map(|(i, p)| (p.piece.clone(), i as u32))
                 .collect();
-            sp.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            sp.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
             self.specials = sp;
         }
         if self.bos_token.is_none() {

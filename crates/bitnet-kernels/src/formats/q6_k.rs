@@ -103,9 +103,9 @@ impl QuantBlock for BlockQ6K {
         let mut l = [0i8; QK_K];
         let mut scales = [0f32; 16];
         let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
-        for ib in 0..16 {
+        for (ib, sc) in scales.iter_mut().enumerate() {
             let s = make_qx_quants(&x[16 * ib..16 * ib + 16], 32, &mut l[16 * ib..16 * ib + 16]);
-            scales[ib] = s;
+            *sc = s;
             if s.abs() > max_abs_scale {
                 max_abs_scale = s.abs();
                 max_scale = s;
@@ -122,8 +122,8 @@ impl QuantBlock for BlockQ6K {
         }
         let iscale = -128.0 / max_scale;
         y.d = f16::from_f32(1.0 / iscale).to_bits();
-        for ib in 0..16 {
-            y.scales[ib] = nearest_int(iscale * scales[ib]).min(127) as i8;
+        for (ys, &s) in y.scales.iter_mut().zip(&scales) {
+            *ys = nearest_int(iscale * s).min(127) as i8;
         }
         let dd = f16::from_bits(y.d).to_f32();
         for j in 0..16 {

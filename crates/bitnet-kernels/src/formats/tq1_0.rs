@@ -33,7 +33,7 @@ fn trit(b: u8, n: usize) -> u8 {
 #[inline]
 fn pack(trits: impl Iterator<Item = u8>, mul: u16) -> u8 {
     let q = trits.fold(0u16, |q, t| q * 3 + t as u16) * mul;
-    ((q * 256 + 242) / 243) as u8
+    (q * 256).div_ceil(243) as u8
 }
 
 impl QuantBlock for BlockTQ1_0 {
