@@ -152,7 +152,8 @@ impl SpmTokenizer {
         let t = &m.trainer;
         let model_type = t.model_type.unwrap_or(1);
         if model_type != 2 {
-            let name = ["?", "UNIGRAM", "BPE", "WORD", "CHAR"].get(model_type as usize);
+            let names = ["?", "UNIGRAM", "BPE", "WORD", "CHAR"];
+            let name = usize::try_from(model_type).ok().and_then(|i| names.get(i));
             return Err(err(format!(
                 "unsupported SentencePiece model type {model_type} ({}): only BPE (2) is supported",
                 name.unwrap_or(&"unknown")
@@ -307,7 +308,8 @@ impl SpmTokenizer {
 
     /// Decodes ids to text. Control pieces (`<s>`, `</s>`) give nothing when `skip_special`
     /// (as in sentencepiece), their piece text otherwise; the unknown piece always gives the
-    /// model's `unk_surface`; ids outside the vocabulary are skipped.
+    /// model's `unk_surface`; ids outside the vocabulary are skipped. As in sentencepiece, a
+    /// `▁` that was in the encoded text comes back as a space.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> String {
         let mut text = String::new();
         let mut bytes = Vec::new();
