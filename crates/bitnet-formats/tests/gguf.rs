@@ -13,11 +13,17 @@ fn sample() -> Vec<u8> {
     w.set("x.b", MetaValue::U8(2));
     w.set(
         "tokenizer.ggml.tokens",
-        MetaValue::Array(MetaValueType::String, vec![MetaValue::String("a".into()), MetaValue::String("b".into())]),
+        MetaValue::Array(
+            MetaValueType::String,
+            vec![MetaValue::String("a".into()), MetaValue::String("b".into())],
+        ),
     );
-    w.add_tensor("norm.weight", GgmlType::F32, &[4], vec![0u8; 16]).unwrap();
-    w.add_tensor("w.weight", GgmlType::TQ2_0, &[256, 2], vec![0x55u8; 132]).unwrap();
-    w.add_tensor("e.weight", GgmlType::I2S, &[128, 2], vec![0x55u8; 64 + 32]).unwrap();
+    w.add_tensor("norm.weight", GgmlType::F32, &[4], vec![0u8; 16])
+        .unwrap();
+    w.add_tensor("w.weight", GgmlType::TQ2_0, &[256, 2], vec![0x55u8; 132])
+        .unwrap();
+    w.add_tensor("e.weight", GgmlType::I2S, &[128, 2], vec![0x55u8; 64 + 32])
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("x.gguf");
     w.write(&p).unwrap();
@@ -65,7 +71,10 @@ fn roundtrip() {
     assert_eq!(f.get_u64("bitnet.block_count"), Some(2));
     assert_eq!(f.get_f64("bitnet.rope.freq_base"), Some(500000.0));
     let t = f.tensor("w.weight").unwrap();
-    assert_eq!((t.ggml_type, t.nbytes, t.dims.clone()), (GgmlType::TQ2_0, 132, vec![256, 2]));
+    assert_eq!(
+        (t.ggml_type, t.nbytes, t.dims.clone()),
+        (GgmlType::TQ2_0, 132, vec![256, 2])
+    );
     assert_eq!(f.data(t), &[0x55u8; 132][..]);
     assert_eq!(f.tensor("e.weight").unwrap().nbytes, 96);
 }
@@ -75,7 +84,10 @@ fn truncated_header() {
     let b = sample();
     for cut in [0, 3, 4, 10, 23, 40, b.len() / 2] {
         let e = err(b[..cut].to_vec());
-        assert!(e.contains("test.gguf") && (e.contains("truncated") || e.contains("invalid")), "{cut}: {e}");
+        assert!(
+            e.contains("test.gguf") && (e.contains("truncated") || e.contains("invalid")),
+            "{cut}: {e}"
+        );
     }
 }
 
@@ -136,7 +148,9 @@ fn size_not_matching_type() {
     assert!(e.contains("`w.weight`") && e.contains("TQ2_0"), "{e}");
     // Writer refuses a wrong byte count.
     let mut w = GgufWriter::new();
-    assert!(w.add_tensor("t", GgmlType::Q8_0, &[32], vec![0; 33]).is_err());
+    assert!(w
+        .add_tensor("t", GgmlType::Q8_0, &[32], vec![0; 33])
+        .is_err());
 }
 
 #[test]
@@ -147,7 +161,12 @@ fn unknown_type_id() {
     let mut x = b.clone();
     x[type_at..type_at + 4].copy_from_slice(&99u32.to_le_bytes());
     let e = err(x);
-    assert!(e.contains("unknown GGML type id 99") && e.contains("`norm.weight`") && e.contains("I2_S (36)"), "{e}");
+    assert!(
+        e.contains("unknown GGML type id 99")
+            && e.contains("`norm.weight`")
+            && e.contains("I2_S (36)"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -210,6 +229,9 @@ fn random_mutations_never_panic() {
             }
         }
     }
-    assert!(accepted > 0, "some mutations (in tensor data) must still parse");
+    assert!(
+        accepted > 0,
+        "some mutations (in tensor data) must still parse"
+    );
     assert!(start.elapsed().as_secs() < 30);
 }
