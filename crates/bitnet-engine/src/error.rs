@@ -153,6 +153,9 @@ pub enum Error {
     /// A GGUF file is unreadable or hostile.
     #[error(transparent)]
     Gguf(#[from] bitnet_formats::gguf::GgufError),
+    /// A PyTorch or ONNX input could not be read (the message names the file and the cause).
+    #[error("{0}")]
+    Input(String),
     /// The prompt is empty (no tokens to run).
     #[error("the prompt is empty: at least one token is needed")]
     EmptyPrompt,

@@ -195,6 +195,19 @@ pub struct TernaryCodes {
 /// Flag on a zero code whose source float was negative.
 pub const NEG_ZERO: u8 = 4;
 
+/// How the absmean of master weights is reduced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AbsMean {
+    /// Accumulated in f64, then rounded: the correctly rounded mean.
+    Exact,
+    /// As PyTorch's float32 CPU reduction with this many threads (what the Python converters of
+    /// llama.cpp and bitnet.cpp compute): see [`crate::convert::torch_mean`].
+    Torch {
+        /// torch's intra-op thread count.
+        threads: usize,
+    },
+}
+
 /// Reads a projection's ternary codes and scale from a Hugging Face checkpoint.
 pub fn ternary_codes(
     ckpt: &Checkpoint,
@@ -202,6 +215,18 @@ pub fn ternary_codes(
     out: usize,
     inp: usize,
     format: WeightFormat,
+) -> Result<TernaryCodes> {
+    ternary_codes_with(ckpt, prefix, out, inp, format, AbsMean::Exact)
+}
+
+/// [`ternary_codes`] with a choice of absmean reduction for master weights.
+pub fn ternary_codes_with(
+    ckpt: &Checkpoint,
+    prefix: &str,
+    out: usize,
+    inp: usize,
+    format: WeightFormat,
+    mean: AbsMean,
 ) -> Result<TernaryCodes> {
     let wname = format!("{prefix}.weight");
     let w = ckpt.get(&wname)?;
@@ -214,7 +239,13 @@ pub fn ternary_codes(
             }
             w.expect_shape(&[out, inp])?;
             let vals = w.to_f32()?;
-            Ok(ternarize_absmean(&vals))
+            Ok(match mean {
+                AbsMean::Exact => ternarize_absmean(&vals),
+                AbsMean::Torch { threads } => {
+                    let m = crate::convert::torch_mean::torch_abs_mean(&vals, threads);
+                    ternarize_with_mean(&vals, m)
+                }
+            })
         }
         WeightFormat::Gguf => Err(Error::UnsupportedQuantization {
             path: w.path.to_path_buf(),
@@ -253,6 +284,11 @@ pub fn ternary_codes(
 /// the stored magnitude is `1 / is`, the value `T / is` those tools compute.
 pub fn ternarize_absmean(vals: &[f32]) -> TernaryCodes {
     let mean = (vals.iter().map(|v| v.abs() as f64).sum::<f64>() / vals.len().max(1) as f64) as f32;
+    ternarize_with_mean(vals, mean)
+}
+
+/// Absmean ternarization with a given `mean|W|`.
+pub fn ternarize_with_mean(vals: &[f32], mean: f32) -> TernaryCodes {
     let is = 1.0f32 / mean.max(1e-5);
     let codes = vals
         .iter()

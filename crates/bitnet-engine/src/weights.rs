@@ -9,9 +9,24 @@ use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+enum Bytes {
+    Mmap(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mmap(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
 struct Shard {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: Bytes,
     data_start: usize,
 }
 
@@ -113,13 +128,61 @@ impl Checkpoint {
             }
             shards.push(Shard {
                 path,
-                mmap,
+                mmap: Bytes::Mmap(mmap),
                 data_start: 8 + n,
             });
         }
         Ok(Checkpoint {
             dir: dir.to_path_buf(),
             shards,
+            tensors,
+        })
+    }
+
+    /// Tensors read from a PyTorch or ONNX file, under their parameter names, as a checkpoint
+    /// (`file` names them in errors; `dir` is where `config.json` lives).
+    pub fn from_raw(
+        dir: &Path,
+        file: &Path,
+        raw: Vec<bitnet_formats::raw::RawTensor>,
+    ) -> Result<Self> {
+        use bitnet_formats::raw::RawDtype;
+        let mut data = Vec::new();
+        let mut tensors = HashMap::new();
+        for t in raw {
+            let dtype = match t.dtype {
+                RawDtype::F32 => Dtype::F32,
+                RawDtype::F16 => Dtype::F16,
+                RawDtype::BF16 => Dtype::BF16,
+                RawDtype::F64 => Dtype::F64,
+                RawDtype::U8 => Dtype::U8,
+                RawDtype::I8 => Dtype::I8,
+                RawDtype::I16 => Dtype::I16,
+                RawDtype::I32 => Dtype::I32,
+                RawDtype::I64 => Dtype::I64,
+                RawDtype::Bool => Dtype::BOOL,
+            };
+            let start = data.len();
+            data.extend_from_slice(&t.data);
+            let info = TensorInfo {
+                dtype,
+                shape: t.shape,
+                data_offsets: (start, data.len()),
+            };
+            if tensors.insert(t.name.clone(), (0, info)).is_some() {
+                return Err(Error::Safetensors {
+                    path: file.to_path_buf(),
+                    message: format!("duplicate tensor `{}`", t.name),
+                });
+            }
+        }
+        Ok(Checkpoint {
+            dir: dir.to_path_buf(),
+            shards: vec![Shard {
+                path: file.to_path_buf(),
+                mmap: Bytes::Owned(data),
+                data_start: 0,
+            }],
             tensors,
         })
     }

@@ -7,13 +7,24 @@ use bitnet_engine::convert::gguf_out::{write_gguf, GgufOptions};
 use bitnet_engine::convert::hf_out::write_hf;
 use bitnet_engine::convert::Parts;
 use bitnet_engine::generate::greedy_with_logits;
+use bitnet_engine::model::AbsMean;
 use bitnet_engine::test_support::{fixture_models, fixtures_dir, read_tensors};
 use bitnet_engine::Model;
 use bitnet_formats::gguf::{GgmlType, GgufFile};
 use std::path::Path;
 
 fn convert(src: &Path, out: &Path, ternary: GgmlType, embedding: GgmlType) -> usize {
-    let parts = Parts::open(src).unwrap();
+    convert_with(src, out, ternary, embedding, AbsMean::Exact)
+}
+
+fn convert_with(
+    src: &Path,
+    out: &Path,
+    ternary: GgmlType,
+    embedding: GgmlType,
+    mean: AbsMean,
+) -> usize {
+    let parts = Parts::open_with(src, mean).unwrap();
     let r = write_gguf(
         &parts,
         GgufOptions { ternary, embedding },
@@ -37,7 +48,12 @@ fn hf_to_gguf_reproduces_the_peers_bytes() {
         ("i2_s.gguf", GgmlType::I2S, GgmlType::F16),
     ] {
         let out = tmp.path().join(file);
-        assert_eq!(convert(&fx, &out, ternary, embedding), 0);
+        // The peers' Python converters reduce mean|W| in float32 torch; the fixture was made
+        // with 2 torch threads (the scales of i2_s.gguf need exactly that order).
+        assert_eq!(
+            convert_with(&fx, &out, ternary, embedding, AbsMean::Torch { threads: 2 }),
+            0
+        );
         let ours = GgufFile::open(&out).unwrap();
         let peer = GgufFile::open(&fx.join("gguf").join(file)).unwrap();
         assert_eq!(ours.tensors.len(), peer.tensors.len(), "{file}");
@@ -52,26 +68,13 @@ fn hf_to_gguf_reproduces_the_peers_bytes() {
                 "{file} {}",
                 t.name
             );
-            // I2_S: the codes must be identical. The f32 scale is 1/(1/mean|W|) with the mean
-            // reduced by torch in bitnet.cpp's converter, whose float32 summation order depends
-            // on torch's thread count (measured on this fixture: 12/14 scales reproduced with 1
-            // thread, 14/14 with 2, 13/14 with 4); we sum in f64 (the correctly rounded mean),
-            // which gives the file's scale for 11 of 14 tensors and is 1-2 ulps away for the
-            // rest. bitnet.cpp leaves the last 28 bytes of the 32-byte tail uninitialized.
+            // I2_S: codes and the f32 scale; bitnet.cpp leaves the other 28 bytes of the
+            // 32-byte tail uninitialized (they differ between its tensors), we write zeros.
             let n = if t.ggml_type == GgmlType::I2S {
-                t.nbytes - 32
+                t.nbytes - 28
             } else {
                 t.nbytes
             };
-            if t.ggml_type == GgmlType::I2S {
-                let f = |d: &[u8]| f32::from_le_bytes([d[n], d[n + 1], d[n + 2], d[n + 3]]);
-                let (a, b) = (f(ours.data(o)), f(peer.data(t)));
-                assert!(
-                    a.to_bits().abs_diff(b.to_bits()) <= 2,
-                    "{file} {}: scale {a} vs {b}",
-                    t.name
-                );
-            }
             if ours.data(o)[..n] != peer.data(t)[..n] {
                 let diff = ours.data(o)[..n]
                     .iter()
@@ -85,6 +88,20 @@ fn hf_to_gguf_reproduces_the_peers_bytes() {
             }
         }
         assert!(mismatched.is_empty(), "{file}: {mismatched:?}");
+        if ternary == GgmlType::I2S {
+            // With the correctly rounded mean instead, the codes are still identical and each
+            // scale is within two ulps (torch's float32 sum is off by up to an ulp).
+            let exact = tmp.path().join("exact-i2_s.gguf");
+            convert(&fx, &exact, ternary, embedding);
+            let e = GgufFile::open(&exact).unwrap();
+            for t in peer.tensors.iter().filter(|t| t.ggml_type == GgmlType::I2S) {
+                let n = t.nbytes - 32;
+                let (a, b) = (e.data(e.tensor(&t.name).unwrap()), peer.data(t));
+                assert_eq!(a[..n], b[..n], "{}", t.name);
+                let f = |d: &[u8]| f32::from_le_bytes([d[n], d[n + 1], d[n + 2], d[n + 3]]);
+                assert!(f(a).to_bits().abs_diff(f(b).to_bits()) <= 2, "{}", t.name);
+            }
+        }
         for key in [
             "general.architecture",
             "bitnet.block_count",
@@ -182,4 +199,74 @@ fn hf_gguf_hf_round_trip_is_exact() {
             assert!(st.passes(), "{name} round trip: {st:?}");
         }
     }
+}
+
+#[test]
+fn pytorch_and_onnx_inputs_convert_like_the_hf_checkpoint() {
+    let data = bitnet_engine::test_support::repo_fixtures_dir().join("torch-onnx");
+    let tmp = tempfile::tempdir().unwrap();
+    for (fixture, file) in [
+        ("bitnet-tiny-packed", "tiny-packed.bin"),
+        ("bitnet-tiny-master", "tiny-master.bin"),
+        ("bitnet-tiny-master", "tiny-master.onnx"),
+    ] {
+        let src = fixture_models()
+            .into_iter()
+            .find(|d| d.ends_with(fixture))
+            .unwrap();
+        let dir = tmp.path().join(file.replace('.', "-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in [
+            "config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "generation_config.json",
+        ] {
+            std::fs::copy(src.join(f), dir.join(f)).unwrap();
+        }
+        let input = dir.join(if file.ends_with(".onnx") {
+            "model.onnx"
+        } else {
+            "pytorch_model.bin"
+        });
+        std::fs::copy(data.join(file), &input).unwrap();
+        let ours = tmp.path().join(format!("{file}.gguf"));
+        let direct = tmp.path().join(format!("{file}-direct.gguf"));
+        convert(&input, &ours, GgmlType::I2S, GgmlType::F16);
+        convert(&src, &direct, GgmlType::I2S, GgmlType::F16);
+        let (a, b) = (
+            GgufFile::open(&ours).unwrap(),
+            GgufFile::open(&direct).unwrap(),
+        );
+        for t in &b.tensors {
+            assert_eq!(
+                a.data(a.tensor(&t.name).unwrap()),
+                b.data(t),
+                "{file}: {}",
+                t.name
+            );
+        }
+        assert_eq!(
+            a.get("tokenizer.ggml.tokens"),
+            b.get("tokenizer.ggml.tokens")
+        );
+    }
+    // A pickle that asks for os.system is refused, naming the global; nothing runs.
+    let evil = bitnet_engine::test_support::repo_fixtures_dir()
+        .join("../../crates/bitnet-formats/tests/data/malicious.pt");
+    let dir = tmp.path().join("evil");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = fixture_models()
+        .into_iter()
+        .find(|d| d.ends_with("bitnet-tiny-master"))
+        .unwrap();
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    std::fs::copy(&evil, dir.join("pytorch_model.bin")).unwrap();
+    let e = Parts::open(&dir.join("pytorch_model.bin"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("system") && e.contains("pytorch_model.bin"),
+        "{e}"
+    );
 }

@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use bitnet_engine::convert::gguf_out::{write_gguf, GgufOptions};
 use bitnet_engine::convert::hf_out::write_hf;
 use bitnet_engine::convert::Parts;
+use bitnet_engine::model::AbsMean;
 use bitnet_formats::gguf::GgmlType;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -37,6 +38,11 @@ pub struct Args {
     /// GGUF type of the embedding (and a separate output head): f16, q8_0 or q6_k.
     #[arg(long, default_value = "f16")]
     embedding_type: String,
+    /// Master weights: reduce mean|W| as float32 PyTorch does with this many threads, as the
+    /// Python converters of llama.cpp and bitnet.cpp do (their I2_S scales depend on it);
+    /// 0 = the correctly rounded mean. Default: the number of CPUs, torch's default.
+    #[arg(long)]
+    torch_threads: Option<usize>,
 }
 
 fn parse_type(s: &str, allowed: &[GgmlType], flag: &str) -> Result<GgmlType> {
@@ -73,7 +79,16 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     let spinner = ProgressBar::new_spinner().with_message(format!("reading {}", a.input.display()));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    let parts = Parts::open(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
+    let threads = a
+        .torch_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mean = if threads == 0 {
+        AbsMean::Exact
+    } else {
+        AbsMean::Torch { threads }
+    };
+    let parts = Parts::open_with(&a.input, mean)
+        .with_context(|| format!("reading {}", a.input.display()))?;
     spinner.finish_and_clear();
     eprintln!(
         "read {} ({} layers, {} ternary tensors) in {:.1} s",

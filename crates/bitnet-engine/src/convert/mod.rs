@@ -5,11 +5,12 @@
 pub mod gguf_out;
 pub mod hf_out;
 pub mod tokenizer_meta;
+pub mod torch_mean;
 
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{Error, Result};
 use crate::gguf_model::{config_from_gguf, Loader};
-use crate::model::{ternary_codes, TernaryCodes};
+use crate::model::{ternary_codes_with, AbsMean, TernaryCodes};
 use crate::weights::Checkpoint;
 use bitnet_formats::gguf::{GgufFile, MetaValue};
 use std::path::{Path, PathBuf};
@@ -84,7 +85,7 @@ pub struct Parts {
 
 impl Parts {
     /// Reads a Hugging Face checkpoint directory (packed or master weights).
-    pub fn from_hf_dir(dir: &Path) -> Result<Self> {
+    pub fn from_hf_dir(dir: &Path, mean: AbsMean) -> Result<Self> {
         if !dir.is_dir() {
             return Err(Error::NotFound {
                 path: dir.to_path_buf(),
@@ -94,7 +95,7 @@ impl Parts {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let ckpt = Checkpoint::open(dir)?;
         let tokenizer = tokenizer_meta::from_hf_dir(dir, &config)?;
-        Self::from_checkpoint(config, &ckpt, tokenizer, dir)
+        Self::from_checkpoint(config, &ckpt, tokenizer, dir, mean)
     }
 
     /// Reads tensors with Hugging Face names from an opened checkpoint.
@@ -103,6 +104,7 @@ impl Parts {
         ckpt: &Checkpoint,
         tokenizer: TokenizerSource,
         source: &Path,
+        mean: AbsMean,
     ) -> Result<Self> {
         let c = &config;
         let h = c.hidden_size;
@@ -128,7 +130,7 @@ impl Parts {
                 .enumerate()
                 .map(|(k, (hf, _))| {
                     let (r, cols) = projection_shape(c, k);
-                    ternary_codes(ckpt, &format!("{p}{hf}"), r, cols, c.weight_format)
+                    ternary_codes_with(ckpt, &format!("{p}{hf}"), r, cols, c.weight_format, mean)
                 })
                 .collect::<Result<Vec<_>>>()?;
             layers.push(LayerParts {
@@ -212,13 +214,51 @@ impl Parts {
         })
     }
 
-    /// Reads any supported input: a `.gguf` file or a Hugging Face checkpoint directory.
+    /// Reads any supported input: a `.gguf` file or a Hugging Face checkpoint directory, with
+    /// master weights ternarized around the correctly rounded mean.
     pub fn open(input: &Path) -> Result<Self> {
-        if input.is_file() {
-            Self::from_gguf(input)
-        } else {
-            Self::from_hf_dir(input)
+        Self::open_with(input, AbsMean::Exact)
+    }
+
+    /// [`Parts::open`] with a choice of absmean reduction for master weights.
+    pub fn open_with(input: &Path, mean: AbsMean) -> Result<Self> {
+        let ext = input
+            .extension()
+            .map(|e| e.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
+        match ext.as_str() {
+            _ if input.is_dir() => Self::from_hf_dir(input, mean),
+            "bin" | "pt" | "pth" | "onnx" => Self::from_torch_or_onnx(input, mean),
+            _ if input.is_file() => Self::from_gguf(input),
+            _ => Err(Error::NotFound {
+                path: input.to_path_buf(),
+                what: "input (checkpoint directory, .gguf, .bin/.pt/.pth or .onnx file)",
+            }),
         }
+    }
+
+    /// A PyTorch `torch.save` file or an ONNX file with the model's parameter names;
+    /// `config.json` and the tokenizer files must sit beside it.
+    pub fn from_torch_or_onnx(file: &Path, mean: AbsMean) -> Result<Self> {
+        let dir = file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let fail = Error::Input;
+        let onnx = file
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
+        let raw = if onnx {
+            let t = bitnet_formats::onnx::read_onnx(file).map_err(|e| fail(e.to_string()))?;
+            bitnet_formats::onnx::check_names(file, &t).map_err(|e| fail(e.to_string()))?;
+            t
+        } else {
+            bitnet_formats::pickle::read_pytorch(file).map_err(|e| fail(e.to_string()))?
+        };
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let ckpt = Checkpoint::from_raw(dir, file, raw)?;
+        let tokenizer = tokenizer_meta::from_hf_dir(dir, &config)?;
+        Self::from_checkpoint(config, &ckpt, tokenizer, file, mean)
     }
 
     /// Number of ternary tensors.

@@ -107,13 +107,19 @@ impl<'a> Cursor<'a> {
         Ok(self.take(1, w)?[0])
     }
     fn u16(&mut self, w: &str) -> Result<u16, GgufError> {
-        Ok(u16::from_le_bytes(self.take(2, w)?.try_into().expect("2 bytes")))
+        Ok(u16::from_le_bytes(
+            self.take(2, w)?.try_into().expect("2 bytes"),
+        ))
     }
     fn u32(&mut self, w: &str) -> Result<u32, GgufError> {
-        Ok(u32::from_le_bytes(self.take(4, w)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4, w)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self, w: &str) -> Result<u64, GgufError> {
-        Ok(u64::from_le_bytes(self.take(8, w)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8, w)?.try_into().expect("8 bytes"),
+        ))
     }
     fn invalid(&self, message: String) -> GgufError {
         GgufError::Invalid {
@@ -158,8 +164,9 @@ impl<'a> Cursor<'a> {
                     return Err(self.invalid(format!("key `{key}`: arrays nested too deeply")));
                 }
                 let et_id = self.u32(key)?;
-                let et = MetaValueType::from_id(et_id)
-                    .ok_or_else(|| self.invalid(format!("key `{key}`: unknown array element type {et_id}")))?;
+                let et = MetaValueType::from_id(et_id).ok_or_else(|| {
+                    self.invalid(format!("key `{key}`: unknown array element type {et_id}"))
+                })?;
                 let n = self.u64(key)?;
                 let max = (self.remaining() / et.min_size()) as u64;
                 if n > max {
@@ -208,16 +215,26 @@ impl GgufFile {
         }
         let version = c.u32("version")?;
         if version != 2 && version != 3 {
-            let hint = if version.swap_bytes() <= 3 { " (big-endian GGUF is not supported)" } else { "" };
-            return Err(c.invalid(format!("unsupported version {version}{hint}; supported: 2, 3")));
+            let hint = if version.swap_bytes() <= 3 {
+                " (big-endian GGUF is not supported)"
+            } else {
+                ""
+            };
+            return Err(c.invalid(format!(
+                "unsupported version {version}{hint}; supported: 2, 3"
+            )));
         }
         let n_tensors = c.u64("tensor count")?;
         let n_kv = c.u64("metadata count")?;
         if n_tensors > MAX_TENSORS || n_tensors as usize > c.remaining() / 24 {
-            return Err(c.invalid(format!("tensor count {n_tensors} is impossible for this file size")));
+            return Err(c.invalid(format!(
+                "tensor count {n_tensors} is impossible for this file size"
+            )));
         }
         if n_kv > MAX_KV || n_kv as usize > c.remaining() / 12 {
-            return Err(c.invalid(format!("metadata count {n_kv} is impossible for this file size")));
+            return Err(c.invalid(format!(
+                "metadata count {n_kv} is impossible for this file size"
+            )));
         }
         let mut metadata = Vec::with_capacity(n_kv as usize);
         let mut meta_index = HashMap::new();
@@ -240,7 +257,11 @@ impl GgufFile {
             None => DEFAULT_ALIGNMENT,
             Some(v) => match v.as_u64() {
                 Some(a) if a > 0 && a.is_power_of_two() && a <= 1 << 16 => a as usize,
-                _ => return Err(c.invalid(format!("general.alignment {v:?} is not a power of two ≤ 65536"))),
+                _ => {
+                    return Err(c.invalid(format!(
+                        "general.alignment {v:?} is not a power of two ≤ 65536"
+                    )))
+                }
             },
         };
         let mut tensors = Vec::with_capacity(n_tensors as usize);
@@ -249,7 +270,9 @@ impl GgufFile {
             let name = c.string("tensor name")?;
             let n_dims = c.u32(&name)?;
             if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(c.invalid(format!("tensor `{name}`: {n_dims} dimensions (1 to {MAX_DIMS} allowed)")));
+                return Err(c.invalid(format!(
+                    "tensor `{name}`: {n_dims} dimensions (1 to {MAX_DIMS} allowed)"
+                )));
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             let mut numel: u64 = 1;
@@ -285,7 +308,9 @@ impl GgufFile {
             })?;
             let offset = c.u64(&name)?;
             if offset % alignment as u64 != 0 {
-                return Err(c.invalid(format!("tensor `{name}`: offset {offset} is not aligned to {alignment}")));
+                return Err(c.invalid(format!(
+                    "tensor `{name}`: offset {offset} is not aligned to {alignment}"
+                )));
             }
             if tensor_index.insert(name.clone(), tensors.len()).is_some() {
                 return Err(GgufError::Duplicate {

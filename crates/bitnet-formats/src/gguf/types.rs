@@ -32,21 +32,78 @@ struct TypeInfo {
 }
 
 const TYPES: [TypeInfo; 9] = [
-    TypeInfo { t: GgmlType::F32, id: 0, name: "F32", block: 1, bytes: 4 },
-    TypeInfo { t: GgmlType::F16, id: 1, name: "F16", block: 1, bytes: 2 },
-    TypeInfo { t: GgmlType::Q8_0, id: 8, name: "Q8_0", block: 32, bytes: 34 },
-    TypeInfo { t: GgmlType::Q4K, id: 12, name: "Q4_K", block: 256, bytes: 144 },
-    TypeInfo { t: GgmlType::Q6K, id: 14, name: "Q6_K", block: 256, bytes: 210 },
-    TypeInfo { t: GgmlType::BF16, id: 30, name: "BF16", block: 1, bytes: 2 },
-    TypeInfo { t: GgmlType::TQ1_0, id: 34, name: "TQ1_0", block: 256, bytes: 54 },
-    TypeInfo { t: GgmlType::TQ2_0, id: 35, name: "TQ2_0", block: 256, bytes: 66 },
+    TypeInfo {
+        t: GgmlType::F32,
+        id: 0,
+        name: "F32",
+        block: 1,
+        bytes: 4,
+    },
+    TypeInfo {
+        t: GgmlType::F16,
+        id: 1,
+        name: "F16",
+        block: 1,
+        bytes: 2,
+    },
+    TypeInfo {
+        t: GgmlType::Q8_0,
+        id: 8,
+        name: "Q8_0",
+        block: 32,
+        bytes: 34,
+    },
+    TypeInfo {
+        t: GgmlType::Q4K,
+        id: 12,
+        name: "Q4_K",
+        block: 256,
+        bytes: 144,
+    },
+    TypeInfo {
+        t: GgmlType::Q6K,
+        id: 14,
+        name: "Q6_K",
+        block: 256,
+        bytes: 210,
+    },
+    TypeInfo {
+        t: GgmlType::BF16,
+        id: 30,
+        name: "BF16",
+        block: 1,
+        bytes: 2,
+    },
+    TypeInfo {
+        t: GgmlType::TQ1_0,
+        id: 34,
+        name: "TQ1_0",
+        block: 256,
+        bytes: 54,
+    },
+    TypeInfo {
+        t: GgmlType::TQ2_0,
+        id: 35,
+        name: "TQ2_0",
+        block: 256,
+        bytes: 66,
+    },
     // I2_S: 4 values per byte plus a 32-byte tail holding the f32 scale (see `nbytes`).
-    TypeInfo { t: GgmlType::I2S, id: 36, name: "I2_S", block: 128, bytes: 32 },
+    TypeInfo {
+        t: GgmlType::I2S,
+        id: 36,
+        name: "I2_S",
+        block: 128,
+        bytes: 32,
+    },
 ];
 
 impl GgmlType {
     fn info(self) -> &'static TypeInfo {
-        TYPES.iter().find(|i| i.t == self).expect("every type is in the table")
+        TYPES
+            .iter()
+            .find(|i| i.t == self)
+            .expect("every type is in the table")
     }
     /// From a GGUF type id.
     pub fn from_id(id: u32) -> Option<Self> {
@@ -54,7 +111,10 @@ impl GgmlType {
     }
     /// From a name such as `tq2_0` or `Q6_K` (case-insensitive).
     pub fn from_name(name: &str) -> Option<Self> {
-        TYPES.iter().find(|i| i.name.eq_ignore_ascii_case(name)).map(|i| i.t)
+        TYPES
+            .iter()
+            .find(|i| i.name.eq_ignore_ascii_case(name))
+            .map(|i| i.t)
     }
     /// GGUF type id.
     pub fn id(self) -> u32 {

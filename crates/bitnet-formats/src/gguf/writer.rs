@@ -42,10 +42,17 @@ impl GgufWriter {
     }
 
     /// Adds a tensor; `dims` are GGML order (ne0 = row length first). Checks the byte count.
-    pub fn add_tensor(&mut self, name: &str, t: GgmlType, dims: &[u64], data: Vec<u8>) -> Result<(), GgufError> {
+    pub fn add_tensor(
+        &mut self,
+        name: &str,
+        t: GgmlType,
+        dims: &[u64],
+        data: Vec<u8>,
+    ) -> Result<(), GgufError> {
         let n: u64 = dims.iter().product();
         let want = t.nbytes(n);
-        if want != Some(data.len()) || (t != GgmlType::I2S && dims[0] % t.block_size() as u64 != 0) {
+        if want != Some(data.len()) || (t != GgmlType::I2S && dims[0] % t.block_size() as u64 != 0)
+        {
             return Err(GgufError::Invalid {
                 path: name.into(),
                 message: format!(
@@ -63,7 +70,8 @@ impl GgufWriter {
                 name: name.to_string(),
             });
         }
-        self.tensors.push((name.to_string(), t, dims.to_vec(), data));
+        self.tensors
+            .push((name.to_string(), t, dims.to_vec(), data));
         Ok(())
     }
 
