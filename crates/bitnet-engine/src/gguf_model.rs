@@ -203,8 +203,25 @@ impl Loader<'_> {
         Ok(DenseMatrix::new(rows, cols, data))
     }
 
-    /// A projection stored as `[in, out]` GGML dims, as a ternary matrix with one scale.
+    /// A projection stored as `[in, out]` GGML dims, as a ternary matrix with one scale. I2_S
+    /// tensors with whole 128-value rows are our block layout: they are used in place (zero-copy
+    /// from the memory map) after a check that no 2-bit code is 3.
     fn ternary(&self, name: &str, out: usize, inp: usize) -> Result<TernaryMatrix> {
+        let t = self.tensor(&format!("{name}.weight"))?;
+        if t.ggml_type == GgmlType::I2S && inp % 128 == 0 && t.dims == [inp as u64, out as u64] {
+            let data = self.f.data(t);
+            let n = out * inp;
+            if data[..n / 4].iter().any(|&b| b & (b >> 1) & 0x55 != 0) {
+                return Err(self.bad(t, "I2_S code 3 (codes are 0, 1, 2)"));
+            }
+            let s = &data[n / 4..n / 4 + 4];
+            let scale = f32::from_le_bytes([s[0], s[1], s[2], s[3]]) * self.extra_scale(name)?;
+            if let Some(m) =
+                TernaryMatrix::from_shared(out, inp, scale, self.f.shared(), self.f.data_offset(t))
+            {
+                return Ok(m);
+            }
+        }
         let t = self.ternary_codes(name, out, inp)?;
         Ok(TernaryMatrix::from_codes(out, inp, &t.codes, t.scale))
     }
@@ -254,20 +271,25 @@ impl Loader<'_> {
                 )
             }
         };
-        let extra = match self.f.tensor(&format!("{name}.scale")) {
+        let extra = self.extra_scale(name)?;
+        Ok(TernaryCodes {
+            codes,
+            scale: scale * extra,
+        })
+    }
+
+    /// The optional per-tensor `name.scale` multiplier (llama.cpp's bitnet arch), else 1.
+    fn extra_scale(&self, name: &str) -> Result<f32> {
+        match self.f.tensor(&format!("{name}.scale")) {
             Some(st) => {
                 let v = self.floats(st)?;
                 if v.len() != 1 {
                     return Err(self.bad(st, "a per-tensor scale must hold one value"));
                 }
-                v[0]
+                Ok(v[0])
             }
-            None => 1.0,
-        };
-        Ok(TernaryCodes {
-            codes,
-            scale: scale * extra,
-        })
+            None => Ok(1.0),
+        }
     }
 
     /// Codes of a per-block-scaled ternary format; every block with a non-zero code must have

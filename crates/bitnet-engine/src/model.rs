@@ -112,6 +112,16 @@ impl Model {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
+    /// Projections used in place from a memory-mapped file (zero-copy), out of all of them.
+    pub fn zero_copy_projections(&self) -> (usize, usize) {
+        let all: Vec<&TernaryMatrix> = self
+            .layers
+            .iter()
+            .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
+            .collect();
+        (all.iter().filter(|m| m.is_shared()).count(), all.len())
+    }
+
     /// Bytes held by ternary projections and by float tensors.
     pub fn weight_bytes(&self) -> (usize, usize) {
         let mut tern = 0;

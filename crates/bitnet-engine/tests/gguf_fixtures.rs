@@ -21,6 +21,10 @@ fn every_fixture_gguf_meets_its_reference() {
     for (file, reference) in GGUF_FILES {
         let path = dir.join("gguf").join(file);
         let model = Model::load(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
+        if file == "i2_s.gguf" {
+            // I2_S is our block layout: every projection is used in place from the mmap.
+            assert_eq!(model.zero_copy_projections(), (14, 14));
+        }
         // The vocabulary embedded in the file tokenizes the prompts to the reference ids.
         let tok = Tokenizer::load(&path, &model.config).unwrap();
         for (i, text) in reference_prompts(&dir).iter().enumerate() {

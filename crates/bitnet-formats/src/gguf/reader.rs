@@ -6,6 +6,7 @@ use super::{GgufError, DEFAULT_ALIGNMENT};
 use memmap2::Mmap;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Caps beyond the file-size bounds (generous for real models: 2B-4T has 332 tensors and a
 /// 128256-entry vocabulary).
@@ -60,10 +61,16 @@ impl std::ops::Deref for Bytes {
     }
 }
 
+impl AsRef<[u8]> for Bytes {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
 /// An opened GGUF file: metadata and tensor infos parsed, data memory-mapped.
 pub struct GgufFile {
     path: PathBuf,
-    bytes: Bytes,
+    bytes: Arc<Bytes>,
     /// Format version (2 or 3).
     pub version: u32,
     /// Metadata in file order.
@@ -349,7 +356,7 @@ impl GgufFile {
         }
         Ok(GgufFile {
             path: path.to_path_buf(),
-            bytes,
+            bytes: Arc::new(bytes),
             version,
             metadata,
             meta_index,
@@ -383,6 +390,15 @@ impl GgufFile {
     /// A tensor's header.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.tensor_index.get(name).map(|&i| &self.tensors[i])
+    }
+    /// The whole file, shareable: tensors can borrow from it without copying (see
+    /// [`GgufFile::data_offset`]).
+    pub fn shared(&self) -> Arc<dyn AsRef<[u8]> + Send + Sync> {
+        self.bytes.clone()
+    }
+    /// Offset of a tensor's bytes from the start of the file.
+    pub fn data_offset(&self, t: &TensorInfo) -> usize {
+        self.data_start + t.offset as usize
     }
     /// A tensor's bytes (checked against the file length when the file was opened).
     pub fn data(&self, t: &TensorInfo) -> &[u8] {
