@@ -62,3 +62,62 @@ fn every_fixture_gguf_meets_its_reference() {
         }
     }
 }
+
+/// Microsoft's 2B-4T GGUF carries a converter placeholder template; for the relu² BitNet archs
+/// it is replaced by the trained format, while a real template in metadata is used as is.
+#[test]
+fn chat_template_from_metadata_except_the_2b4t_placeholder() {
+    use bitnet_engine::convert::gguf_out::{write_gguf, GgufOptions};
+    use bitnet_engine::convert::Parts;
+    use bitnet_engine::{ChatMessage, ChatTemplate};
+    use bitnet_formats::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue};
+    let tmp = tempfile::tempdir().unwrap();
+    let src = bitnet_engine::test_support::fixture_models()
+        .into_iter()
+        .find(|d| d.ends_with("bitnet-tiny-packed"))
+        .unwrap();
+    let base = tmp.path().join("base.gguf");
+    let parts = Parts::open(&src).unwrap();
+    let opts = GgufOptions {
+        ternary: GgmlType::I2S,
+        embedding: GgmlType::F16,
+    };
+    write_gguf(&parts, opts, &base, |_, _, _| {}).unwrap();
+    let with_template = |template: &str, out: &std::path::Path| {
+        let f = GgufFile::open(&base).unwrap();
+        let mut w = GgufWriter::new();
+        for (k, v) in &f.metadata {
+            w.set(k, v.clone());
+        }
+        w.set(
+            "tokenizer.chat_template",
+            MetaValue::String(template.into()),
+        );
+        for t in &f.tensors {
+            w.add_tensor(&t.name, t.ggml_type, &t.dims, f.data(t).to_vec())
+                .unwrap();
+        }
+        w.write(out).unwrap();
+    };
+    let msgs = [ChatMessage::new("user", "Hi")];
+    let placeholder =
+        "{% for message in messages %}{% if message['role'] == 'user' %}{{ 'Human: ' + \
+        message['content'] + '\\n\\nBITNETAssistant: ' }}{% endif %}{% endfor %}";
+    let p = tmp.path().join("placeholder.gguf");
+    with_template(placeholder, &p);
+    let model = Model::load(&p).unwrap();
+    let tok = Tokenizer::load(&p, &model.config).unwrap();
+    let t = ChatTemplate::for_model(&model.config, &tok).unwrap();
+    assert_eq!(
+        t.render(&msgs, true).unwrap(),
+        "<|begin_of_text|>User: Hi<|eot_id|>Assistant: "
+    );
+    let own = tmp.path().join("own.gguf");
+    with_template(
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}",
+        &own,
+    );
+    let tok = Tokenizer::load(&own, &model.config).unwrap();
+    let t = ChatTemplate::for_model(&model.config, &tok).unwrap();
+    assert_eq!(t.render(&msgs, true).unwrap(), "<user>Hi");
+}
