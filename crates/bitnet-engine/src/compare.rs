@@ -209,13 +209,7 @@ pub fn argmax(row: &[f32]) -> usize {
 /// `--kl-divergence` reports it.
 pub fn kl_divergence(a: &[f32], b: &[f32], vocab: usize) -> Vec<f64> {
     let log_softmax = |row: &[f32], out: &mut Vec<f64>| {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-        let lse = max
-            + row
-                .iter()
-                .map(|&v| (v as f64 - max).exp())
-                .sum::<f64>()
-                .ln();
+        let lse = bitnet_kernels::ops::log_sum_exp(row);
         out.clear();
         out.extend(row.iter().map(|&v| v as f64 - lse));
     };

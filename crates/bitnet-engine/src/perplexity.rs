@@ -6,6 +6,7 @@
 use crate::error::{Error, Result};
 use crate::forward::{KvCache, RunState, DEFAULT_MAX_BATCH};
 use crate::model::Model;
+use bitnet_kernels::ops::log_sum_exp;
 
 /// Result of a perplexity run.
 #[derive(Clone, Debug)]
@@ -75,14 +76,7 @@ pub fn perplexity(
         )?;
         for (k, row) in logits.chunks_exact(vocab).enumerate() {
             let target = tokens[c * n_ctx + first + k + 1] as usize;
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-            let lse = max
-                + row
-                    .iter()
-                    .map(|&v| (v as f64 - max).exp())
-                    .sum::<f64>()
-                    .ln();
-            let nll = lse - row[target] as f64;
+            let nll = log_sum_exp(row) - row[target] as f64;
             sum += nll;
             sum2 += nll * nll;
             count += 1;

@@ -2,27 +2,13 @@
 //! `model.safetensors.index.json`.
 
 use crate::error::{Error, Result};
+use bitnet_formats::bytes::Bytes;
 use half::{bf16, f16};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, TensorInfo};
 use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-enum Bytes {
-    Mmap(Mmap),
-    Owned(Vec<u8>),
-}
-
-impl std::ops::Deref for Bytes {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Bytes::Mmap(m) => m,
-            Bytes::Owned(v) => v,
-        }
-    }
-}
 
 struct Shard {
     path: PathBuf,

@@ -25,6 +25,16 @@ pub trait TernaryBlock: QuantBlock {
     fn from_codes(codes: &[u8], d: f32) -> Self;
 }
 
+/// `to_float` of a ternary block: `(code − 1) · d` (up to 256 values).
+pub fn ternary_to_float<B: TernaryBlock>(b: &B, out: &mut [f32]) {
+    let d = b.d();
+    let mut c = [0u8; 256];
+    b.codes(&mut c[..B::BLOCK]);
+    for (o, &c) in out[..B::BLOCK].iter_mut().zip(&c) {
+        *o = (c as f32 - 1.0) * d;
+    }
+}
+
 /// Dequantizes a row of blocks into `out` (`out.len() == blocks.len() * B::BLOCK`).
 pub fn dequantize_row<B: QuantBlock>(blocks: &[B], out: &mut [f32]) {
     for (b, o) in blocks.iter().zip(out.chunks_exact_mut(B::BLOCK)) {

@@ -3,6 +3,7 @@
 
 use super::types::{GgmlType, MetaValue, MetaValueType};
 use super::{GgufError, DEFAULT_ALIGNMENT};
+use crate::bytes::Bytes;
 use memmap2::Mmap;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -43,27 +44,6 @@ impl TensorInfo {
     /// Rows (product of the other dimensions).
     pub fn rows(&self) -> u64 {
         self.dims.iter().skip(1).product()
-    }
-}
-
-enum Bytes {
-    Mmap(Mmap),
-    Owned(Vec<u8>),
-}
-
-impl std::ops::Deref for Bytes {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Bytes::Mmap(m) => m,
-            Bytes::Owned(v) => v,
-        }
-    }
-}
-
-impl AsRef<[u8]> for Bytes {
-    fn as_ref(&self) -> &[u8] {
-        self
     }
 }
 

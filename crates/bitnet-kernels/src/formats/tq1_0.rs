@@ -4,7 +4,7 @@
 //! (four trits, then ×3). Trit n of byte b: `((u8)(b · 3ⁿ) · 3) >> 8`.
 
 use super::QK_K;
-use crate::quant::{QuantBlock, TernaryBlock};
+use crate::quant::{ternary_to_float, QuantBlock, TernaryBlock};
 use half::f16;
 
 /// One TQ1_0 block.
@@ -41,12 +41,7 @@ impl QuantBlock for BlockTQ1_0 {
     const NAME: &'static str = "TQ1_0";
 
     fn to_float(&self, out: &mut [f32]) {
-        let d = self.d();
-        let mut c = [0u8; QK_K];
-        self.codes(&mut c);
-        for (o, &c) in out[..QK_K].iter_mut().zip(&c) {
-            *o = (c as f32 - 1.0) * d;
-        }
+        ternary_to_float(self, out);
     }
 
     /// `quantize_row_tq1_0_ref`: `d = absmax`, trit = `lroundf(x / d) + 1`.

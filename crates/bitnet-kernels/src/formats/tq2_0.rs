@@ -2,7 +2,7 @@
 //! (j ∈ {0, 32}, m < 32) holds elements `(j/32)·128 + m + 32n` at bits `2n`; value `(code−1)·d`.
 
 use super::QK_K;
-use crate::quant::{QuantBlock, TernaryBlock};
+use crate::quant::{ternary_to_float, QuantBlock, TernaryBlock};
 use half::f16;
 
 /// One TQ2_0 block.
@@ -27,12 +27,7 @@ impl QuantBlock for BlockTQ2_0 {
     const NAME: &'static str = "TQ2_0";
 
     fn to_float(&self, out: &mut [f32]) {
-        let d = self.d();
-        let mut c = [0u8; QK_K];
-        self.codes(&mut c);
-        for (o, &c) in out[..QK_K].iter_mut().zip(&c) {
-            *o = (c as f32 - 1.0) * d;
-        }
+        ternary_to_float(self, out);
     }
 
     /// `quantize_row_tq2_0_ref`: `d = absmax`, code = `lroundf(x / d) + 1`.
