@@ -54,6 +54,11 @@ impl QuantizedActs {
     pub fn row(&self, t: usize) -> &[i8] {
         &self.q[t * self.k_padded..(t + 1) * self.k_padded]
     }
+    /// All rows (row `t` at `t · k_padded`).
+    #[inline]
+    pub fn data(&self) -> &[i8] {
+        &self.q[..self.n * self.k_padded]
+    }
     /// `s_x` of row `t` (real value = q / s_x).
     #[inline]
     pub fn scale(&self, t: usize) -> f32 {

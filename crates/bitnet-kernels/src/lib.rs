@@ -14,12 +14,16 @@
 
 pub mod act;
 pub mod dense;
+pub mod dispatch;
 pub mod formats;
 pub mod ops;
 pub mod quant;
 pub mod ternary;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
 
 pub use act::QuantizedActs;
 pub use dense::{DenseData, DenseMatrix};
+pub use dispatch::Kernel;
 pub use quant::{QuantBlock, TernaryBlock};
 pub use ternary::{BlockI2, TernaryMatrix};

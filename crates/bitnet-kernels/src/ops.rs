@@ -13,6 +13,22 @@ const PAR_THRESHOLD: usize = 1 << 18;
 /// every weight row `r`: ternary × int8 with i32 accumulation (`Σ w·q = Σ c·q − Σ q`), one float
 /// multiply per output. `out` is row-major `[x.n(), w.rows()]`.
 pub fn ternary_matmul(w: &TernaryMatrix, x: &QuantizedActs, out: &mut [f32]) {
+    ternary_matmul_with(crate::dispatch::active(), w, x, out)
+}
+
+/// [`ternary_matmul`] on a given kernel (parity tests, benchmarks). The kernel must be
+/// [`crate::Kernel::available`].
+pub fn ternary_matmul_with(
+    which: crate::Kernel,
+    w: &TernaryMatrix,
+    x: &QuantizedActs,
+    out: &mut [f32],
+) {
+    assert!(
+        which.available(),
+        "kernel {} is not available on this CPU",
+        which.name()
+    );
     let (n, rows) = (x.n(), w.rows());
     assert_eq!(
         x.k_padded(),
@@ -21,18 +37,21 @@ pub fn ternary_matmul(w: &TernaryMatrix, x: &QuantizedActs, out: &mut [f32]) {
     );
     assert!(out.len() >= n * rows, "ternary_matmul output length");
     let scale = w.scale();
-    // Row-chunk kernel: every weight row is read once for all tokens of the batch.
+    let (q, kp) = (x.data(), x.k_padded());
+    // Row-chunk kernel: every weight row is read once for all tokens of the batch (in groups
+    // of 16 tokens, the i32 sums on the stack).
     let kernel = |r0: usize, chunk: &mut [f32]| {
         let nr = chunk.len() / n;
+        let mut acc = [0i32; 16];
         for i in 0..nr {
             let blocks = w.row_blocks(r0 + i);
-            for t in 0..n {
-                let q = x.row(t);
-                let mut acc = 0i32;
-                for (b, qb) in blocks.iter().zip(q.chunks_exact(crate::ternary::QK_I2)) {
-                    acc += b.vec_dot_i8(qb);
+            for t0 in (0..n).step_by(16) {
+                let nt = (n - t0).min(16);
+                crate::dispatch::row_dot(which, blocks, &q[t0 * kp..], kp, &mut acc[..nt]);
+                for (k, &a) in acc[..nt].iter().enumerate() {
+                    let t = t0 + k;
+                    chunk[i * n + t] = (a - x.sum(t)) as f32 / x.scale(t) * scale;
                 }
-                chunk[i * n + t] = (acc - x.sum(t)) as f32 / x.scale(t) * scale;
             }
         }
     };

@@ -1,0 +1,113 @@
+//! Run-time kernel selection: the best path the CPU supports, or the one `BITNET_KERNEL`
+//! (`scalar`, `avx2`, `avx512`) forces — for parity tests and benchmarks.
+
+use std::sync::OnceLock;
+
+/// A ternary dot-product implementation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// Portable Rust.
+    Scalar,
+    /// AVX2 `vpmaddubsw` + `vpmaddwd`.
+    Avx2,
+    /// AVX-512 VNNI `vpdpbusd` (256-bit, with AVX512VL).
+    Avx512Vnni,
+}
+
+impl Kernel {
+    /// Name as `BITNET_KERNEL` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Scalar => "scalar",
+            Kernel::Avx2 => "avx2",
+            Kernel::Avx512Vnni => "avx512",
+        }
+    }
+
+    /// Whether this machine can run it.
+    pub fn available(self) -> bool {
+        match self {
+            Kernel::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => std::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => {
+                std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("avx512vl")
+                    && std::is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// Every kernel this machine can run, scalar first.
+    pub fn all_available() -> Vec<Kernel> {
+        [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512Vnni]
+            .into_iter()
+            .filter(|k| k.available())
+            .collect()
+    }
+}
+
+/// The kernel in use: `BITNET_KERNEL` if set (falling back to scalar, with a message, when the
+/// CPU cannot run it or the name is unknown), else the best available.
+pub fn active() -> Kernel {
+    static K: OnceLock<Kernel> = OnceLock::new();
+    *K.get_or_init(|| {
+        if let Ok(name) = std::env::var("BITNET_KERNEL") {
+            let want = match name.as_str() {
+                "scalar" => Some(Kernel::Scalar),
+                "avx2" => Some(Kernel::Avx2),
+                "avx512" => Some(Kernel::Avx512Vnni),
+                _ => None,
+            };
+            match want {
+                Some(k) if k.available() => return k,
+                _ => eprintln!(
+                    "BITNET_KERNEL={name}: not available on this CPU or unknown (scalar, avx2, avx512); using scalar"
+                ),
+            }
+            return Kernel::Scalar;
+        }
+        Kernel::all_available().last().copied().unwrap_or(Kernel::Scalar)
+    })
+}
+
+/// `out[t] = Σ c·q` of one weight row with activation rows `q[t·stride..]` (`t < out.len()`),
+/// on `kernel`. `q` must hold `(out.len() − 1)·stride + blocks.len()·128` values.
+#[inline]
+pub fn row_dot(
+    kernel: Kernel,
+    blocks: &[crate::BlockI2],
+    q: &[i8],
+    stride: usize,
+    out: &mut [i32],
+) {
+    let need = out.len().saturating_sub(1) * stride + blocks.len() * crate::ternary::QK_I2;
+    assert!(
+        q.len() >= need,
+        "activation rows shorter than the weight row"
+    );
+    match kernel {
+        // SAFETY: `available()` checked the CPU features when the kernel was chosen (`active`
+        // only returns available kernels; tests skip unavailable ones) and the length was
+        // asserted above.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => unsafe { crate::x86::dot_avx2(blocks, q, stride, out) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Vnni => unsafe { crate::x86::dot_vnni(blocks, q, stride, out) },
+        _ => {
+            for (t, o) in out.iter_mut().enumerate() {
+                let row = &q[t * stride..];
+                *o = blocks
+                    .iter()
+                    .zip(row.chunks_exact(crate::ternary::QK_I2))
+                    .map(|(b, qb)| b.vec_dot_i8(qb))
+                    .sum();
+            }
+        }
+    }
+}

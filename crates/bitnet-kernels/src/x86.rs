@@ -1,0 +1,105 @@
+//! x86-64 ternary dot products over [`BlockI2`] (I2_S x86 layout: byte m of a block holds the
+//! 2-bit codes of elements m, m+32, m+64, m+96 at shifts 6, 4, 2, 0). Each computes `Σ c·q` over
+//! whole blocks; callers subtract `Σ q`. Scalar twin: [`BlockI2::vec_dot_i8`].
+
+#![cfg(target_arch = "x86_64")]
+
+use crate::ternary::BlockI2;
+use std::arch::x86_64::*;
+
+/// Unpacks a block's 32 code bytes into four vectors of 32 codes (elements 0-31 … 96-127).
+#[inline(always)]
+unsafe fn unpack(qs: &[u8; 32]) -> [__m256i; 4] {
+    // SAFETY: `qs` is 32 readable bytes; unaligned load.
+    let b = unsafe { _mm256_loadu_si256(qs.as_ptr() as *const __m256i) };
+    let m = _mm256_set1_epi8(3);
+    [
+        _mm256_and_si256(_mm256_srli_epi16(b, 6), m),
+        _mm256_and_si256(_mm256_srli_epi16(b, 4), m),
+        _mm256_and_si256(_mm256_srli_epi16(b, 2), m),
+        _mm256_and_si256(b, m),
+    ]
+}
+
+#[inline(always)]
+unsafe fn load32(q: &[i8], at: usize) -> __m256i {
+    debug_assert!(at + 32 <= q.len());
+    // SAFETY: callers pass `at + 32 <= q.len()` (whole blocks of the activation row).
+    unsafe { _mm256_loadu_si256(q.as_ptr().add(at) as *const __m256i) }
+}
+
+#[inline(always)]
+unsafe fn hsum(v: __m256i) -> i32 {
+    let lo = _mm256_castsi256_si128(v);
+    let hi = _mm256_extracti128_si256(v, 1);
+    let s = _mm_add_epi32(lo, hi);
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    _mm_cvtsi128_si32(s)
+}
+
+/// `Σ c·q` of one weight row with `out.len()` activation rows `q[t·stride..]` (AVX2).
+/// maddubs: u8 codes (≤ 2) × i8 → i16 pairs, |pair| ≤ 2·2·128 = 512; four summed ≤ 2048, then
+/// widened to i32 per block, so no i16 saturation.
+///
+/// # Safety
+/// The CPU must support AVX2; `q` must hold `(out.len() − 1)·stride + blocks.len()·128` values.
+#[target_feature(enable = "avx2")]
+pub unsafe fn dot_avx2(blocks: &[BlockI2], q: &[i8], stride: usize, out: &mut [i32]) {
+    let ones = _mm256_set1_epi16(1);
+    for t in 0..out.len() {
+        let q = &q[t * stride..];
+        let mut acc = _mm256_setzero_si256();
+        for (bi, b) in blocks.iter().enumerate() {
+            // SAFETY: AVX2 is enabled for this function; loads stay inside `b.qs` and `q`.
+            unsafe {
+                let c = unpack(&b.qs);
+                let base = bi * 128;
+                let p0 = _mm256_maddubs_epi16(c[0], load32(q, base));
+                let p1 = _mm256_maddubs_epi16(c[1], load32(q, base + 32));
+                let p2 = _mm256_maddubs_epi16(c[2], load32(q, base + 64));
+                let p3 = _mm256_maddubs_epi16(c[3], load32(q, base + 96));
+                let s = _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(s, ones));
+            }
+        }
+        // SAFETY: AVX2 enabled.
+        out[t] = unsafe { hsum(acc) };
+    }
+}
+
+/// `Σ c·q` for each activation row against one weight row (AVX-512 VNNI, 256-bit `vpdpbusd`:
+/// u8 × i8 summed straight into i32 lanes, no intermediate i16). Codes of a block are unpacked
+/// once and reused for every activation row.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL/VNNI; `q` must hold
+/// `(out.len() − 1)·stride + blocks.len()·128` values.
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot_vnni(blocks: &[BlockI2], q: &[i8], stride: usize, out: &mut [i32]) {
+    const T: usize = 4;
+    let mut t0 = 0;
+    while t0 < out.len() {
+        let nt = (out.len() - t0).min(T);
+        let mut acc = [_mm256_setzero_si256(); T];
+        for (bi, b) in blocks.iter().enumerate() {
+            // SAFETY: the features are enabled for this function; loads stay in bounds.
+            unsafe {
+                let c = unpack(&b.qs);
+                let base = bi * 128;
+                for (k, a) in acc.iter_mut().enumerate().take(nt) {
+                    let q = &q[(t0 + k) * stride..];
+                    let mut x = _mm256_dpbusd_epi32(*a, c[0], load32(q, base));
+                    x = _mm256_dpbusd_epi32(x, c[1], load32(q, base + 32));
+                    x = _mm256_dpbusd_epi32(x, c[2], load32(q, base + 64));
+                    *a = _mm256_dpbusd_epi32(x, c[3], load32(q, base + 96));
+                }
+            }
+        }
+        for (k, a) in acc.iter().enumerate().take(nt) {
+            // SAFETY: AVX2 enabled.
+            out[t0 + k] = unsafe { hsum(*a) };
+        }
+        t0 += nt;
+    }
+}

@@ -1,0 +1,101 @@
+//! Every SIMD kernel against its scalar twin, on random and edge inputs.
+
+use bitnet_kernels::dispatch::row_dot;
+use bitnet_kernels::ops::ternary_matmul_with;
+use bitnet_kernels::{Kernel, QuantizedActs, TernaryMatrix};
+use rand::{RngExt, SeedableRng};
+
+fn case(w: &[i8], rows: usize, cols: usize, q: &[i8], n: usize) {
+    let m = TernaryMatrix::from_values(rows, cols, w, 0.37);
+    let kp = m.cols_padded();
+    // Activation rows padded to whole blocks with zeros.
+    let mut qa = vec![0i8; n * kp];
+    for t in 0..n {
+        qa[t * kp..t * kp + cols].copy_from_slice(&q[t * cols..(t + 1) * cols]);
+    }
+    for r in 0..rows {
+        let mut want = vec![0i32; n];
+        row_dot(Kernel::Scalar, m.row_blocks(r), &qa, kp, &mut want);
+        // The scalar twin itself against a plain dot of the values (codes c = w + 1).
+        for t in 0..n {
+            let plain: i32 = (0..cols)
+                .map(|c| (w[r * cols + c] as i32 + 1) * q[t * cols + c] as i32)
+                .sum();
+            assert_eq!(want[t], plain, "scalar row {r} token {t}");
+        }
+        for k in Kernel::all_available() {
+            let mut got = vec![0i32; n];
+            row_dot(k, m.row_blocks(r), &qa, kp, &mut got);
+            assert_eq!(got, want, "{} row {r} ({rows}x{cols}, n={n})", k.name());
+        }
+    }
+}
+
+#[test]
+fn random_shapes_and_token_counts() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    for &(rows, cols, n) in &[
+        (3, 128, 1),
+        (5, 384, 2),
+        (4, 896, 5),
+        (2, 100, 3),
+        (7, 130, 9),
+        (3, 1024, 17),
+    ] {
+        let w: Vec<i8> = (0..rows * cols).map(|_| rng.random_range(-1..=1)).collect();
+        let q: Vec<i8> = (0..n * cols).map(|_| rng.random()).collect();
+        case(&w, rows, cols, &q, n);
+    }
+}
+
+#[test]
+fn edge_inputs() {
+    let (rows, cols, n) = (3, 640, 6);
+    let patterns: Vec<(Vec<i8>, Vec<i8>)> = vec![
+        (vec![-1; rows * cols], vec![127; n * cols]),
+        (vec![1; rows * cols], vec![-128; n * cols]),
+        (vec![1; rows * cols], vec![127; n * cols]),
+        (vec![-1; rows * cols], vec![-128; n * cols]),
+        (vec![0; rows * cols], vec![-128; n * cols]),
+        (vec![1; rows * cols], vec![0; n * cols]),
+        // i16-saturation pattern for maddubs chains: alternating extremes everywhere.
+        (
+            (0..rows * cols)
+                .map(|i| if i % 2 == 0 { 1 } else { -1 })
+                .collect(),
+            (0..n * cols)
+                .map(|i| if i % 2 == 0 { 127 } else { -128 })
+                .collect(),
+        ),
+    ];
+    for (w, q) in patterns {
+        case(&w, rows, cols, &q, n);
+    }
+}
+
+#[test]
+fn matmul_is_identical_on_every_kernel() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let (rows, cols, n) = (300, 1000, 3);
+    let w: Vec<i8> = (0..rows * cols).map(|_| rng.random_range(-1..=1)).collect();
+    let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-4.0..4.0)).collect();
+    let m = TernaryMatrix::from_values(rows, cols, &w, 0.5);
+    let mut a = QuantizedActs::new();
+    a.quantize(&x, n, cols, m.cols_padded());
+    let mut want = vec![0f32; n * rows];
+    ternary_matmul_with(Kernel::Scalar, &m, &a, &mut want);
+    for k in Kernel::all_available() {
+        let mut got = vec![0f32; n * rows];
+        ternary_matmul_with(k, &m, &a, &mut got);
+        assert_eq!(got, want, "{}", k.name());
+    }
+}
+
+#[test]
+fn parity_is_not_vacuous_on_x86() {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        assert!(Kernel::all_available().contains(&Kernel::Avx2));
+    }
+    eprintln!("kernels tested: {:?}", Kernel::all_available());
+}
