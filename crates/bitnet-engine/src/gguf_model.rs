@@ -208,7 +208,10 @@ impl Loader<'_> {
     /// from the memory map) after a check that no 2-bit code is 3.
     fn ternary(&self, name: &str, out: usize, inp: usize) -> Result<TernaryMatrix> {
         let t = self.tensor(&format!("{name}.weight"))?;
-        if t.ggml_type == GgmlType::I2S && inp % 128 == 0 && t.dims == [inp as u64, out as u64] {
+        if t.ggml_type == GgmlType::I2S
+            && inp.is_multiple_of(128)
+            && t.dims == [inp as u64, out as u64]
+        {
             let data = self.f.data(t);
             let n = out * inp;
             if data[..n / 4].iter().any(|&b| b & (b >> 1) & 0x55 != 0) {

@@ -239,7 +239,7 @@ impl TernaryMatrix {
         bytes: SharedBytes,
         offset: usize,
     ) -> Option<Self> {
-        if cols % QK_I2 != 0 {
+        if !cols.is_multiple_of(QK_I2) {
             return None;
         }
         let blocks_per_row = cols / QK_I2;

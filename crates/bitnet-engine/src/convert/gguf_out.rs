@@ -221,7 +221,7 @@ pub fn write_gguf(
     let mut done = 0;
     let mut report = ConvertReport::default();
     let (h, vocab) = (c.hidden_size as u64, c.vocab_size as u64);
-    let emb_type = if (h as usize) % opts.embedding.block_size() == 0 {
+    let emb_type = if (h as usize).is_multiple_of(opts.embedding.block_size()) {
         opts.embedding
     } else {
         GgmlType::F16

@@ -51,7 +51,8 @@ impl GgufWriter {
     ) -> Result<(), GgufError> {
         let n: u64 = dims.iter().product();
         let want = t.nbytes(n);
-        if want != Some(data.len()) || (t != GgmlType::I2S && dims[0] % t.block_size() as u64 != 0)
+        if want != Some(data.len())
+            || (t != GgmlType::I2S && !dims[0].is_multiple_of(t.block_size() as u64))
         {
             return Err(GgufError::Invalid {
                 path: name.into(),

@@ -212,7 +212,7 @@ fn gather(
     budget: &mut u64,
 ) -> Result<Vec<u8>, String> {
     let elem = dtype.size();
-    if storage.len() % elem != 0 {
+    if !storage.len().is_multiple_of(elem) {
         return Err(format!(
             "{} bytes is not a whole number of {elem}-byte elements",
             storage.len()
