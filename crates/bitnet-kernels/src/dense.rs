@@ -104,9 +104,36 @@ impl DenseMatrix {
         }
     }
 
-    /// Dot product of row `r` with `x` (length `cols`), accumulated in f32 over 8 lanes.
+    /// Dot product of row `r` with `x` (length `cols`), accumulated in f32 over 8 lanes; with
+    /// AVX2 + FMA (F16C for f16) when the active kernel is a SIMD one.
     #[inline]
     pub fn row_dot(&self, r: usize, x: &[f32]) -> f32 {
+        let c = self.cols;
+        #[cfg(target_arch = "x86_64")]
+        if simd_dense() {
+            // SAFETY: `simd_dense` checked AVX2, FMA and F16C; `x` holds `cols` values
+            // (asserted inside the kernel).
+            unsafe {
+                match &self.data {
+                    DenseData::F32(v) => return crate::x86::dot_f32(&v[r * c..(r + 1) * c], x),
+                    DenseData::Bf16(v) => {
+                        return crate::x86::dot_bf16(
+                            bytemuck::cast_slice(&v[r * c..(r + 1) * c]),
+                            x,
+                        )
+                    }
+                    DenseData::F16(v) => {
+                        return crate::x86::dot_f16(bytemuck::cast_slice(&v[r * c..(r + 1) * c]), x)
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.row_dot_scalar(r, x)
+    }
+
+    /// The portable twin of [`DenseMatrix::row_dot`].
+    pub fn row_dot_scalar(&self, r: usize, x: &[f32]) -> f32 {
         let c = self.cols;
         match &self.data {
             DenseData::F32(v) => dot8(&v[r * c..(r + 1) * c], x, |a| a),
@@ -117,6 +144,19 @@ impl DenseMatrix {
             DenseData::Q4K(v) => dot_blocks(&v[r * c / 256..(r + 1) * c / 256], x),
         }
     }
+}
+
+/// Whether the float dot products may use AVX2/FMA/F16C (not when scalar is forced).
+#[cfg(target_arch = "x86_64")]
+fn simd_dense() -> bool {
+    use std::sync::OnceLock;
+    static S: OnceLock<bool> = OnceLock::new();
+    *S.get_or_init(|| {
+        crate::dispatch::active() != crate::Kernel::Scalar
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+    })
 }
 
 fn dequant_row<B: QuantBlock>(blocks: &[B], out: &mut [f32]) {

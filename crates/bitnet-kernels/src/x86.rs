@@ -103,3 +103,87 @@ pub unsafe fn dot_vnni(blocks: &[BlockI2], q: &[i8], stride: usize, out: &mut [i
         t0 += nt;
     }
 }
+
+/// Σ w·x over f32 rows with AVX2 + FMA (four 8-lane accumulators). Scalar twin: `dense::dot8`.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `x.len() >= w.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
+    dot_wide(
+        w.len(),
+        x,
+        |i| unsafe { _mm256_loadu_ps(w.as_ptr().add(i)) },
+        |i| w[i],
+    )
+}
+
+/// Σ w·x over bf16 weights (bits) with AVX2 + FMA: bf16 → f32 is a 16-bit left shift.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `x.len() >= w.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_bf16(w: &[u16], x: &[f32]) -> f32 {
+    dot_wide(
+        w.len(),
+        x,
+        |i| unsafe {
+            let h = _mm_loadu_si128(w.as_ptr().add(i) as *const __m128i);
+            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+        },
+        |i| f32::from_bits((w[i] as u32) << 16),
+    )
+}
+
+/// Σ w·x over f16 weights (bits) with AVX2 + FMA + F16C.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `x.len() >= w.len()`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f16(w: &[u16], x: &[f32]) -> f32 {
+    dot_wide(
+        w.len(),
+        x,
+        |i| unsafe { _mm256_cvtph_ps(_mm_loadu_si128(w.as_ptr().add(i) as *const __m128i)) },
+        |i| half::f16::from_bits(w[i]).to_f32(),
+    )
+}
+
+/// The shared FMA loop: `load(i)` gives 8 weights at `i` as f32, `scalar(i)` one (tail).
+#[inline(always)]
+unsafe fn dot_wide(
+    n: usize,
+    x: &[f32],
+    load: impl Fn(usize) -> __m256,
+    scalar: impl Fn(usize) -> f32,
+) -> f32 {
+    assert!(x.len() >= n, "dot: activation shorter than the weight row");
+    // SAFETY (whole block): callers enabled AVX2/FMA; every load reads i..i+8 < n ≤ x.len().
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (k, a) in acc.iter_mut().enumerate() {
+                let j = i + 8 * k;
+                *a = _mm256_fmadd_ps(load(j), _mm256_loadu_ps(x.as_ptr().add(j)), *a);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(load(i), _mm256_loadu_ps(x.as_ptr().add(i)), acc[0]);
+            i += 8;
+        }
+        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let lo = _mm256_castps256_ps128(s);
+        let hi = _mm256_extractf128_ps(s, 1);
+        let q = _mm_add_ps(lo, hi);
+        let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+        let q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
+        let mut total = _mm_cvtss_f32(q);
+        while i < n {
+            total += scalar(i) * x[i];
+            i += 1;
+        }
+        total
+    }
+}

@@ -99,3 +99,37 @@ fn parity_is_not_vacuous_on_x86() {
     }
     eprintln!("kernels tested: {:?}", Kernel::all_available());
 }
+
+#[test]
+fn dense_dots_match_scalar_within_rounding() {
+    use bitnet_kernels::{DenseData, DenseMatrix};
+    use half::{bf16, f16};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+    for cols in [1usize, 7, 8, 31, 32, 33, 100, 2560] {
+        let rows = 3;
+        let vals: Vec<f32> = (0..rows * cols)
+            .map(|_| rng.random_range(-2.0..2.0))
+            .collect();
+        let x: Vec<f32> = (0..cols).map(|_| rng.random_range(-3.0..3.0)).collect();
+        for data in [
+            DenseData::F32(vals.clone()),
+            DenseData::Bf16(vals.iter().map(|&v| bf16::from_f32(v)).collect()),
+            DenseData::F16(vals.iter().map(|&v| f16::from_f32(v)).collect()),
+        ] {
+            let m = DenseMatrix::new(rows, cols, data);
+            for r in 0..rows {
+                let (a, b) = (m.row_dot(r, &x), m.row_dot_scalar(r, &x));
+                let bound: f32 = vals[r * cols..(r + 1) * cols]
+                    .iter()
+                    .zip(&x)
+                    .map(|(w, x)| (w * x).abs())
+                    .sum();
+                assert!(
+                    (a - b).abs() <= 1e-5 * bound + 1e-6,
+                    "{} cols {cols}: {a} vs {b}",
+                    m.dtype()
+                );
+            }
+        }
+    }
+}
