@@ -32,6 +32,10 @@ enum Command {
     Convert(commands::convert::Args),
     /// Perplexity of a text file (llama.cpp's method).
     Perplexity(commands::perplexity::Args),
+    /// Prompt and generation speed, llama-bench style (table or --json).
+    Bench(commands::bench::Args),
+    /// Write a random ternary model of a real shape as GGUF (for benchmarks).
+    CreateModel(commands::create_model::Args),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +64,8 @@ fn main() -> ExitCode {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Convert(a) => commands::convert::run(a),
         Command::Perplexity(a) => commands::perplexity::run(a),
+        Command::Bench(a) => commands::bench::run(a),
+        Command::CreateModel(a) => commands::create_model::run(a),
     };
     match result {
         Ok(code) => code,

@@ -14,6 +14,7 @@ pub use config::{Activation, Architecture, ModelConfig, WeightFormat};
 pub use error::{Error, Result};
 pub use forward::{KvCache, RunState};
 pub use model::Model;
+pub mod bench;
 pub mod chat;
 pub mod generate;
 pub mod gguf_model;

@@ -45,7 +45,7 @@ pub struct Args {
     torch_threads: Option<usize>,
 }
 
-fn parse_type(s: &str, allowed: &[GgmlType], flag: &str) -> Result<GgmlType> {
+pub fn parse_type(s: &str, allowed: &[GgmlType], flag: &str) -> Result<GgmlType> {
     let t = GgmlType::from_name(s).filter(|t| allowed.contains(t));
     t.with_context(|| {
         let names: Vec<String> = allowed.iter().map(|t| t.name().to_lowercase()).collect();

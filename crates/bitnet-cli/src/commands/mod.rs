@@ -1,8 +1,10 @@
 //! One module per subcommand, plus the options they share.
 
+pub mod bench;
 pub mod chat;
 pub mod compare;
 pub mod convert;
+pub mod create_model;
 pub mod generate;
 pub mod inspect;
 pub mod logits;

@@ -118,12 +118,21 @@ fn embedding_bytes(v: &[f32], ty: GgmlType) -> Vec<u8> {
     }
 }
 
+/// Quantizes in parallel (rows of 64 blocks per task); the bytes do not depend on threads.
 fn blocks<B: QuantBlock>(v: &[f32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(v.len() / B::BLOCK * std::mem::size_of::<B>());
-    for c in v.chunks_exact(B::BLOCK) {
-        out.extend_from_slice(bytemuck::bytes_of(&B::from_float(c)));
-    }
-    out
+    use rayon::prelude::*;
+    let per = 64 * B::BLOCK;
+    let parts: Vec<Vec<u8>> = v
+        .par_chunks(per)
+        .map(|chunk| {
+            let mut out = Vec::with_capacity(chunk.len() / B::BLOCK * std::mem::size_of::<B>());
+            for c in chunk.chunks_exact(B::BLOCK) {
+                out.extend_from_slice(bytemuck::bytes_of(&B::from_float(c)));
+            }
+            out
+        })
+        .collect();
+    parts.concat()
 }
 
 /// Writes `parts` to `path`; `progress(done, total, tensor)` is called per tensor. Ends by

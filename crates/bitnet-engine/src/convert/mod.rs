@@ -4,6 +4,7 @@
 
 pub mod gguf_out;
 pub mod hf_out;
+pub mod random;
 pub mod tokenizer_meta;
 pub mod torch_mean;
 

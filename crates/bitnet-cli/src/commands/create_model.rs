@@ -1,0 +1,67 @@
+//! `bitnet create-model`: a random ternary model of a real shape, as GGUF.
+
+use anyhow::{Context, Result};
+use bitnet_engine::convert::gguf_out::{write_gguf, GgufOptions};
+use bitnet_engine::convert::random::random_parts;
+use bitnet_formats::gguf::GgmlType;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// Options of `bitnet create-model`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Shape: 2b4t, small or tiny.
+    #[arg(long, default_value = "2b4t")]
+    shape: String,
+    /// Projection type: tq2_0, tq1_0, i2_s or f16.
+    #[arg(long = "type", default_value = "tq2_0")]
+    ttype: String,
+    /// Embedding type: q6_k (llama-quantize's default), q8_0 or f16.
+    #[arg(long, default_value = "q6_k")]
+    embedding_type: String,
+    /// Output GGUF file.
+    #[arg(long, short)]
+    out: PathBuf,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+/// Runs the subcommand.
+pub fn run(a: Args) -> Result<ExitCode> {
+    let t0 = Instant::now();
+    let ternary = super::convert::parse_type(
+        &a.ttype,
+        &[
+            GgmlType::I2S,
+            GgmlType::TQ1_0,
+            GgmlType::TQ2_0,
+            GgmlType::F16,
+        ],
+        "--type",
+    )?;
+    let embedding = super::convert::parse_type(
+        &a.embedding_type,
+        &[GgmlType::F16, GgmlType::Q8_0, GgmlType::Q6K],
+        "--embedding-type",
+    )?;
+    let parts = random_parts(&a.shape, a.seed)?;
+    let r = write_gguf(
+        &parts,
+        GgufOptions { ternary, embedding },
+        &a.out,
+        |_, _, _| {},
+    )
+    .with_context(|| format!("writing {}", a.out.display()))?;
+    let size = std::fs::metadata(&a.out).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "wrote {} ({} shape, {} tensors, {:.1} MiB) in {:.1} s",
+        a.out.display(),
+        a.shape,
+        r.tensors.len(),
+        size as f64 / (1 << 20) as f64,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}

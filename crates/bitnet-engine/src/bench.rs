@@ -1,0 +1,63 @@
+//! Timing of prompt processing and token generation (what `bitnet bench` reports), on random
+//! token ids from an empty cache, as llama-bench measures `pp` and `tg`.
+
+use crate::error::Result;
+use crate::forward::{KvCache, RunState, DEFAULT_MAX_BATCH};
+use crate::model::Model;
+use std::time::Instant;
+
+fn tokens(model: &Model, n: usize, seed: u64) -> Vec<u32> {
+    let v = model.config.vocab_size as u64;
+    (0..n as u64)
+        .map(|i| {
+            let z = (seed ^ i).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            ((z >> 33) % v) as u32
+        })
+        .collect()
+}
+
+/// Seconds to process an `n`-token prompt in one batch.
+pub fn time_prompt(model: &Model, n: usize, seed: u64) -> Result<f64> {
+    let ids = tokens(model, n, seed);
+    let mut cache = KvCache::new(&model.config, n);
+    let mut state = RunState::new(&model.config, DEFAULT_MAX_BATCH, n);
+    let t = Instant::now();
+    model.forward_last(&ids, &mut cache, &mut state)?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Seconds to generate `n` tokens one at a time from an empty cache.
+pub fn time_generation(model: &Model, n: usize, seed: u64) -> Result<f64> {
+    let ids = tokens(model, n, seed);
+    let mut cache = KvCache::new(&model.config, n);
+    let mut state = RunState::new(&model.config, 1, n);
+    let t = Instant::now();
+    for id in ids {
+        model.forward_last(&[id], &mut cache, &mut state)?;
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Weight bytes one decode step reads: every projection, the output head and the norms.
+pub fn bytes_per_token(model: &Model) -> usize {
+    let (ternary, _) = model.weight_bytes();
+    let norms: usize = model
+        .layers
+        .iter()
+        .map(|l| {
+            4 * (l.input_norm.len()
+                + l.attn_sub_norm.len()
+                + l.post_norm.len()
+                + l.ffn_sub_norm.len())
+        })
+        .sum();
+    ternary + model.head().nbytes() + norms + 4 * model.norm.len()
+}
+
+/// Mean and sample standard deviation.
+pub fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (m, var.sqrt())
+}
