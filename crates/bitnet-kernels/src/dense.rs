@@ -125,6 +125,12 @@ impl DenseMatrix {
                     DenseData::F16(v) => {
                         return crate::x86::dot_f16(bytemuck::cast_slice(&v[r * c..(r + 1) * c]), x)
                     }
+                    DenseData::Q6K(v) => {
+                        return crate::x86::dot_q6k(&v[r * c / 256..(r + 1) * c / 256], x)
+                    }
+                    DenseData::Q8_0(v) => {
+                        return crate::x86::dot_q8_0(&v[r * c / 32..(r + 1) * c / 32], x)
+                    }
                     _ => {}
                 }
             }

@@ -187,3 +187,112 @@ unsafe fn dot_wide(
         total
     }
 }
+
+/// Σ w·x over Q6_K blocks (`x.len() >= blocks.len()·256`), AVX2 + FMA: the 6-bit quants are
+/// unpacked 32 at a time (low nibbles from `ql`, two high bits from `qh`, minus 32), widened to
+/// f32, scaled by `d · scale` as the scalar dequantizer does, and accumulated with FMA. Layout:
+/// llama.cpp's `block_q6_K` (see `formats::q6_k`).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_q6k(blocks: &[crate::formats::BlockQ6K], x: &[f32]) -> f32 {
+    assert!(
+        x.len() >= blocks.len() * 256,
+        "dot_q6k: activation too short"
+    );
+    // SAFETY (whole block): AVX2/FMA enabled by the caller's contract; every load reads inside
+    // a block's arrays or inside `x` (length asserted above).
+    unsafe {
+        let m4 = _mm256_set1_epi8(0x0F);
+        let m3 = _mm256_set1_epi8(3);
+        let c32 = _mm256_set1_epi8(32);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (bi, b) in blocks.iter().enumerate() {
+            let d = half::f16::from_bits(b.d).to_f32();
+            let xb = x.as_ptr().add(bi * 256);
+            for h in 0..2 {
+                let ql0 = _mm256_loadu_si256(b.ql.as_ptr().add(64 * h) as *const __m256i);
+                let ql1 = _mm256_loadu_si256(b.ql.as_ptr().add(64 * h + 32) as *const __m256i);
+                let qh = _mm256_loadu_si256(b.qh.as_ptr().add(32 * h) as *const __m256i);
+                let hi = |s: i32| match s {
+                    0 => _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4),
+                    2 => _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4),
+                    4 => _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4),
+                    _ => _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4),
+                };
+                let q = [
+                    _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(ql0, m4), hi(0)), c32),
+                    _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(ql1, m4), hi(2)), c32),
+                    _mm256_sub_epi8(
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), hi(4)),
+                        c32,
+                    ),
+                    _mm256_sub_epi8(
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), hi(6)),
+                        c32,
+                    ),
+                ];
+                for (k, qk) in q.iter().enumerate() {
+                    let base = 128 * h + 32 * k;
+                    let sc0 = d * b.scales[8 * h + 2 * k] as f32;
+                    let sc1 = d * b.scales[8 * h + 2 * k + 1] as f32;
+                    let lo = _mm256_castsi256_si128(*qk);
+                    let up = _mm256_extracti128_si256(*qk, 1);
+                    let parts = [lo, _mm_srli_si128(lo, 8), up, _mm_srli_si128(up, 8)];
+                    for (j, p) in parts.iter().enumerate() {
+                        let s = _mm256_set1_ps(if j < 2 { sc0 } else { sc1 });
+                        let w = _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(*p)));
+                        acc[j] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xb.add(base + 8 * j)), acc[j]);
+                    }
+                }
+            }
+        }
+        hsum_ps(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ))
+    }
+}
+
+/// Σ w·x over Q8_0 blocks (`x.len() >= blocks.len()·32`), AVX2 + FMA, `w = d · q`.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_q8_0(blocks: &[crate::formats::BlockQ8_0], x: &[f32]) -> f32 {
+    assert!(
+        x.len() >= blocks.len() * 32,
+        "dot_q8_0: activation too short"
+    );
+    // SAFETY (whole block): AVX2/FMA enabled; loads stay inside each block and `x`.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (bi, b) in blocks.iter().enumerate() {
+            let d = _mm256_set1_ps(half::f16::from_bits(b.d).to_f32());
+            let q = _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i);
+            let lo = _mm256_castsi256_si128(q);
+            let up = _mm256_extracti128_si256(q, 1);
+            let parts = [lo, _mm_srli_si128(lo, 8), up, _mm_srli_si128(up, 8)];
+            for (j, p) in parts.iter().enumerate() {
+                let w = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(*p)), d);
+                acc[j] =
+                    _mm256_fmadd_ps(w, _mm256_loadu_ps(x.as_ptr().add(bi * 32 + 8 * j)), acc[j]);
+            }
+        }
+        hsum_ps(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ))
+    }
+}
+
+#[inline(always)]
+unsafe fn hsum_ps(s: __m256) -> f32 {
+    let lo = _mm256_castps256_ps128(s);
+    let hi = _mm256_extractf128_ps(s, 1);
+    let q = _mm_add_ps(lo, hi);
+    let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    let q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
+    _mm_cvtss_f32(q)
+}

@@ -105,17 +105,24 @@ fn dense_dots_match_scalar_within_rounding() {
     use bitnet_kernels::{DenseData, DenseMatrix};
     use half::{bf16, f16};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
-    for cols in [1usize, 7, 8, 31, 32, 33, 100, 2560] {
+    for cols in [1usize, 7, 8, 31, 32, 33, 100, 256, 2560] {
         let rows = 3;
         let vals: Vec<f32> = (0..rows * cols)
             .map(|_| rng.random_range(-2.0..2.0))
             .collect();
         let x: Vec<f32> = (0..cols).map(|_| rng.random_range(-3.0..3.0)).collect();
-        for data in [
+        let mut datas = vec![
             DenseData::F32(vals.clone()),
             DenseData::Bf16(vals.iter().map(|&v| bf16::from_f32(v)).collect()),
             DenseData::F16(vals.iter().map(|&v| f16::from_f32(v)).collect()),
-        ] {
+        ];
+        if cols % 256 == 0 {
+            use bitnet_kernels::formats::{BlockQ6K, BlockQ8_0};
+            use bitnet_kernels::quant::quantize_row;
+            datas.push(DenseData::Q6K(quantize_row::<BlockQ6K>(&vals)));
+            datas.push(DenseData::Q8_0(quantize_row::<BlockQ8_0>(&vals)));
+        }
+        for data in datas {
             let m = DenseMatrix::new(rows, cols, data);
             for r in 0..rows {
                 let (a, b) = (m.row_dot(r, &x), m.row_dot_scalar(r, &x));

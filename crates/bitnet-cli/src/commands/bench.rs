@@ -21,7 +21,12 @@ pub struct Args {
     #[arg(short = 'n', long = "n-gen", default_value_t = 64)]
     n_gen: usize,
     /// Thread counts, comma-separated (as llama-bench's `-t`).
-    #[arg(short = 't', long = "thread-counts", id = "thread_counts", default_value = "1,2")]
+    #[arg(
+        short = 't',
+        long = "thread-counts",
+        id = "thread_counts",
+        default_value = "1,2"
+    )]
     threads: String,
     /// Repetitions per test.
     #[arg(short = 'r', long, default_value_t = 3)]
