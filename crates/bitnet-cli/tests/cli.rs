@@ -498,3 +498,66 @@ fn perplexity_and_inspect_on_gguf() {
     ]);
     assert_error(&o, &["ctx", "between 4 and the model's context of 256"]);
 }
+
+#[test]
+fn create_model_then_bench_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("tiny.gguf");
+    let o = bitnet(&[
+        "create-model",
+        "--shape",
+        "tiny",
+        "--type",
+        "tq2_0",
+        "--out",
+        s(&m),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = bitnet(&[
+        "bench",
+        "-m",
+        s(&m),
+        "-p",
+        "16",
+        "-n",
+        "8",
+        "-t",
+        "1,2",
+        "-r",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(&text(&o.stdout)).unwrap();
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    for r in rows {
+        for k in [
+            "n_prompt",
+            "n_gen",
+            "n_threads",
+            "avg_ts",
+            "stddev_ts",
+            "avg_ns",
+            "samples_ts",
+        ] {
+            assert!(r.get(k).is_some(), "missing {k}: {r}");
+        }
+        assert!(r["avg_ts"].as_f64().unwrap() > 0.0);
+    }
+    assert!(rows
+        .iter()
+        .any(|r| r["n_gen"] == 8 && r["gbps"].as_f64().unwrap() > 0.0));
+    // The random model's byte-level vocabulary tokenizes and generates.
+    let o = bitnet(&[
+        "generate",
+        "--model",
+        s(&m),
+        "--prompt",
+        "hello",
+        "--max-tokens",
+        "4",
+        "--ignore-eos",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}
