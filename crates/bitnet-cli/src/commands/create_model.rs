@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use bitnet_engine::convert::gguf_out::{write_gguf, GgufOptions};
 use bitnet_engine::convert::random::random_parts;
+use bitnet_engine::Activation;
 use bitnet_formats::gguf::GgmlType;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +24,10 @@ pub struct Args {
     /// Output GGUF file.
     #[arg(long, short)]
     out: PathBuf,
+    /// FFN activation: silu (written as llama.cpp's `bitnet` arch, loadable by llama.cpp) or
+    /// relu2 (`bitnet-b1.58`, as 2B-4T; llama.cpp does not know that arch). Same speed.
+    #[arg(long, default_value = "silu")]
+    act: String,
     /// Seed of the random weights.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -46,7 +51,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
         &[GgmlType::F16, GgmlType::Q8_0, GgmlType::Q6K],
         "--embedding-type",
     )?;
-    let parts = random_parts(&a.shape, a.seed)?;
+    let act = match a.act.as_str() {
+        "silu" => Activation::Silu,
+        "relu2" => Activation::Relu2,
+        other => anyhow::bail!("--act {other:?}: expected silu or relu2"),
+    };
+    let parts = random_parts(&a.shape, act, a.seed)?;
     let r = write_gguf(
         &parts,
         GgufOptions { ternary, embedding },

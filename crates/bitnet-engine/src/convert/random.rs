@@ -14,8 +14,8 @@ use rayon::prelude::*;
 pub const SHAPES: &str = "2b4t (bitnet-b1.58-2B-4T: 30 layers, hidden 2560, FFN 6912, 20/5 heads, vocab 128256), \
 small (6 layers, hidden 512, FFN 1536, 8/8 heads, vocab 32000), tiny (2 layers, hidden 256, FFN 512, 4/4 heads, vocab 1000)";
 
-/// The configuration of a named shape (relu², tied embedding).
-pub fn shape_config(name: &str) -> Result<ModelConfig> {
+/// The configuration of a named shape (tied embedding) with the given activation.
+pub fn shape_config(name: &str, act: Activation) -> Result<ModelConfig> {
     let (layers, hidden, inter, heads, kv, vocab, ctx) = match name {
         "2b4t" => (30, 2560, 6912, 20, 5, 128256, 4096),
         "small" => (6, 512, 1536, 8, 8, 32000, 2048),
@@ -37,7 +37,7 @@ pub fn shape_config(name: &str) -> Result<ModelConfig> {
         num_attention_heads: heads,
         num_key_value_heads: kv,
         head_dim: hidden / heads,
-        hidden_act: Activation::Relu2,
+        hidden_act: act,
         rms_norm_eps: 1e-5,
         rope_theta: 500000.0,
         max_position_embeddings: ctx,
@@ -75,9 +75,10 @@ fn byte_token(b: u8) -> String {
     }
 }
 
-/// A random model of shape `name`.
-pub fn random_parts(name: &str, seed: u64) -> Result<Parts> {
-    let config = shape_config(name)?;
+/// A random model of shape `name`. SiLU models are written as llama.cpp's `bitnet` arch (which
+/// llama.cpp loads), relu² ones as `bitnet-b1.58` (bitnet.cpp); the speed is the same.
+pub fn random_parts(name: &str, act: Activation, seed: u64) -> Result<Parts> {
+    let config = shape_config(name, act)?;
     let c = &config;
     let h = c.hidden_size;
     let layers = (0..c.num_hidden_layers)
