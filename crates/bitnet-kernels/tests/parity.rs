@@ -76,18 +76,20 @@ fn edge_inputs() {
 #[test]
 fn matmul_is_identical_on_every_kernel() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-    let (rows, cols, n) = (300, 1000, 3);
-    let w: Vec<i8> = (0..rows * cols).map(|_| rng.random_range(-1..=1)).collect();
-    let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-4.0..4.0)).collect();
-    let m = TernaryMatrix::from_values(rows, cols, &w, 0.5);
-    let mut a = QuantizedActs::new();
-    a.quantize(&x, n, cols, m.cols_padded());
-    let mut want = vec![0f32; n * rows];
-    ternary_matmul_with(Kernel::Scalar, &m, &a, &mut want);
-    for k in Kernel::all_available() {
-        let mut got = vec![0f32; n * rows];
-        ternary_matmul_with(k, &m, &a, &mut got);
-        assert_eq!(got, want, "{}", k.name());
+    // n = 1 takes the four-rows-per-activation decode path (301 rows: a remainder of 1).
+    for (rows, cols, n) in [(300, 1000, 3), (301, 1024, 1), (7, 384, 1), (3, 128, 1)] {
+        let w: Vec<i8> = (0..rows * cols).map(|_| rng.random_range(-1..=1)).collect();
+        let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-4.0..4.0)).collect();
+        let m = TernaryMatrix::from_values(rows, cols, &w, 0.5);
+        let mut a = QuantizedActs::new();
+        a.quantize(&x, n, cols, m.cols_padded());
+        let mut want = vec![0f32; n * rows];
+        ternary_matmul_with(Kernel::Scalar, &m, &a, &mut want);
+        for k in Kernel::all_available() {
+            let mut got = vec![0f32; n * rows];
+            ternary_matmul_with(k, &m, &a, &mut got);
+            assert_eq!(got, want, "{} {rows}x{cols} n={n}", k.name());
+        }
     }
 }
 
