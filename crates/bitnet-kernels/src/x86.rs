@@ -110,6 +110,7 @@ pub unsafe fn dot_vnni(blocks: &[BlockI2], q: &[i8], stride: usize, out: &mut [i
 /// The CPU must support AVX2 and FMA; `x.len() >= w.len()`.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
+    // SAFETY: `dot_wide` only calls `load(i)` with `i + 8 <= w.len()`; AVX2 is enabled here.
     dot_wide(
         w.len(),
         x,
@@ -124,6 +125,7 @@ pub unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
 /// The CPU must support AVX2 and FMA; `x.len() >= w.len()`.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn dot_bf16(w: &[u16], x: &[f32]) -> f32 {
+    // SAFETY: `dot_wide` only calls `load(i)` with `i + 8 <= w.len()`; AVX2 is enabled here.
     dot_wide(
         w.len(),
         x,
@@ -141,6 +143,7 @@ pub unsafe fn dot_bf16(w: &[u16], x: &[f32]) -> f32 {
 /// The CPU must support AVX2, FMA and F16C; `x.len() >= w.len()`.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_f16(w: &[u16], x: &[f32]) -> f32 {
+    // SAFETY: `dot_wide` only calls `load(i)` with `i + 8 <= w.len()`; F16C is enabled here.
     dot_wide(
         w.len(),
         x,
