@@ -10,7 +10,7 @@ use bitnet_kernels::formats::{
     dequantize_i2_s, BlockQ4K, BlockQ6K, BlockQ8_0, BlockTQ1_0, BlockTQ2_0,
 };
 use bitnet_kernels::ops::RopeTable;
-use bitnet_kernels::{DenseData, DenseMatrix, TernaryBlock, TernaryMatrix};
+use bitnet_kernels::{Buf, DenseData, DenseMatrix, TernaryBlock, TernaryMatrix};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -192,15 +192,27 @@ impl Loader<'_> {
         self.shape(t, &[cols as u64, rows as u64])?;
         let d = self.f.data(t);
         let data = match t.ggml_type {
-            GgmlType::F32 => DenseData::F32(self.floats(t)?),
-            GgmlType::F16 => DenseData::F16(bytemuck::pod_collect_to_vec(d)),
-            GgmlType::BF16 => DenseData::Bf16(bytemuck::pod_collect_to_vec(d)),
-            GgmlType::Q8_0 => DenseData::Q8_0(bytemuck::pod_collect_to_vec::<u8, BlockQ8_0>(d)),
-            GgmlType::Q6K => DenseData::Q6K(bytemuck::pod_collect_to_vec::<u8, BlockQ6K>(d)),
-            GgmlType::Q4K => DenseData::Q4K(bytemuck::pod_collect_to_vec::<u8, BlockQ4K>(d)),
+            GgmlType::F32 => DenseData::F32(self.buf(t, d)),
+            GgmlType::F16 => DenseData::F16(self.buf(t, d)),
+            GgmlType::BF16 => DenseData::Bf16(self.buf(t, d)),
+            GgmlType::Q8_0 => DenseData::Q8_0(self.buf::<BlockQ8_0>(t, d)),
+            GgmlType::Q6K => DenseData::Q6K(self.buf::<BlockQ6K>(t, d)),
+            GgmlType::Q4K => DenseData::Q4K(self.buf::<BlockQ4K>(t, d)),
             _ => return Err(self.dtype_err(t, "F32, F16, BF16, Q8_0, Q6_K or Q4_K")),
         };
         Ok(DenseMatrix::new(rows, cols, data))
+    }
+
+    /// The tensor's values used in place from the memory map (little-endian hosts, aligned
+    /// data), else copied.
+    fn buf<T: bytemuck::Pod>(&self, t: &TensorInfo, d: &[u8]) -> Buf<T> {
+        let n = d.len() / std::mem::size_of::<T>();
+        let shared = if cfg!(target_endian = "little") {
+            Buf::shared(self.f.shared(), self.f.data_offset(t), n)
+        } else {
+            None
+        };
+        shared.unwrap_or_else(|| bytemuck::pod_collect_to_vec::<u8, T>(d).into())
     }
 
     /// A projection stored as `[in, out]` GGML dims, as a ternary matrix with one scale. I2_S

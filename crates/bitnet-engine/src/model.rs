@@ -122,6 +122,11 @@ impl Model {
         (all.iter().filter(|m| m.is_shared()).count(), all.len())
     }
 
+    /// Whether the embedding (and output head) are used in place from a memory-mapped file.
+    pub fn zero_copy_embedding(&self) -> bool {
+        self.embed.is_shared() && self.lm_head.as_ref().is_none_or(|h| h.is_shared())
+    }
+
     /// Bytes held by ternary projections and by float tensors.
     pub fn weight_bytes(&self) -> (usize, usize) {
         let mut tern = 0;
@@ -156,23 +161,25 @@ fn dense(ckpt: &Checkpoint, name: &str, rows: usize, cols: usize) -> Result<Dens
     t.expect_shape(&[rows, cols])?;
     let d = t.data;
     let data = match t.dtype {
-        Dtype::F32 => DenseData::F32(t.to_f32()?),
+        Dtype::F32 => DenseData::F32(t.to_f32()?.into()),
         // Little-endian on disk; a byte copy (any alignment) on little-endian hosts.
         Dtype::BF16 if cfg!(target_endian = "little") => {
-            DenseData::Bf16(bytemuck::pod_collect_to_vec(d))
+            DenseData::Bf16(bytemuck::pod_collect_to_vec(d).into())
         }
         Dtype::F16 if cfg!(target_endian = "little") => {
-            DenseData::F16(bytemuck::pod_collect_to_vec(d))
+            DenseData::F16(bytemuck::pod_collect_to_vec(d).into())
         }
         Dtype::BF16 => DenseData::Bf16(
             d.chunks_exact(2)
                 .map(|c| bf16::from_le_bytes([c[0], c[1]]))
-                .collect(),
+                .collect::<Vec<_>>()
+                .into(),
         ),
         Dtype::F16 => DenseData::F16(
             d.chunks_exact(2)
                 .map(|c| f16::from_le_bytes([c[0], c[1]]))
-                .collect(),
+                .collect::<Vec<_>>()
+                .into(),
         ),
         _ => return Err(t.dtype_error("F32, BF16 or F16")),
     };

@@ -21,6 +21,8 @@ fn every_fixture_gguf_meets_its_reference() {
     for (file, reference) in GGUF_FILES {
         let path = dir.join("gguf").join(file);
         let model = Model::load(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
+        // F16 and Q6_K embeddings are aligned in the file: used in place.
+        assert!(model.zero_copy_embedding(), "{file}: embedding copied");
         if file == "i2_s.gguf" {
             // I2_S is our block layout: every projection is used in place from the mmap.
             assert_eq!(model.zero_copy_projections(), (14, 14));

@@ -1,5 +1,6 @@
 //! Float matrices: embeddings and the output head, kept in their stored precision.
 
+use crate::buf::Buf;
 use crate::formats::{BlockQ4K, BlockQ6K, BlockQ8_0};
 use crate::quant::QuantBlock;
 use half::{bf16, f16};
@@ -8,17 +9,17 @@ use half::{bf16, f16};
 #[derive(Clone, Debug)]
 pub enum DenseData {
     /// 32-bit floats.
-    F32(Vec<f32>),
+    F32(Buf<f32>),
     /// bfloat16 (the usual Hugging Face checkpoint dtype).
-    Bf16(Vec<bf16>),
+    Bf16(Buf<bf16>),
     /// IEEE half.
-    F16(Vec<f16>),
+    F16(Buf<f16>),
     /// Q8_0 blocks (rows are whole blocks).
-    Q8_0(Vec<BlockQ8_0>),
+    Q8_0(Buf<BlockQ8_0>),
     /// Q6_K blocks.
-    Q6K(Vec<BlockQ6K>),
+    Q6K(Buf<BlockQ6K>),
     /// Q4_K blocks.
-    Q4K(Vec<BlockQ4K>),
+    Q4K(Buf<BlockQ4K>),
 }
 
 /// A row-major `[rows, cols]` float matrix.
@@ -71,15 +72,27 @@ impl DenseMatrix {
             DenseData::F32(v) => v.len() * 4,
             DenseData::Bf16(v) => v.len() * 2,
             DenseData::F16(v) => v.len() * 2,
-            DenseData::Q8_0(v) => std::mem::size_of_val(v.as_slice()),
-            DenseData::Q6K(v) => std::mem::size_of_val(v.as_slice()),
-            DenseData::Q4K(v) => std::mem::size_of_val(v.as_slice()),
+            DenseData::Q8_0(v) => std::mem::size_of_val(&**v),
+            DenseData::Q6K(v) => std::mem::size_of_val(&**v),
+            DenseData::Q4K(v) => std::mem::size_of_val(&**v),
         }
     }
 
     /// The storage.
     pub fn data(&self) -> &DenseData {
         &self.data
+    }
+
+    /// Whether the values are borrowed from a memory-mapped file (zero-copy).
+    pub fn is_shared(&self) -> bool {
+        match &self.data {
+            DenseData::F32(v) => v.is_shared(),
+            DenseData::Bf16(v) => v.is_shared(),
+            DenseData::F16(v) => v.is_shared(),
+            DenseData::Q8_0(v) => v.is_shared(),
+            DenseData::Q6K(v) => v.is_shared(),
+            DenseData::Q4K(v) => v.is_shared(),
+        }
     }
 
     /// Copies row `r` into `out` as f32 (embedding lookup).

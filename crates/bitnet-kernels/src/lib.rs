@@ -13,6 +13,7 @@
 //! - [`ops`]: integer GEMM/GEMV, RMSNorm, RoPE, softmax, attention.
 
 pub mod act;
+pub mod buf;
 pub mod dense;
 pub mod dispatch;
 pub mod formats;
@@ -23,6 +24,7 @@ pub mod ternary;
 pub mod x86;
 
 pub use act::QuantizedActs;
+pub use buf::{Buf, SharedBytes};
 pub use dense::{DenseData, DenseMatrix};
 pub use dispatch::Kernel;
 pub use quant::{QuantBlock, TernaryBlock};

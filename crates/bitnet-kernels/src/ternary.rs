@@ -7,7 +7,6 @@
 //! (past `cols`) are code 1 (zero), and activations are zero-padded, so padding adds nothing.
 
 use crate::quant::{QuantBlock, TernaryBlock};
-use std::sync::Arc;
 
 /// Weights per [`BlockI2`].
 pub const QK_I2: usize = 128;
@@ -106,50 +105,8 @@ impl TernaryBlock for BlockI2 {
     }
 }
 
-/// A shared byte buffer (e.g. a memory-mapped file) that matrices can borrow blocks from.
-pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
-
-/// Where a matrix's blocks live.
-#[derive(Clone)]
-enum Blocks {
-    Owned(Vec<BlockI2>),
-    /// `len` blocks at `offset` of a shared buffer (zero-copy from a file whose layout is ours).
-    Shared {
-        bytes: SharedBytes,
-        offset: usize,
-        len: usize,
-    },
-}
-
-impl std::fmt::Debug for Blocks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Blocks::Owned(v) => write!(f, "Owned({} blocks)", v.len()),
-            Blocks::Shared { offset, len, .. } => write!(f, "Shared({len} blocks at {offset})"),
-        }
-    }
-}
-
-impl Blocks {
-    fn as_slice(&self) -> &[BlockI2] {
-        match self {
-            Blocks::Owned(v) => v,
-            Blocks::Shared { bytes, offset, len } => bytemuck::cast_slice(
-                &(**bytes).as_ref()[*offset..*offset + len * std::mem::size_of::<BlockI2>()],
-            ),
-        }
-    }
-    /// Mutable blocks; a shared buffer is copied first.
-    fn as_mut(&mut self) -> &mut Vec<BlockI2> {
-        if let Blocks::Shared { .. } = self {
-            *self = Blocks::Owned(self.as_slice().to_vec());
-        }
-        match self {
-            Blocks::Owned(v) => v,
-            Blocks::Shared { .. } => unreachable!("converted above"),
-        }
-    }
-}
+use crate::buf::Buf;
+pub use crate::buf::SharedBytes;
 
 /// A `[rows, cols]` ternary matrix with one per-tensor scale.
 ///
@@ -160,7 +117,7 @@ pub struct TernaryMatrix {
     rows: usize,
     cols: usize,
     blocks_per_row: usize,
-    blocks: Blocks,
+    blocks: Buf<BlockI2>,
     scale: f32,
 }
 
@@ -172,7 +129,7 @@ impl TernaryMatrix {
             rows,
             cols,
             blocks_per_row,
-            blocks: Blocks::Owned(vec![BlockI2::ZERO; rows * blocks_per_row]),
+            blocks: Buf::Owned(vec![BlockI2::ZERO; rows * blocks_per_row]),
             scale,
         }
     }
@@ -194,7 +151,7 @@ impl TernaryMatrix {
     pub fn set_row(&mut self, r: usize, values: &[i8]) {
         assert_eq!(values.len(), self.cols, "ternary row length");
         let bpr = self.blocks_per_row;
-        let row = &mut self.blocks.as_mut()[r * bpr..(r + 1) * bpr];
+        let row = &mut self.blocks.to_mut()[r * bpr..(r + 1) * bpr];
         let mut tmp = [0i8; QK_I2];
         for (b, chunk) in row.iter_mut().zip(values.chunks(QK_I2)) {
             tmp[..chunk.len()].copy_from_slice(chunk);
@@ -215,7 +172,7 @@ impl TernaryMatrix {
         let mut tmp = [1u8; QK_I2];
         for r in 0..rows {
             let row = &codes[r * cols..(r + 1) * cols];
-            for (b, chunk) in m.blocks.as_mut()[r * bpr..(r + 1) * bpr]
+            for (b, chunk) in m.blocks.to_mut()[r * bpr..(r + 1) * bpr]
                 .iter_mut()
                 .zip(row.chunks(QK_I2))
             {
@@ -243,16 +200,12 @@ impl TernaryMatrix {
             return None;
         }
         let blocks_per_row = cols / QK_I2;
-        let len = rows.checked_mul(blocks_per_row)?;
-        let end = offset.checked_add(len.checked_mul(std::mem::size_of::<BlockI2>())?)?;
-        if end > (*bytes).as_ref().len() {
-            return None;
-        }
+        let blocks = Buf::shared(bytes, offset, rows.checked_mul(blocks_per_row)?)?;
         Some(TernaryMatrix {
             rows,
             cols,
             blocks_per_row,
-            blocks: Blocks::Shared { bytes, offset, len },
+            blocks,
             scale,
         })
     }
@@ -290,16 +243,16 @@ impl TernaryMatrix {
     /// The blocks of row `r`.
     #[inline]
     pub fn row_blocks(&self, r: usize) -> &[BlockI2] {
-        &self.blocks.as_slice()[r * self.blocks_per_row..(r + 1) * self.blocks_per_row]
+        &self.blocks[r * self.blocks_per_row..(r + 1) * self.blocks_per_row]
     }
     /// Bytes of weight storage.
     pub fn nbytes(&self) -> usize {
-        std::mem::size_of_val(self.blocks.as_slice())
+        std::mem::size_of_val(&*self.blocks)
     }
 
     /// Whether the blocks are borrowed from a shared buffer (zero-copy).
     pub fn is_shared(&self) -> bool {
-        matches!(self.blocks, Blocks::Shared { .. })
+        self.blocks.is_shared()
     }
     /// Ternary value at `(r, c)`.
     pub fn get(&self, r: usize, c: usize) -> i8 {

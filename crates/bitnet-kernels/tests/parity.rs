@@ -114,15 +114,25 @@ fn dense_dots_match_scalar_within_rounding() {
             .collect();
         let x: Vec<f32> = (0..cols).map(|_| rng.random_range(-3.0..3.0)).collect();
         let mut datas = vec![
-            DenseData::F32(vals.clone()),
-            DenseData::Bf16(vals.iter().map(|&v| bf16::from_f32(v)).collect()),
-            DenseData::F16(vals.iter().map(|&v| f16::from_f32(v)).collect()),
+            DenseData::F32(vals.clone().into()),
+            DenseData::Bf16(
+                vals.iter()
+                    .map(|&v| bf16::from_f32(v))
+                    .collect::<Vec<_>>()
+                    .into(),
+            ),
+            DenseData::F16(
+                vals.iter()
+                    .map(|&v| f16::from_f32(v))
+                    .collect::<Vec<_>>()
+                    .into(),
+            ),
         ];
         if cols % 256 == 0 {
             use bitnet_kernels::formats::{BlockQ6K, BlockQ8_0};
             use bitnet_kernels::quant::quantize_row;
-            datas.push(DenseData::Q6K(quantize_row::<BlockQ6K>(&vals)));
-            datas.push(DenseData::Q8_0(quantize_row::<BlockQ8_0>(&vals)));
+            datas.push(DenseData::Q6K(quantize_row::<BlockQ6K>(&vals).into()));
+            datas.push(DenseData::Q8_0(quantize_row::<BlockQ8_0>(&vals).into()));
         }
         for data in datas {
             let m = DenseMatrix::new(rows, cols, data);
