@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::model::Model;
 use bitnet_kernels::ops::{attend, dense_matmul, rmsnorm, ternary_matmul};
 use bitnet_kernels::QuantizedActs;
+use rayon::prelude::*;
 
 /// Tokens per prefill chunk: prompts longer than this are processed in several batches (exactly
 /// equivalent, since attention reads earlier chunks from the cache).
@@ -251,21 +252,50 @@ impl Model {
                     cache.v[dst..dst + hd].copy_from_slice(&st.v[t * kvd + j * hd..][..hd]);
                 }
             }
-            for t in 0..n {
-                let npos = pos0 + t + 1;
-                for head in 0..c.num_attention_heads {
-                    let base = cache.base(li, head / group);
-                    let span = base..base + npos * hd;
-                    attend(
-                        &st.q[t * qd + head * hd..][..hd],
-                        &cache.k[span.clone()],
-                        &cache.v[span],
-                        npos,
-                        scale,
-                        &mut st.scores,
-                        &mut st.att[t * qd + head * hd..][..hd],
+            let heads = c.num_attention_heads;
+            if n > 1 && rayon::current_num_threads() > 1 {
+                // Prefill: every (token, head) pair in parallel, scratch per worker.
+                let (q, cache_ref) = (&st.q, &*cache);
+                st.att[..n * qd]
+                    .par_chunks_mut(hd)
+                    .enumerate()
+                    .for_each_init(
+                        || vec![0f32; pos0 + n],
+                        |scores, (i, out)| {
+                            let (t, head) = (i / heads, i % heads);
+                            let npos = pos0 + t + 1;
+                            let base = cache_ref.base(li, head / group);
+                            let span = base..base + npos * hd;
+                            attend(
+                                &q[t * qd + head * hd..][..hd],
+                                &cache_ref.k[span.clone()],
+                                &cache_ref.v[span],
+                                npos,
+                                scale,
+                                scores,
+                                out,
+                            );
+                        },
                     );
+            } else {
+                for t in 0..n {
+                    let npos = pos0 + t + 1;
+                    for head in 0..heads {
+                        let base = cache.base(li, head / group);
+                        let span = base..base + npos * hd;
+                        attend(
+                            &st.q[t * qd + head * hd..][..hd],
+                            &cache.k[span.clone()],
+                            &cache.v[span],
+                            npos,
+                            scale,
+                            &mut st.scores,
+                            &mut st.att[t * qd + head * hd..][..hd],
+                        );
+                    }
                 }
+            }
+            for t in 0..n {
                 rmsnorm(
                     &st.att[t * qd..],
                     &l.attn_sub_norm,
