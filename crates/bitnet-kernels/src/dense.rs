@@ -167,7 +167,7 @@ impl DenseMatrix {
 
 /// Whether the float dot products may use AVX2/FMA/F16C (not when scalar is forced).
 #[cfg(target_arch = "x86_64")]
-fn simd_dense() -> bool {
+pub(crate) fn simd_dense() -> bool {
     use std::sync::OnceLock;
     static S: OnceLock<bool> = OnceLock::new();
     *S.get_or_init(|| {

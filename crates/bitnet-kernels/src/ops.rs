@@ -77,6 +77,11 @@ pub fn dense_matmul(m: &DenseMatrix, x: &[f32], n: usize, out: &mut [f32]) {
         "dense_matmul shapes"
     );
     if n == 1 {
+        #[cfg(target_arch = "x86_64")]
+        if let (crate::DenseData::Q6K(blocks), true) = (m.data(), crate::dense::simd_dense()) {
+            q6k_decode(blocks, rows, cols, &x[..cols], &mut out[..rows]);
+            return;
+        }
         run_rows(rows, cols, &mut out[..rows], 1, |r0, chunk: &mut [f32]| {
             for (i, o) in chunk.iter_mut().enumerate() {
                 *o = m.row_dot(r0 + i, &x[..cols]);
@@ -98,6 +103,45 @@ pub fn dense_matmul(m: &DenseMatrix, x: &[f32], n: usize, out: &mut [f32]) {
             out[t * rows + r] = tmp[r * n + t];
         }
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// int16 activations of the Q6_K head (decode), reused across tokens.
+    static X16: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The decode head in Q6_K: the activation is quantized once per token to int16 (absmax,
+/// relative error ≤ 2⁻¹⁶ of the largest value — far below the fixture bounds), then every row
+/// takes [`crate::x86::dot_q6k_i16`].
+#[cfg(target_arch = "x86_64")]
+fn q6k_decode(
+    blocks: &[crate::formats::BlockQ6K],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    X16.with(|buf| {
+        let mut b = buf.borrow_mut();
+        b.resize(cols, 0);
+        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let s = if amax > 0.0 { 32767.0 / amax } else { 0.0 };
+        for (o, &v) in b.iter_mut().zip(x) {
+            *o = crate::act::round_half_even_small(v * s) as i16;
+        }
+        let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+        let bpr = cols / 256;
+        let x16: &[i16] = &b;
+        run_rows(rows, cols, out, 1, |r0, chunk: &mut [f32]| {
+            for (i, o) in chunk.iter_mut().enumerate() {
+                let row = &blocks[(r0 + i) * bpr..(r0 + i + 1) * bpr];
+                // SAFETY: `simd_dense` checked AVX2/FMA before this path was taken; the row
+                // and `x16` lengths are checked inside.
+                *o = unsafe { crate::x86::dot_q6k_i16(row, x16) } * inv;
+            }
+        });
+    });
 }
 
 /// Runs `kernel(first_row, out_chunk)` over `rows` rows of `per_row` outputs each, in parallel

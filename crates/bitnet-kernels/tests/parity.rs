@@ -152,3 +152,38 @@ fn dense_dots_match_scalar_within_rounding() {
         }
     }
 }
+
+#[test]
+fn q6k_decode_head_matches_scalar_within_int16_rounding() {
+    use bitnet_kernels::formats::BlockQ6K;
+    use bitnet_kernels::ops::dense_matmul;
+    use bitnet_kernels::quant::quantize_row;
+    use bitnet_kernels::{DenseData, DenseMatrix};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
+    for &(rows, cols) in &[(37usize, 256usize), (300, 2560)] {
+        let vals: Vec<f32> = (0..rows * cols)
+            .map(|_| rng.random_range(-2.0..2.0))
+            .collect();
+        let x: Vec<f32> = (0..cols).map(|_| rng.random_range(-5.0..5.0)).collect();
+        let m = DenseMatrix::new(
+            rows,
+            cols,
+            DenseData::Q6K(quantize_row::<BlockQ6K>(&vals).into()),
+        );
+        let mut out = vec![0f32; rows];
+        dense_matmul(&m, &x, 1, &mut out);
+        for r in 0..rows {
+            let want = m.row_dot_scalar(r, &x);
+            let bound: f32 = vals[r * cols..(r + 1) * cols]
+                .iter()
+                .zip(&x)
+                .map(|(w, x)| (w * x).abs())
+                .sum();
+            assert!(
+                (out[r] - want).abs() <= 1e-4 * bound,
+                "row {r}: {} vs {want}",
+                out[r]
+            );
+        }
+    }
+}
