@@ -212,6 +212,34 @@ unsafe fn dot_wide(
     }
 }
 
+/// The 128 quants of half `h` of a Q6_K block as four vectors of 32 signed bytes (`q − 32`,
+/// elements `128h + 32k ..`): low nibbles from `ql`, two high bits from `qh`.
+#[inline(always)]
+unsafe fn q6k_half(b: &crate::formats::BlockQ6K, h: usize) -> [__m256i; 4] {
+    // SAFETY: loads read `ql[64h..64h+64]` and `qh[32h..32h+32]` inside the block (h < 2); the
+    // callers enable AVX2.
+    unsafe {
+        let m4 = _mm256_set1_epi8(0x0F);
+        let m3 = _mm256_set1_epi8(3);
+        let c32 = _mm256_set1_epi8(32);
+        let ql0 = _mm256_loadu_si256(b.ql.as_ptr().add(64 * h) as *const __m256i);
+        let ql1 = _mm256_loadu_si256(b.ql.as_ptr().add(64 * h + 32) as *const __m256i);
+        let qh = _mm256_loadu_si256(b.qh.as_ptr().add(32 * h) as *const __m256i);
+        let hi0 = _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4);
+        let hi2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4);
+        let hi4 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4);
+        let hi6 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4);
+        let lo = |v: __m256i| _mm256_and_si256(v, m4);
+        let up = |v: __m256i| _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        [
+            _mm256_sub_epi8(_mm256_or_si256(lo(ql0), hi0), c32),
+            _mm256_sub_epi8(_mm256_or_si256(lo(ql1), hi2), c32),
+            _mm256_sub_epi8(_mm256_or_si256(up(ql0), hi4), c32),
+            _mm256_sub_epi8(_mm256_or_si256(up(ql1), hi6), c32),
+        ]
+    }
+}
+
 /// Σ w·x over Q6_K blocks (`x.len() >= blocks.len()·256`), AVX2 + FMA: the 6-bit quants are
 /// unpacked 32 at a time (low nibbles from `ql`, two high bits from `qh`, minus 32), widened to
 /// f32, scaled by `d · scale` as the scalar dequantizer does, and accumulated with FMA. Layout:
@@ -228,35 +256,12 @@ pub unsafe fn dot_q6k(blocks: &[crate::formats::BlockQ6K], x: &[f32]) -> f32 {
     // SAFETY (whole block): AVX2/FMA enabled by the caller's contract; every load reads inside
     // a block's arrays or inside `x` (length asserted above).
     unsafe {
-        let m4 = _mm256_set1_epi8(0x0F);
-        let m3 = _mm256_set1_epi8(3);
-        let c32 = _mm256_set1_epi8(32);
         let mut acc = [_mm256_setzero_ps(); 4];
         for (bi, b) in blocks.iter().enumerate() {
             let d = half::f16::from_bits(b.d).to_f32();
             let xb = x.as_ptr().add(bi * 256);
             for h in 0..2 {
-                let ql0 = _mm256_loadu_si256(b.ql.as_ptr().add(64 * h) as *const __m256i);
-                let ql1 = _mm256_loadu_si256(b.ql.as_ptr().add(64 * h + 32) as *const __m256i);
-                let qh = _mm256_loadu_si256(b.qh.as_ptr().add(32 * h) as *const __m256i);
-                let hi = |s: i32| match s {
-                    0 => _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4),
-                    2 => _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4),
-                    4 => _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4),
-                    _ => _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4),
-                };
-                let q = [
-                    _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(ql0, m4), hi(0)), c32),
-                    _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(ql1, m4), hi(2)), c32),
-                    _mm256_sub_epi8(
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), hi(4)),
-                        c32,
-                    ),
-                    _mm256_sub_epi8(
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), hi(6)),
-                        c32,
-                    ),
-                ];
+                let q = q6k_half(b, h);
                 for (k, qk) in q.iter().enumerate() {
                     let base = 128 * h + 32 * k;
                     let sc0 = d * b.scales[8 * h + 2 * k] as f32;
@@ -336,31 +341,12 @@ pub unsafe fn dot_q6k_i16(blocks: &[crate::formats::BlockQ6K], x16: &[i16]) -> f
     );
     // SAFETY (whole block): AVX2/FMA enabled; loads stay inside each block and `x16`.
     unsafe {
-        let m4 = _mm256_set1_epi8(0x0F);
-        let m3 = _mm256_set1_epi8(3);
-        let c32 = _mm256_set1_epi8(32);
         let mut acc = [_mm256_setzero_ps(); 2];
         for (bi, b) in blocks.iter().enumerate() {
             let d = half::f16::from_bits(b.d).to_f32();
             let xb = x16.as_ptr().add(bi * 256);
             for h in 0..2 {
-                let ql0 = _mm256_loadu_si256(b.ql.as_ptr().add(64 * h) as *const __m256i);
-                let ql1 = _mm256_loadu_si256(b.ql.as_ptr().add(64 * h + 32) as *const __m256i);
-                let qh = _mm256_loadu_si256(b.qh.as_ptr().add(32 * h) as *const __m256i);
-                let hi = |s: i32| match s {
-                    0 => _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4),
-                    2 => _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4),
-                    4 => _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4),
-                    _ => _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4),
-                };
-                let lo4 = |v: __m256i| _mm256_and_si256(v, m4);
-                let hi4 = |v: __m256i| _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-                let q = [
-                    _mm256_sub_epi8(_mm256_or_si256(lo4(ql0), hi(0)), c32),
-                    _mm256_sub_epi8(_mm256_or_si256(lo4(ql1), hi(2)), c32),
-                    _mm256_sub_epi8(_mm256_or_si256(hi4(ql0), hi(4)), c32),
-                    _mm256_sub_epi8(_mm256_or_si256(hi4(ql1), hi(6)), c32),
-                ];
+                let q = q6k_half(b, h);
                 for (k, qk) in q.iter().enumerate() {
                     let base = 128 * h + 32 * k;
                     let groups = [
