@@ -9,7 +9,6 @@ use bitnet_formats::gguf::{GgmlType, GgufFile, TensorInfo};
 use bitnet_kernels::formats::{
     dequantize_i2_s, BlockQ4K, BlockQ6K, BlockQ8_0, BlockTQ1_0, BlockTQ2_0,
 };
-use bitnet_kernels::ops::RopeTable;
 use bitnet_kernels::{Buf, DenseData, DenseMatrix, TernaryBlock, TernaryMatrix};
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -387,13 +386,5 @@ pub fn model_from_gguf(f: &GgufFile) -> Result<Model> {
     } else {
         Some(ld.dense("output.weight", vocab, h)?)
     };
-    let rope = RopeTable::new(c.head_dim, c.rope_theta, c.max_position_embeddings);
-    Ok(Model {
-        config,
-        embed,
-        layers,
-        norm,
-        lm_head,
-        rope,
-    })
+    Ok(Model::assemble(config, embed, layers, norm, lm_head))
 }

@@ -96,15 +96,30 @@ impl Model {
         } else {
             Some(dense(ckpt, "lm_head.weight", vocab, h)?)
         };
-        let rope = RopeTable::new(c.head_dim, c.rope_theta, c.max_position_embeddings);
-        Ok(Model {
+        Ok(Model::assemble(config, embed, layers, norm, lm_head))
+    }
+
+    /// A model from its parts (any file format), with the RoPE tables of its config.
+    pub(crate) fn assemble(
+        config: ModelConfig,
+        embed: DenseMatrix,
+        layers: Vec<Layer>,
+        norm: Vec<f32>,
+        lm_head: Option<DenseMatrix>,
+    ) -> Self {
+        let rope = RopeTable::new(
+            config.head_dim,
+            config.rope_theta,
+            config.max_position_embeddings,
+        );
+        Model {
             config,
             embed,
             layers,
             norm,
             lm_head,
             rope,
-        })
+        }
     }
 
     /// The output head (the embedding when tied).

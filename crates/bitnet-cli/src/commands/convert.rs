@@ -1,7 +1,7 @@
 //! `bitnet convert`: HF checkpoint, GGUF, PyTorch or ONNX in; GGUF or HF (2B-4T packed) out.
 
 use anyhow::{bail, Context, Result};
-use bitnet_engine::convert::gguf_out::{write_gguf, GgufOptions};
+use bitnet_engine::convert::gguf_out::{write_gguf, GgufOptions, EMBEDDING_TYPES, TERNARY_TYPES};
 use bitnet_engine::convert::hf_out::write_hf;
 use bitnet_engine::convert::Parts;
 use bitnet_engine::model::AbsMean;
@@ -56,21 +56,8 @@ pub fn parse_type(s: &str, allowed: &[GgmlType], flag: &str) -> Result<GgmlType>
 /// Runs the subcommand.
 pub fn run(a: Args) -> Result<ExitCode> {
     let t0 = Instant::now();
-    let ternary = parse_type(
-        &a.ttype,
-        &[
-            GgmlType::I2S,
-            GgmlType::TQ1_0,
-            GgmlType::TQ2_0,
-            GgmlType::F16,
-        ],
-        "--type",
-    )?;
-    let embedding = parse_type(
-        &a.embedding_type,
-        &[GgmlType::F16, GgmlType::Q8_0, GgmlType::Q6K],
-        "--embedding-type",
-    )?;
+    let ternary = parse_type(&a.ttype, &TERNARY_TYPES, "--type")?;
+    let embedding = parse_type(&a.embedding_type, &EMBEDDING_TYPES, "--embedding-type")?;
     if a.to == Target::Hf && a.output.extension().is_some_and(|e| e == "gguf") {
         bail!(
             "--to hf writes a directory; {} looks like a GGUF file name",

@@ -1,10 +1,9 @@
 //! `bitnet create-model`: a random ternary model of a real shape, as GGUF.
 
 use anyhow::{Context, Result};
-use bitnet_engine::convert::gguf_out::{write_gguf, GgufOptions};
+use bitnet_engine::convert::gguf_out::{write_gguf, GgufOptions, EMBEDDING_TYPES, TERNARY_TYPES};
 use bitnet_engine::convert::random::random_parts;
 use bitnet_engine::Activation;
-use bitnet_formats::gguf::GgmlType;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -36,21 +35,9 @@ pub struct Args {
 /// Runs the subcommand.
 pub fn run(a: Args) -> Result<ExitCode> {
     let t0 = Instant::now();
-    let ternary = super::convert::parse_type(
-        &a.ttype,
-        &[
-            GgmlType::I2S,
-            GgmlType::TQ1_0,
-            GgmlType::TQ2_0,
-            GgmlType::F16,
-        ],
-        "--type",
-    )?;
-    let embedding = super::convert::parse_type(
-        &a.embedding_type,
-        &[GgmlType::F16, GgmlType::Q8_0, GgmlType::Q6K],
-        "--embedding-type",
-    )?;
+    let ternary = super::convert::parse_type(&a.ttype, &TERNARY_TYPES, "--type")?;
+    let embedding =
+        super::convert::parse_type(&a.embedding_type, &EMBEDDING_TYPES, "--embedding-type")?;
     let act = match a.act.as_str() {
         "silu" => Activation::Silu,
         "relu2" => Activation::Relu2,

@@ -22,6 +22,16 @@ pub struct GgufOptions {
     pub embedding: GgmlType,
 }
 
+/// Projection types a GGUF can be written in.
+pub const TERNARY_TYPES: [GgmlType; 4] = [
+    GgmlType::I2S,
+    GgmlType::TQ1_0,
+    GgmlType::TQ2_0,
+    GgmlType::F16,
+];
+/// Embedding / output-head types a GGUF can be written in.
+pub const EMBEDDING_TYPES: [GgmlType; 3] = [GgmlType::F16, GgmlType::Q8_0, GgmlType::Q6K];
+
 /// What a conversion wrote.
 #[derive(Clone, Debug, Default)]
 pub struct ConvertReport {
