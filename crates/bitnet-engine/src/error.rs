@@ -159,6 +159,14 @@ pub enum Error {
     /// The prompt is empty (no tokens to run).
     #[error("the prompt is empty: at least one token is needed")]
     EmptyPrompt,
+    /// A batched step was given more tokens than its buffers hold.
+    #[error("batched step of {tokens} tokens exceeds the run state's {max} tokens per step")]
+    BatchTooLarge {
+        /// Tokens in the step.
+        tokens: usize,
+        /// The run state's limit.
+        max: usize,
+    },
 }
 
 impl Error {

@@ -97,6 +97,8 @@ pub struct RunState {
     scores: Vec<f32>,
     acts: QuantizedActs,
     logits: Vec<f32>,
+    /// Per token of the current chunk: (index of its sequence's cache, position).
+    slots: Vec<(usize, usize)>,
 }
 
 impl RunState {
@@ -119,12 +121,27 @@ impl RunState {
             scores: vec![0.0; n_ctx],
             acts: QuantizedActs::new(),
             logits: vec![0.0; c.vocab_size],
+            slots: Vec::with_capacity(b),
         }
     }
     /// Logits of the last token of the last [`Model::forward_last`] call.
     pub fn logits(&self) -> &[f32] {
         &self.logits
     }
+    /// Most tokens one step can run ([`Model::forward_batch`] takes at most this many).
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+}
+
+/// One sequence's share of a batched step ([`Model::forward_batch`]).
+pub struct SeqStep<'a> {
+    /// The sequence's cache; `tokens` are appended after its contents.
+    pub cache: &'a mut KvCache,
+    /// Tokens to run (a whole or partial prompt, or the one token sampled last).
+    pub tokens: &'a [u32],
+    /// Whether the last token's logits are wanted (false while a prompt is still being fed).
+    pub want_logits: bool,
 }
 
 impl Model {
@@ -180,7 +197,10 @@ impl Model {
         let chunks = tokens.chunks(state.max_batch);
         let n_chunks = chunks.len();
         for (ci, chunk) in chunks.enumerate() {
-            self.forward_chunk(chunk, cache, state);
+            let pos0 = cache.len;
+            state.slots.clear();
+            state.slots.extend((0..chunk.len()).map(|t| (0, pos0 + t)));
+            self.forward_chunk(chunk, std::slice::from_mut(&mut &mut *cache), state);
             let n = chunk.len();
             let h = self.config.hidden_size;
             match all.as_deref_mut() {
@@ -213,8 +233,87 @@ impl Model {
         Ok(())
     }
 
-    /// One batch of at most `max_batch` tokens; leaves the final hidden states in `state.x`.
-    fn forward_chunk(&self, tokens: &[u32], cache: &mut KvCache, st: &mut RunState) {
+    /// One step for several sequences at once (continuous batching): every sequence's tokens
+    /// run after its own cache in a single pass over the weights (each weight row is read once
+    /// for all tokens). For each sequence with `want_logits`, in order, its last token's logits
+    /// are written to `logits` (`wanted × vocab`). Takes at most [`RunState::max_batch`] tokens.
+    pub fn forward_batch(
+        &self,
+        seqs: &mut [SeqStep<'_>],
+        state: &mut RunState,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
+        let vocab = self.config.vocab_size;
+        let h = self.config.hidden_size;
+        let total: usize = seqs.iter().map(|s| s.tokens.len()).sum();
+        if total > state.max_batch {
+            return Err(Error::BatchTooLarge {
+                tokens: total,
+                max: state.max_batch,
+            });
+        }
+        for s in seqs.iter() {
+            if s.tokens.is_empty() {
+                return Err(Error::EmptyPrompt);
+            }
+            if let Some(&id) = s.tokens.iter().find(|&&t| t as usize >= vocab) {
+                return Err(Error::TokenOutOfRange { id, vocab });
+            }
+            let end = s.cache.len + s.tokens.len();
+            let limit = s
+                .cache
+                .capacity
+                .min(self.rope.max_pos())
+                .min(state.scores.len());
+            if end > limit {
+                return Err(Error::ContextOverflow {
+                    prompt_tokens: end,
+                    max_tokens: 0,
+                    n_ctx: limit,
+                });
+            }
+        }
+        logits.clear();
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let mut tokens = Vec::with_capacity(total);
+        state.slots.clear();
+        for (i, s) in seqs.iter().enumerate() {
+            tokens.extend_from_slice(s.tokens);
+            let pos0 = s.cache.len;
+            state
+                .slots
+                .extend((0..s.tokens.len()).map(|j| (i, pos0 + j)));
+        }
+        let mut caches: Vec<&mut KvCache> = seqs.iter_mut().map(|s| &mut *s.cache).collect();
+        self.forward_chunk(&tokens, &mut caches, state);
+        let mut wanted = 0;
+        let mut end = 0;
+        for s in seqs.iter() {
+            end += s.tokens.len();
+            if s.want_logits {
+                let last = &state.x[(end - 1) * h..end * h];
+                rmsnorm(
+                    last,
+                    &self.norm,
+                    self.config.rms_norm_eps,
+                    &mut state.xn[wanted * h..(wanted + 1) * h],
+                );
+                wanted += 1;
+            }
+        }
+        if wanted > 0 {
+            logits.resize(wanted * vocab, 0.0);
+            dense_matmul(self.head(), &state.xn[..wanted * h], wanted, logits);
+        }
+        Ok(())
+    }
+
+    /// One batch of at most `max_batch` tokens; token `t` belongs to `caches[st.slots[t].0]` at
+    /// position `st.slots[t].1` (a sequence's tokens in order, following its cached positions).
+    /// Leaves the final hidden states in `state.x`.
+    fn forward_chunk(&self, tokens: &[u32], caches: &mut [&mut KvCache], st: &mut RunState) {
         let c = &self.config;
         let n = tokens.len();
         let (h, qd, kvd, inter, hd) = (
@@ -225,7 +324,6 @@ impl Model {
             c.head_dim,
         );
         let eps = c.rms_norm_eps;
-        let pos0 = cache.len;
         let group = c.gqa_group();
         let scale = (hd as f32).powf(-0.5);
 
@@ -243,7 +341,8 @@ impl Model {
             ternary_matmul(&l.k, &st.acts, &mut st.k);
             ternary_matmul(&l.v, &st.acts, &mut st.v);
             for t in 0..n {
-                let pos = pos0 + t;
+                let (si, pos) = st.slots[t];
+                let cache = &mut *caches[si];
                 self.rope.apply(&mut st.q[t * qd..(t + 1) * qd], pos);
                 self.rope.apply(&mut st.k[t * kvd..(t + 1) * kvd], pos);
                 for j in 0..c.num_key_value_heads {
@@ -255,15 +354,18 @@ impl Model {
             let heads = c.num_attention_heads;
             if n > 1 && rayon::current_num_threads() > 1 {
                 // Prefill: every (token, head) pair in parallel, scratch per worker.
-                let (q, cache_ref) = (&st.q, &*cache);
+                let (q, slots, caches_ref) = (&st.q, &st.slots, &*caches);
+                let longest = slots.iter().map(|s| s.1 + 1).max().unwrap_or(0);
                 st.att[..n * qd]
                     .par_chunks_mut(hd)
                     .enumerate()
                     .for_each_init(
-                        || vec![0f32; pos0 + n],
+                        || vec![0f32; longest],
                         |scores, (i, out)| {
                             let (t, head) = (i / heads, i % heads);
-                            let npos = pos0 + t + 1;
+                            let (si, pos) = slots[t];
+                            let cache_ref = &*caches_ref[si];
+                            let npos = pos + 1;
                             let base = cache_ref.base(li, head / group);
                             let span = base..base + npos * hd;
                             attend(
@@ -279,7 +381,9 @@ impl Model {
                     );
             } else {
                 for t in 0..n {
-                    let npos = pos0 + t + 1;
+                    let (si, pos) = st.slots[t];
+                    let cache = &*caches[si];
+                    let npos = pos + 1;
                     for head in 0..heads {
                         let base = cache.base(li, head / group);
                         let span = base..base + npos * hd;
@@ -338,6 +442,9 @@ impl Model {
                 *x += p;
             }
         }
-        cache.len += n;
+        for &(si, pos) in &st.slots[..n] {
+            let cache = &mut *caches[si];
+            cache.len = cache.len.max(pos + 1);
+        }
     }
 }

@@ -166,7 +166,7 @@ impl<'m> Generator<'m> {
                 break;
             }
             tokens.push(id);
-            sampler.observe(&[id]);
+            sampler.accept(id);
             if let Some(piece) = stream.push(self.tok, id)? {
                 if stops.push(&piece, &mut on_text) {
                     finish = FinishReason::Stop;

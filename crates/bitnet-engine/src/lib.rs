@@ -12,7 +12,7 @@ pub mod weights;
 
 pub use config::{Activation, Architecture, ModelConfig, WeightFormat};
 pub use error::{Error, Result};
-pub use forward::{KvCache, RunState};
+pub use forward::{KvCache, RunState, SeqStep};
 pub use model::Model;
 pub mod bench;
 pub mod chat;

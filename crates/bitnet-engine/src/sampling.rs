@@ -22,6 +22,14 @@ pub struct SamplingParams {
     pub repeat_penalty: f32,
     /// RNG seed; `None` seeds from the clock.
     pub seed: Option<u64>,
+    /// OpenAI presence penalty in [-2, 2]: subtracted once from the logit of every token that
+    /// was already generated (0 = off).
+    pub presence_penalty: f32,
+    /// OpenAI frequency penalty in [-2, 2]: subtracted from a token's logit once per time it
+    /// was generated (0 = off).
+    pub frequency_penalty: f32,
+    /// Added to the given tokens' logits before anything else (OpenAI `logit_bias`, [-100, 100]).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -33,6 +41,9 @@ impl Default for SamplingParams {
             min_p: 0.0,
             repeat_penalty: 1.0,
             seed: None,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -72,6 +83,21 @@ impl SamplingParams {
                 "must be a finite number > 0",
             );
         }
+        for (param, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if !(-2.0..=2.0).contains(&v) {
+                return bad(param, v, "must be in [-2, 2]");
+            }
+        }
+        if let Some(&(_, v)) = self
+            .logit_bias
+            .iter()
+            .find(|(_, v)| !(-100.0..=100.0).contains(v))
+        {
+            return bad("logit_bias", v, "biases must be in [-100, 100]");
+        }
         Ok(())
     }
 }
@@ -104,6 +130,8 @@ pub struct Sampler {
     rng: ChaCha8Rng,
     seen: Vec<bool>,
     seen_ids: Vec<u32>,
+    counts: Vec<u32>,
+    generated_ids: Vec<u32>,
     cand: Vec<(u32, f32)>,
 }
 
@@ -111,6 +139,17 @@ impl Sampler {
     /// A sampler for a vocabulary of `vocab` tokens. Validates `params`.
     pub fn new(params: SamplingParams, vocab: usize) -> Result<Self> {
         params.validate()?;
+        if let Some(&(id, _)) = params
+            .logit_bias
+            .iter()
+            .find(|(id, _)| *id as usize >= vocab)
+        {
+            return Err(Error::InvalidSampling {
+                param: "logit_bias",
+                value: id.to_string(),
+                reason: "token id outside the vocabulary",
+            });
+        }
         let seed = params.seed.unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -122,6 +161,8 @@ impl Sampler {
             rng: ChaCha8Rng::seed_from_u64(seed),
             seen: vec![false; vocab],
             seen_ids: Vec::with_capacity(vocab),
+            counts: vec![0; vocab],
+            generated_ids: Vec::with_capacity(vocab),
             cand: Vec::with_capacity(vocab),
         })
     }
@@ -138,17 +179,46 @@ impl Sampler {
         }
     }
 
+    /// Records a generated token: for the repetition penalty (like [`Sampler::observe`]) and for
+    /// the presence and frequency penalties, which count generated tokens only.
+    pub fn accept(&mut self, id: u32) {
+        self.observe(&[id]);
+        if let Some(c) = self.counts.get_mut(id as usize) {
+            if *c == 0 {
+                self.generated_ids.push(id);
+            }
+            *c += 1;
+        }
+    }
+
     /// Forgets observed tokens (new conversation).
     pub fn reset(&mut self) {
         for &id in &self.seen_ids {
             self.seen[id as usize] = false;
         }
         self.seen_ids.clear();
+        for &id in &self.generated_ids {
+            self.counts[id as usize] = 0;
+        }
+        self.generated_ids.clear();
     }
 
     /// Chooses the next token from `logits` (modified in place by the penalty).
     pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
         let p = &self.params;
+        for &(id, b) in &p.logit_bias {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l += b;
+            }
+        }
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            for &id in &self.generated_ids {
+                if let Some(l) = logits.get_mut(id as usize) {
+                    let c = self.counts[id as usize] as f32;
+                    *l -= p.presence_penalty + p.frequency_penalty * c;
+                }
+            }
+        }
         if p.repeat_penalty != 1.0 {
             for &id in &self.seen_ids {
                 if let Some(l) = logits.get_mut(id as usize) {
@@ -248,6 +318,33 @@ mod tests {
     }
 
     #[test]
+    fn presence_frequency_and_bias() {
+        let greedy = |f: &dyn Fn(&mut SamplingParams)| {
+            let mut p = SamplingParams::greedy();
+            f(&mut p);
+            Sampler::new(p, 4).unwrap()
+        };
+        // Bias flips the argmax.
+        let mut s = greedy(&|p| p.logit_bias = vec![(0, 3.5)]);
+        assert_eq!(s.sample(&mut [0.0, 3.0, 2.9, -1.0]), 0);
+        // Presence counts generated tokens once; the prompt (observe) does not count.
+        let mut s = greedy(&|p| p.presence_penalty = 0.2);
+        s.observe(&[2]);
+        s.accept(1);
+        s.accept(1);
+        assert_eq!(s.sample(&mut [0.0, 3.0, 2.9, -1.0]), 2);
+        // Frequency counts every occurrence: 3.0 - 2×0.04 = 2.92 > 2.9, 3.0 - 3×0.04 < 2.9.
+        let mut s = greedy(&|p| p.frequency_penalty = 0.04);
+        s.accept(1);
+        s.accept(1);
+        assert_eq!(s.sample(&mut [0.0, 3.0, 2.9, -1.0]), 1);
+        s.accept(1);
+        assert_eq!(s.sample(&mut [0.0, 3.0, 2.9, -1.0]), 2);
+        s.reset();
+        assert_eq!(s.sample(&mut [0.0, 3.0, 2.9, -1.0]), 1);
+    }
+
+    #[test]
     fn top_k_one_and_min_p_one_are_greedy() {
         let logits = [0.1, 0.5, 2.0, 1.9, -3.0];
         for p in [
@@ -294,6 +391,10 @@ mod tests {
             (params(|p| p.min_p = 2.0), "min_p"),
             (params(|p| p.repeat_penalty = 0.0), "repeat_penalty"),
             (params(|p| p.temperature = f32::NAN), "temperature"),
+            (params(|p| p.presence_penalty = 2.5), "presence_penalty"),
+            (params(|p| p.frequency_penalty = -3.0), "frequency_penalty"),
+            (params(|p| p.logit_bias = vec![(1, 101.0)]), "logit_bias"),
+            (params(|p| p.logit_bias = vec![(9, 1.0)]), "logit_bias"),
         ] {
             let e = Sampler::new(p, 4).err().expect("invalid");
             assert!(e.to_string().contains(&format!("`{name}`")), "{e}");

@@ -49,6 +49,9 @@ fn decode_step_does_not_allocate() {
             min_p: 0.01,
             repeat_penalty: 1.1,
             seed: Some(3),
+            presence_penalty: 0.5,
+            frequency_penalty: 0.3,
+            logit_bias: vec![(5, 1.0)],
         };
         let mut sampler = Sampler::new(params, c.vocab_size).unwrap();
         let mut logits = vec![0f32; c.vocab_size];
@@ -66,7 +69,7 @@ fn decode_step_does_not_allocate() {
         for _ in 0..20 {
             let l = model.forward_last(&[id], &mut cache, &mut st).unwrap();
             logits.copy_from_slice(l);
-            sampler.observe(&[id]);
+            sampler.accept(id);
             id = sampler.sample(&mut logits);
         }
         COUNTING.store(false, Ordering::SeqCst);
