@@ -36,6 +36,16 @@ enum Command {
     Bench(commands::bench::Args),
     /// Write a random ternary model of a real shape as GGUF (for benchmarks).
     CreateModel(commands::create_model::Args),
+    /// OpenAI-compatible HTTP server with continuous batching, streaming and metrics.
+    Serve(commands::serve::Args),
+}
+
+/// `info` for the server (load and shutdown lines), `warn` elsewhere; `RUST_LOG` overrides.
+fn default_log(c: &Command) -> &'static str {
+    match c {
+        Command::Serve(_) => "info,tower_http=warn",
+        _ => "warn",
+    }
 }
 
 fn main() -> ExitCode {
@@ -44,7 +54,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log(&cli.command))),
         )
         .init();
     if let Some(n) = cli.threads {
@@ -66,6 +76,7 @@ fn main() -> ExitCode {
         Command::Perplexity(a) => commands::perplexity::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::CreateModel(a) => commands::create_model::run(a),
+        Command::Serve(a) => commands::serve::run(a),
     };
     match result {
         Ok(code) => code,

@@ -204,17 +204,18 @@ impl<'m> Generator<'m> {
 }
 
 /// Streams text through, holding back any tail that could begin a stop string.
-struct StopMatcher<'a> {
-    stops: &'a [String],
+pub struct StopMatcher {
+    stops: Vec<String>,
     text: String,
     emitted: usize,
     matched: bool,
 }
 
-impl<'a> StopMatcher<'a> {
-    fn new(stops: &'a [String]) -> Self {
+impl StopMatcher {
+    /// A matcher for `stops` (empty strings are ignored).
+    pub fn new(stops: &[String]) -> Self {
         StopMatcher {
-            stops,
+            stops: stops.to_vec(),
             text: String::new(),
             emitted: 0,
             matched: false,
@@ -222,7 +223,7 @@ impl<'a> StopMatcher<'a> {
     }
 
     /// Adds text; returns true when a stop string completed (text is cut before it).
-    fn push(&mut self, piece: &str, on_text: &mut impl FnMut(&str)) -> bool {
+    pub fn push(&mut self, piece: &str, on_text: &mut impl FnMut(&str)) -> bool {
         let search_from = self
             .emitted
             .saturating_sub(self.stops.iter().map(|s| s.len()).max().unwrap_or(0));
@@ -265,8 +266,18 @@ impl<'a> StopMatcher<'a> {
         false
     }
 
+    /// Whether a stop string matched.
+    pub fn matched(&self) -> bool {
+        self.matched
+    }
+
+    /// All text accepted so far (cut before a matched stop string).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
     /// Emits whatever was held back.
-    fn finish(&mut self, on_text: &mut impl FnMut(&str)) {
+    pub fn finish(&mut self, on_text: &mut impl FnMut(&str)) {
         if self.text.len() > self.emitted {
             on_text(&self.text[self.emitted..]);
             self.emitted = self.text.len();

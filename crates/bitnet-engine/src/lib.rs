@@ -26,7 +26,7 @@ pub mod spm;
 pub mod tokenizer;
 
 pub use chat::{ChatMessage, ChatTemplate};
-pub use generate::{FinishReason, GenerateParams, Generation, Generator};
+pub use generate::{FinishReason, GenerateParams, Generation, Generator, StopMatcher};
 pub use sampling::SamplingParams;
 pub use tokenizer::Tokenizer;
 #[doc(hidden)]

@@ -9,6 +9,7 @@ pub mod generate;
 pub mod inspect;
 pub mod logits;
 pub mod perplexity;
+pub mod serve;
 
 use anyhow::{Context, Result};
 use bitnet_engine::{Model, SamplingParams, Tokenizer};

@@ -1,0 +1,225 @@
+//! `bitnet serve` settings: command-line flags, each also an environment variable
+//! (`BITNET_…`), over an optional TOML file (same names, snake_case), over defaults.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Errors in the settings.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML file could not be read.
+    #[error("config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TOML file is invalid (unknown key, wrong type).
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the key.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("setting `{name}` = {value}: {reason}")]
+    Invalid {
+        /// The setting.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// No model given.
+    #[error("no model: pass --model PATH (or BITNET_MODEL, or `model` in the config file)")]
+    NoModel,
+}
+
+/// Every setting, optional: flags and environment variables, or the TOML file.
+#[derive(clap::Args, Deserialize, Default, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct ServeOptions {
+    /// Model: a checkpoint directory or a .gguf file.
+    #[arg(long, env = "BITNET_MODEL")]
+    pub model: Option<PathBuf>,
+    /// The model id clients put in `model` (default: the directory or file name).
+    #[arg(long, env = "BITNET_MODEL_NAME")]
+    pub model_name: Option<String>,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long, env = "BITNET_HOST")]
+    pub host: Option<String>,
+    /// Port [default: 8080; 0 picks a free one].
+    #[arg(long, env = "BITNET_PORT")]
+    pub port: Option<u16>,
+    /// Sequences decoded together in one step [default: 16].
+    #[arg(long, env = "BITNET_MAX_BATCH")]
+    pub max_batch: Option<usize>,
+    /// Requests that may wait for a slot; more get 503 [default: 256].
+    #[arg(long, env = "BITNET_MAX_QUEUE")]
+    pub max_queue: Option<usize>,
+    /// Prompt tokens that may wait; more get 503 [default: 262144].
+    #[arg(long, env = "BITNET_MAX_QUEUE_TOKENS")]
+    pub max_queue_tokens: Option<usize>,
+    /// Seconds a request may wait in the queue before a 503 [default: 30].
+    #[arg(long, env = "BITNET_QUEUE_TIMEOUT")]
+    pub queue_timeout: Option<f64>,
+    /// Context window per sequence in tokens [default: the model's].
+    #[arg(long, env = "BITNET_CTX")]
+    pub ctx: Option<usize>,
+    /// KV-cache budget in token positions over all running sequences [default: max-batch ×
+    /// ctx, capped at half the machine's memory].
+    #[arg(long, env = "BITNET_KV_TOKENS")]
+    pub kv_tokens: Option<usize>,
+    /// Tokens per batched step (decode tokens plus prompt pieces) [default: 512].
+    #[arg(long, env = "BITNET_STEP_TOKENS")]
+    pub step_tokens: Option<usize>,
+    /// Seconds before a non-streaming request times out [default: 600].
+    #[arg(long, env = "BITNET_REQUEST_TIMEOUT")]
+    pub request_timeout: Option<f64>,
+    /// Largest request body in bytes [default: 4194304].
+    #[arg(long, env = "BITNET_BODY_LIMIT")]
+    pub body_limit: Option<usize>,
+    /// Seconds in-flight requests may run on after SIGTERM/ctrl-c [default: 30].
+    #[arg(long, env = "BITNET_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<f64>,
+    /// A TOML file with any of these settings (flags and environment win).
+    #[arg(long = "config", env = "BITNET_CONFIG")]
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
+}
+
+/// The resolved settings.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// Model path.
+    pub model: PathBuf,
+    /// Served model id.
+    pub model_name: String,
+    /// Listen address.
+    pub host: String,
+    /// Listen port.
+    pub port: u16,
+    /// Sequences per step.
+    pub max_batch: usize,
+    /// Queue length in requests.
+    pub max_queue: usize,
+    /// Queue length in prompt tokens.
+    pub max_queue_tokens: usize,
+    /// Queue deadline.
+    pub queue_timeout: Duration,
+    /// Context override.
+    pub ctx: Option<usize>,
+    /// KV budget override.
+    pub kv_tokens: Option<usize>,
+    /// Tokens per step.
+    pub step_tokens: usize,
+    /// Non-streaming request timeout.
+    pub request_timeout: Duration,
+    /// Body limit in bytes.
+    pub body_limit: usize,
+    /// Shutdown grace period.
+    pub shutdown_grace: Duration,
+}
+
+impl ServeOptions {
+    /// Reads a TOML settings file.
+    pub fn from_toml_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// `self`'s values, else `other`'s.
+    pub fn or(self, o: ServeOptions) -> ServeOptions {
+        ServeOptions {
+            model: self.model.or(o.model),
+            model_name: self.model_name.or(o.model_name),
+            host: self.host.or(o.host),
+            port: self.port.or(o.port),
+            max_batch: self.max_batch.or(o.max_batch),
+            max_queue: self.max_queue.or(o.max_queue),
+            max_queue_tokens: self.max_queue_tokens.or(o.max_queue_tokens),
+            queue_timeout: self.queue_timeout.or(o.queue_timeout),
+            ctx: self.ctx.or(o.ctx),
+            kv_tokens: self.kv_tokens.or(o.kv_tokens),
+            step_tokens: self.step_tokens.or(o.step_tokens),
+            request_timeout: self.request_timeout.or(o.request_timeout),
+            body_limit: self.body_limit.or(o.body_limit),
+            shutdown_grace: self.shutdown_grace.or(o.shutdown_grace),
+            config_file: self.config_file.or(o.config_file),
+        }
+    }
+
+    /// Merges the config file (if any) under these values and applies defaults.
+    pub fn resolve(self) -> Result<ServeConfig, ConfigError> {
+        let o = match &self.config_file {
+            Some(p) => {
+                let file = Self::from_toml_file(p)?;
+                self.or(file)
+            }
+            None => self,
+        };
+        let model = o.model.ok_or(ConfigError::NoModel)?;
+        let model_name = o.model_name.unwrap_or_else(|| {
+            model
+                .file_name()
+                .map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_string())
+                .unwrap_or_else(|| "bitnet".into())
+        });
+        let positive = |name: &'static str, v: usize| {
+            if v == 0 {
+                Err(ConfigError::Invalid {
+                    name,
+                    value: v.to_string(),
+                    reason: "must be at least 1",
+                })
+            } else {
+                Ok(v)
+            }
+        };
+        let secs = |name: &'static str, v: f64| {
+            if v.is_finite() && v > 0.0 && v < 1e9 {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                Err(ConfigError::Invalid {
+                    name,
+                    value: v.to_string(),
+                    reason: "must be a positive number of seconds",
+                })
+            }
+        };
+        Ok(ServeConfig {
+            model,
+            model_name,
+            host: o.host.unwrap_or_else(|| "127.0.0.1".into()),
+            port: o.port.unwrap_or(8080),
+            max_batch: positive("max_batch", o.max_batch.unwrap_or(16))?,
+            max_queue: o.max_queue.unwrap_or(256),
+            max_queue_tokens: positive("max_queue_tokens", o.max_queue_tokens.unwrap_or(1 << 18))?,
+            queue_timeout: secs("queue_timeout", o.queue_timeout.unwrap_or(30.0))?,
+            ctx: o.ctx.map(|c| positive("ctx", c)).transpose()?,
+            kv_tokens: o.kv_tokens.map(|c| positive("kv_tokens", c)).transpose()?,
+            step_tokens: positive("step_tokens", o.step_tokens.unwrap_or(512))?,
+            request_timeout: secs("request_timeout", o.request_timeout.unwrap_or(600.0))?,
+            body_limit: positive("body_limit", o.body_limit.unwrap_or(4 << 20))?,
+            shutdown_grace: secs("shutdown_grace", o.shutdown_grace.unwrap_or(30.0))?,
+        })
+    }
+}
+
+/// Physical memory in bytes (Linux `/proc/meminfo`), if known.
+pub fn total_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

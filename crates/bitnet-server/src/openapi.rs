@@ -1,0 +1,50 @@
+//! The OpenAPI 3.1 document of every route (`GET /openapi.json`).
+
+use crate::error::{ErrorBody, ErrorEnvelope};
+use crate::routes;
+use crate::types::*;
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "BitNet-Rust server",
+        description = "OpenAI-compatible API for BitNet b1.58 models, with continuous batching."
+    ),
+    paths(
+        routes::chat::chat_completions,
+        routes::completions::completions,
+        routes::misc::models,
+        routes::misc::model,
+        routes::misc::tokenize,
+        routes::misc::detokenize,
+        routes::misc::health,
+        routes::misc::ready,
+        routes::misc::metrics,
+        routes::misc::openapi,
+        routes::ws::stream,
+    ),
+    components(schemas(
+        ErrorEnvelope,
+        ErrorBody,
+        ChatRequest,
+        CompletionRequest,
+        ChatCompletion,
+        ChatChunk,
+        Completion,
+        ModelList,
+        ModelCard,
+        TokenizeRequest,
+        TokenizeResponse,
+        DetokenizeRequest,
+        DetokenizeResponse,
+        HealthResponse,
+        Usage
+    ))
+)]
+struct ApiDoc;
+
+/// The document.
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}

@@ -1,0 +1,96 @@
+//! Route handlers, one file per endpoint group.
+
+pub mod chat;
+pub mod completions;
+pub mod misc;
+pub mod ws;
+
+use crate::app::{unix_now, Loaded};
+use crate::engine::{Job, JobParams};
+use crate::error::ApiError;
+use crate::stream::{Kind, Session};
+use axum::http::{header, HeaderValue};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A generation request ready for the engine.
+pub struct Prepared {
+    /// The model.
+    pub loaded: Arc<Loaded>,
+    /// `(choice index, prompt ids)` per sequence.
+    pub seqs: Vec<(usize, Arc<Vec<u32>>)>,
+    /// Engine parameters.
+    pub params: JobParams,
+    /// Response shape.
+    pub kind: Kind,
+    /// Stream the answer.
+    pub stream: bool,
+    /// Send the usage chunk.
+    pub include_usage: bool,
+    /// Prompt tokens in the usage.
+    pub prompt_tokens: usize,
+    /// Id prefix (`chatcmpl` / `cmpl`).
+    pub prefix: &'static str,
+}
+
+/// Submits to the engine and waits for admission (503 on a full queue or a missed deadline).
+pub async fn start(p: Prepared, queue_timeout: Duration) -> Result<(Session, bool), ApiError> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let id = format!("{}-{}", p.prefix, uuid::Uuid::new_v4().simple());
+    let choices = p.seqs.len();
+    p.loaded.engine.submit(Job {
+        id: id.clone(),
+        seqs: p.seqs,
+        params: p.params,
+        events: tx,
+    })?;
+    let mut session = Session::new(
+        id,
+        unix_now(),
+        p.loaded.model_id.clone(),
+        p.loaded.fingerprint.clone(),
+        p.kind,
+        choices,
+        p.include_usage,
+        p.prompt_tokens,
+        p.loaded.tok.clone(),
+        rx,
+    );
+    session
+        .admitted(queue_timeout + Duration::from_secs(5))
+        .await?;
+    Ok((session, p.stream))
+}
+
+/// Answers a started session: SSE when streaming, else one JSON body.
+pub async fn respond(session: Session, stream: bool) -> Response {
+    if !stream {
+        return match session.collect().await {
+            Ok(v) => axum::Json(v).into_response(),
+            Err(e) => e.into_response(),
+        };
+    }
+    let events = futures_util::stream::unfold(session, |mut s| async move {
+        let item = s.next().await?;
+        let ev = match item {
+            crate::stream::Payload::Json(j) => SseEvent::default().data(j),
+            crate::stream::Payload::Done => SseEvent::default().data("[DONE]"),
+            crate::stream::Payload::Error(e) => SseEvent::default().data(e),
+        };
+        Some((Ok::<_, Infallible>(ev), s))
+    });
+    let mut r = Sse::new(events)
+        .keep_alive(
+            KeepAlive::new()
+                .interval(Duration::from_secs(10))
+                .text(" ping"),
+        )
+        .into_response();
+    let h = r.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r
+}
