@@ -22,12 +22,14 @@ pub fn render_messages(l: &Loaded, messages: &[ChatMessageIn]) -> Result<Vec<u32
         let role = match m.role.as_str() {
             "developer" => "system",
             r @ ("system" | "user" | "assistant" | "tool") => r,
-            other => return Err(ApiError::param(
-                format!("messages[{i}].role"),
-                format!(
+            other => {
+                return Err(ApiError::param(
+                    format!("messages[{i}].role"),
+                    format!(
                     "Unknown role {other:?}: expected system, developer, user, assistant or tool"
                 ),
-            )),
+                ))
+            }
         };
         let content = match &m.content {
             None => String::new(),
