@@ -1,0 +1,148 @@
+//! `bitnet serve` as a process: the official `openai` Python SDK against it, flags from a
+//! TOML file and the environment, and SIGTERM → graceful exit.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gqa4-bitlinear-untied")
+}
+
+/// Starts the server on a free port; returns the child and its base URL once it listens.
+fn spawn(args: &[&str], envs: &[(&str, &str)]) -> (Child, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bitnet"));
+    cmd.arg("serve").args(args).stderr(Stdio::piped()).stdout(Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn bitnet serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let t = Instant::now();
+    let mut seen = Vec::new();
+    let url = loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => {
+                if let Some(u) = line.split("listening on ").nth(1) {
+                    break u.trim().to_string();
+                }
+                seen.push(line);
+            }
+            Err(_) => panic!("server did not start: {seen:?}"),
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{seen:?}");
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || while rx.recv().is_ok() {});
+    (child, url)
+}
+
+fn python_with_openai() -> Option<String> {
+    let candidates = std::env::var("BITNET_PYTHON")
+        .into_iter()
+        .chain(["python3".to_string()]);
+    for py in candidates {
+        let ok = Command::new(&py)
+            .args(["-c", "import openai"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return Some(py);
+        }
+    }
+    None
+}
+
+#[test]
+fn openai_python_sdk_works_unchanged() {
+    let Some(py) = python_with_openai() else {
+        assert!(
+            std::env::var("BITNET_REQUIRE_OPENAI_SDK").is_err(),
+            "BITNET_REQUIRE_OPENAI_SDK is set but no Python with the `openai` package was found \
+             (set BITNET_PYTHON)"
+        );
+        eprintln!("SKIPPED: no Python with the `openai` package (CI installs it; see .ci/run)");
+        return;
+    };
+    let model = fixture();
+    let (mut child, url) = spawn(
+        &["--model", model.to_str().unwrap(), "--port", "0", "--model-name", "sdk-model"],
+        &[],
+    );
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/sdk/openai_sdk_check.py");
+    let out = Command::new(py)
+        .arg(script)
+        .arg(&url)
+        .arg("sdk-model")
+        .output()
+        .expect("run python");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        out.status.success(),
+        "openai SDK check failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn config_file_env_and_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("serve.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "model = {:?}\nmodel_name = \"from-toml\"\nport = 1\nmax_batch = 3\n",
+            fixture().to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    // The environment beats the file (port), the file beats the defaults (model name).
+    let (mut child, url) = spawn(
+        &["--config", cfg.to_str().unwrap()],
+        &[("BITNET_PORT", "0")],
+    );
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let body = rt.block_on(async {
+        let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    });
+    assert!(body.contains("\"from-toml\""), "{body}");
+    // SIGTERM: graceful exit with status 0.
+    let st = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(st.success());
+    let t = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // A bad config file is a clear error naming it.
+    std::fs::write(&cfg, "modle = 3\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bitnet"))
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("serve.toml") && err.contains("modle"), "{err}");
+}
