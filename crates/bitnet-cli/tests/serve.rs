@@ -13,7 +13,10 @@ fn fixture() -> PathBuf {
 /// Starts the server on a free port; returns the child and its base URL once it listens.
 fn spawn(args: &[&str], envs: &[(&str, &str)]) -> (Child, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_bitnet"));
-    cmd.arg("serve").args(args).stderr(Stdio::piped()).stdout(Stdio::null());
+    cmd.arg("serve")
+        .args(args)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null());
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -73,10 +76,18 @@ fn openai_python_sdk_works_unchanged() {
     };
     let model = fixture();
     let (mut child, url) = spawn(
-        &["--model", model.to_str().unwrap(), "--port", "0", "--model-name", "sdk-model"],
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--port",
+            "0",
+            "--model-name",
+            "sdk-model",
+        ],
         &[],
     );
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/sdk/openai_sdk_check.py");
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/sdk/openai_sdk_check.py");
     let out = Command::new(py)
         .arg(script)
         .arg(&url)
@@ -111,7 +122,10 @@ fn config_file_env_and_sigterm() {
         &["--config", cfg.to_str().unwrap()],
         &[("BITNET_PORT", "0")],
     );
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let body = rt.block_on(async {
         let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -125,7 +139,10 @@ fn config_file_env_and_sigterm() {
     });
     assert!(body.contains("\"from-toml\""), "{body}");
     // SIGTERM: graceful exit with status 0.
-    let st = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(st.success());
     let t = Instant::now();
     loop {
@@ -133,7 +150,10 @@ fn config_file_env_and_sigterm() {
             assert!(status.success(), "{status}");
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(20), "no exit after SIGTERM");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 
@@ -144,5 +164,8 @@ fn config_file_env_and_sigterm() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("serve.toml") && err.contains("modle"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("serve.toml") && err.contains("modle"),
+        "{err}"
+    );
 }
