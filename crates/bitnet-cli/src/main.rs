@@ -38,6 +38,8 @@ enum Command {
     CreateModel(commands::create_model::Args),
     /// OpenAI-compatible HTTP server with continuous batching, streaming and metrics.
     Serve(commands::serve::Args),
+    /// Load an OpenAI-compatible server on loopback (TTFT, TPOT, ITL, throughput).
+    Loadtest(commands::loadtest::Args),
 }
 
 /// `info` for the server (load and shutdown lines), `warn` elsewhere; `RUST_LOG` overrides.
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => commands::bench::run(a),
         Command::CreateModel(a) => commands::create_model::run(a),
         Command::Serve(a) => commands::serve::run(a),
+        Command::Loadtest(a) => commands::loadtest::run(a),
     };
     match result {
         Ok(code) => code,

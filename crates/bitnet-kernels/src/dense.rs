@@ -112,7 +112,16 @@ impl DenseMatrix {
                 }
             }
             DenseData::Q8_0(v) => dequant_row(&v[r * c / 32..(r + 1) * c / 32], out),
-            DenseData::Q6K(v) => dequant_row(&v[r * c / 256..(r + 1) * c / 256], out),
+            DenseData::Q6K(v) => {
+                let blocks = &v[r * c / 256..(r + 1) * c / 256];
+                #[cfg(target_arch = "x86_64")]
+                if simd_dense() {
+                    // SAFETY: `simd_dense` checked AVX2/FMA; `out` holds `cols` values.
+                    unsafe { crate::x86::dequant_q6k(blocks, out) };
+                    return;
+                }
+                dequant_row(blocks, out)
+            }
             DenseData::Q4K(v) => dequant_row(&v[r * c / 256..(r + 1) * c / 256], out),
         }
     }
@@ -176,6 +185,30 @@ pub(crate) fn simd_dense() -> bool {
             && std::is_x86_feature_detected!("fma")
             && std::is_x86_feature_detected!("f16c")
     })
+}
+
+/// f32 dot product, with AVX2 + FMA when the active kernel is a SIMD one (8-lane scalar twin
+/// otherwise).
+#[inline]
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if simd_dense() {
+        // SAFETY: `simd_dense` checked AVX2 and FMA; lengths are checked inside the kernel.
+        return unsafe { crate::x86::dot_f32(a, b) };
+    }
+    dot8(a, b, |v| v)
+}
+
+/// One f32 row against four activation rows ([`crate::x86::dot_f32_x4`] when SIMD is active;
+/// this scalar twin otherwise).
+#[inline]
+pub fn dot_f32_x4(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if simd_dense() {
+        // SAFETY: `simd_dense` checked AVX2 and FMA; lengths are asserted inside the kernel.
+        return unsafe { crate::x86::dot_f32_x4(w, x) };
+    }
+    x.map(|r| dot8(w, r, |v| v))
 }
 
 fn dequant_row<B: QuantBlock>(blocks: &[B], out: &mut [f32]) {

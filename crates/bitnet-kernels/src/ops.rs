@@ -89,10 +89,34 @@ pub fn dense_matmul(m: &DenseMatrix, x: &[f32], n: usize, out: &mut [f32]) {
         });
         return;
     }
+    // Several tokens (prefill logits, a batch of sequences): a quantized row is dequantized
+    // once into f32 and dotted with every token, instead of decoding it once per token.
+    let quantized = !matches!(m.data(), crate::DenseData::F32(_));
     let kernel = |r0: usize, chunk: &mut [f32]| {
+        let mut row = if quantized {
+            vec![0f32; cols]
+        } else {
+            Vec::new()
+        };
         for i in 0..chunk.len() / n {
-            for t in 0..n {
-                chunk[i * n + t] = m.row_dot(r0 + i, &x[t * cols..(t + 1) * cols]);
+            if quantized {
+                m.row_to_f32(r0 + i, &mut row);
+            }
+            if !quantized {
+                for t in 0..n {
+                    chunk[i * n + t] = m.row_dot(r0 + i, &x[t * cols..(t + 1) * cols]);
+                }
+                continue;
+            }
+            let xt = |t: usize| &x[t * cols..(t + 1) * cols];
+            let mut t = 0;
+            while t + 4 <= n {
+                let d = crate::dense::dot_f32_x4(&row, [xt(t), xt(t + 1), xt(t + 2), xt(t + 3)]);
+                chunk[i * n + t..i * n + t + 4].copy_from_slice(&d);
+                t += 4;
+            }
+            for t in t..n {
+                chunk[i * n + t] = crate::dense::dot_f32(&row, xt(t));
             }
         }
     };
@@ -259,12 +283,9 @@ pub fn attend(
     let hd = q.len();
     let scores = &mut scores[..npos];
     for (p, s) in scores.iter_mut().enumerate() {
-        let k = &keys[p * hd..(p + 1) * hd];
-        let mut acc = 0f32;
-        for (a, b) in q.iter().zip(k) {
-            acc += a * b;
-        }
-        *s = acc * scale;
+        // SIMD dot (8 lanes) when a SIMD kernel is active: a serial scalar sum here is one
+        // long dependency chain per position.
+        *s = crate::dense::dot_f32(q, &keys[p * hd..(p + 1) * hd]) * scale;
     }
     softmax(scores);
     out[..hd].fill(0.0);

@@ -366,3 +366,74 @@ pub unsafe fn dot_q6k_i16(blocks: &[crate::formats::BlockQ6K], x16: &[i16]) -> f
         hsum_ps(_mm256_add_ps(acc[0], acc[1]))
     }
 }
+
+/// `[Σ w·x₀, Σ w·x₁, Σ w·x₂, Σ w·x₃]`: one f32 row against four activation rows, each row
+/// chunk loaded once for four FMAs (the batched output head). Scalar twin: `dense::dot_f32_x4`.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; every `x[k].len() >= w.len()` (asserted).
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_f32_x4(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
+    let n = w.len();
+    assert!(
+        x.iter().all(|r| r.len() >= n),
+        "dot_f32_x4: short activation row"
+    );
+    let mut out = [0f32; 4];
+    // SAFETY (whole block): AVX2/FMA enabled; loads read i..i+8 ≤ n ≤ every row's length.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 8 <= n {
+            let wv = _mm256_loadu_ps(w.as_ptr().add(i));
+            for k in 0..4 {
+                acc[k] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x[k].as_ptr().add(i)), acc[k]);
+            }
+            i += 8;
+        }
+        for k in 0..4 {
+            out[k] = hsum_ps(acc[k]);
+            for j in i..n {
+                out[k] += w[j] * x[k][j];
+            }
+        }
+    }
+    out
+}
+
+/// Dequantizes Q6_K blocks into `out` (`blocks.len()·256` values) with AVX2, bit-identical to
+/// the scalar `to_float` (`(d·scale)·q` in f32). Layout: llama.cpp's `block_q6_K`.
+///
+/// # Safety
+/// The CPU must support AVX2; `out.len() >= blocks.len()·256` (asserted).
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dequant_q6k(blocks: &[crate::formats::BlockQ6K], out: &mut [f32]) {
+    assert!(
+        out.len() >= blocks.len() * 256,
+        "dequant_q6k: output too short"
+    );
+    // SAFETY (whole block): AVX2 enabled; stores write out[bi·256 + base + 8j ..+8] inside
+    // the asserted length; `q6k_half` reads inside the block.
+    unsafe {
+        for (bi, b) in blocks.iter().enumerate() {
+            let d = half::f16::from_bits(b.d).to_f32();
+            let ob = out.as_mut_ptr().add(bi * 256);
+            for h in 0..2 {
+                let q = q6k_half(b, h);
+                for (k, qk) in q.iter().enumerate() {
+                    let base = 128 * h + 32 * k;
+                    let sc0 = d * b.scales[8 * h + 2 * k] as f32;
+                    let sc1 = d * b.scales[8 * h + 2 * k + 1] as f32;
+                    let lo = _mm256_castsi256_si128(*qk);
+                    let up = _mm256_extracti128_si256(*qk, 1);
+                    let parts = [lo, _mm_srli_si128(lo, 8), up, _mm_srli_si128(up, 8)];
+                    for (j, p) in parts.iter().enumerate() {
+                        let s = _mm256_set1_ps(if j < 2 { sc0 } else { sc1 });
+                        let w = _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(*p)));
+                        _mm256_storeu_ps(ob.add(base + 8 * j), w);
+                    }
+                }
+            }
+        }
+    }
+}

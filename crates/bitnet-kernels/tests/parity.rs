@@ -187,3 +187,85 @@ fn q6k_decode_head_matches_scalar_within_int16_rounding() {
         }
     }
 }
+
+#[test]
+fn batched_dense_head_matches_per_row_dots() {
+    use bitnet_kernels::formats::{BlockQ6K, BlockQ8_0};
+    use bitnet_kernels::ops::dense_matmul;
+    use bitnet_kernels::quant::quantize_row;
+    use bitnet_kernels::{DenseData, DenseMatrix};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let (rows, cols, n) = (301usize, 512usize, 7usize);
+    let vals: Vec<f32> = (0..rows * cols)
+        .map(|_| rng.random_range(-2.0..2.0))
+        .collect();
+    let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-5.0..5.0)).collect();
+    for data in [
+        DenseData::Q6K(quantize_row::<BlockQ6K>(&vals).into()),
+        DenseData::Q8_0(quantize_row::<BlockQ8_0>(&vals).into()),
+        DenseData::F32(vals.clone().into()),
+    ] {
+        let m = DenseMatrix::new(rows, cols, data);
+        let mut out = vec![0f32; n * rows];
+        dense_matmul(&m, &x, n, &mut out);
+        for t in 0..n {
+            for r in 0..rows {
+                let want = m.row_dot_scalar(r, &x[t * cols..(t + 1) * cols]);
+                let got = out[t * rows + r];
+                assert!(
+                    (got - want).abs() <= 1e-3 * (1.0 + want.abs()),
+                    "t {t} r {r}: {got} vs {want}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn dot_f32_x4_matches_scalar_twin() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+    for n in [0usize, 1, 7, 8, 9, 63, 512, 513] {
+        let w: Vec<f32> = (0..n).map(|_| rng.random_range(-3.0..3.0)).collect();
+        let xs: Vec<Vec<f32>> = (0..4)
+            .map(|_| (0..n).map(|_| rng.random_range(-3.0..3.0)).collect())
+            .collect();
+        let got = bitnet_kernels::dense::dot_f32_x4(&w, [&xs[0], &xs[1], &xs[2], &xs[3]]);
+        for k in 0..4 {
+            let want: f64 = w
+                .iter()
+                .zip(&xs[k])
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum();
+            assert!(
+                (got[k] as f64 - want).abs() < 1e-3,
+                "n {n} k {k}: {} vs {want}",
+                got[k]
+            );
+        }
+    }
+}
+
+#[test]
+fn q6k_dequant_simd_is_bit_identical() {
+    use bitnet_kernels::formats::BlockQ6K;
+    use bitnet_kernels::quant::{quantize_row, QuantBlock};
+    if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
+        return;
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+    let mut vals: Vec<f32> = (0..256 * 9).map(|_| rng.random_range(-4.0..4.0)).collect();
+    vals[..256].fill(0.0); // an all-zero block
+    vals[256..512].iter_mut().for_each(|v| *v = 1e4); // max magnitude
+    let blocks = quantize_row::<BlockQ6K>(&vals);
+    let mut want = vec![0f32; vals.len()];
+    for (b, o) in blocks.iter().zip(want.chunks_exact_mut(256)) {
+        b.to_float(o);
+    }
+    let mut got = vec![0f32; vals.len()];
+    // SAFETY: AVX2 and FMA were detected above.
+    unsafe { bitnet_kernels::x86::dequant_q6k(&blocks, &mut got) };
+    assert_eq!(
+        got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        want.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+}

@@ -27,8 +27,8 @@ pub enum ServeError {
     Load {
         /// The model path.
         path: std::path::PathBuf,
-        /// The cause.
-        source: bitnet_engine::Error,
+        /// The cause (boxed: engine errors carry shapes and paths).
+        source: Box<bitnet_engine::Error>,
     },
     /// The settings do not fit the model.
     #[error("{0}")]
@@ -110,7 +110,7 @@ pub fn load(config: &ServeConfig) -> Result<Loaded, ServeError> {
     let path = &config.model;
     let err = |source| ServeError::Load {
         path: path.clone(),
-        source,
+        source: Box::new(source),
     };
     let model = Model::load(path).map_err(err)?;
     let tok = Tokenizer::load(path, &model.config).map_err(err)?;

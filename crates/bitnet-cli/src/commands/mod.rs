@@ -7,6 +7,7 @@ pub mod convert;
 pub mod create_model;
 pub mod generate;
 pub mod inspect;
+pub mod loadtest;
 pub mod logits;
 pub mod perplexity;
 pub mod serve;
