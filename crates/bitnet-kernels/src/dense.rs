@@ -199,16 +199,23 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     dot8(a, b, |v| v)
 }
 
-/// One f32 row against four activation rows ([`crate::x86::dot_f32_x4`] when SIMD is active;
-/// this scalar twin otherwise).
+/// Two f32 rows against four activation rows, `out[r][k] = Σ w_r·x_k` (the batched output
+/// head): [`crate::x86::dot_f32_2x4_avx512`] when the AVX-512 kernel is active,
+/// [`crate::x86::dot_f32_2x4`] with AVX2, this scalar twin otherwise. Each output depends only
+/// on its own row and token, so a sequence's logits do not depend on what it is batched with.
 #[inline]
-pub fn dot_f32_x4(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
+pub fn dot_f32_2x4(w0: &[f32], w1: &[f32], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
     #[cfg(target_arch = "x86_64")]
     if simd_dense() {
+        if crate::dispatch::active() == crate::Kernel::Avx512Vnni {
+            // SAFETY: the AVX-512 kernel is only active when AVX-512F is detected, and
+            // `simd_dense` checked AVX2/FMA; lengths are asserted inside the kernel.
+            return unsafe { crate::x86::dot_f32_2x4_avx512(w0, w1, x) };
+        }
         // SAFETY: `simd_dense` checked AVX2 and FMA; lengths are asserted inside the kernel.
-        return unsafe { crate::x86::dot_f32_x4(w, x) };
+        return unsafe { crate::x86::dot_f32_2x4(w0, w1, x) };
     }
-    x.map(|r| dot8(w, r, |v| v))
+    [x.map(|r| dot8(w0, r, |v| v)), x.map(|r| dot8(w1, r, |v| v))]
 }
 
 fn dequant_row<B: QuantBlock>(blocks: &[B], out: &mut [f32]) {

@@ -90,33 +90,50 @@ pub fn dense_matmul(m: &DenseMatrix, x: &[f32], n: usize, out: &mut [f32]) {
         return;
     }
     // Several tokens (prefill logits, a batch of sequences): a quantized row is dequantized
-    // once into f32 and dotted with every token, instead of decoding it once per token.
+    // once into f32 and dotted with every token, instead of decoding it once per token. Rows
+    // go in pairs and tokens in fours through the 2×4 register block of `dot_f32_2x4`; a short
+    // last block repeats its last row/token, so every logit comes from the same kernel and a
+    // sequence's logits do not depend on its place in the batch.
     let quantized = !matches!(m.data(), crate::DenseData::F32(_));
     let kernel = |r0: usize, chunk: &mut [f32]| {
-        let mut row = if quantized {
-            vec![0f32; cols]
-        } else {
-            Vec::new()
-        };
-        for i in 0..chunk.len() / n {
-            if quantized {
-                m.row_to_f32(r0 + i, &mut row);
-            }
-            if !quantized {
+        let nr = chunk.len() / n;
+        if !quantized {
+            for i in 0..nr {
                 for t in 0..n {
                     chunk[i * n + t] = m.row_dot(r0 + i, &x[t * cols..(t + 1) * cols]);
                 }
-                continue;
             }
-            let xt = |t: usize| &x[t * cols..(t + 1) * cols];
-            let mut t = 0;
-            while t + 4 <= n {
-                let d = crate::dense::dot_f32_x4(&row, [xt(t), xt(t + 1), xt(t + 2), xt(t + 3)]);
-                chunk[i * n + t..i * n + t + 4].copy_from_slice(&d);
-                t += 4;
+            return;
+        }
+        // Rows are dequantized in tiles of TILE (16 KiB of f32 at 512 columns) and every
+        // group of four tokens sweeps the whole tile, so the activations stream from L2 once
+        // per tile instead of once per row pair.
+        const TILE: usize = 8;
+        let mut tile = vec![0f32; TILE * cols];
+        let xt = |t: usize| &x[t.min(n - 1) * cols..(t.min(n - 1) + 1) * cols];
+        for i0 in (0..nr).step_by(TILE) {
+            let tr = (nr - i0).min(TILE);
+            for j in 0..tr {
+                m.row_to_f32(r0 + i0 + j, &mut tile[j * cols..(j + 1) * cols]);
             }
-            for t in t..n {
-                chunk[i * n + t] = crate::dense::dot_f32(&row, xt(t));
+            for t in (0..n).step_by(4) {
+                let nt = (n - t).min(4);
+                let xs = [xt(t), xt(t + 1), xt(t + 2), xt(t + 3)];
+                for j in (0..tr).step_by(2) {
+                    let pair = j + 1 < tr;
+                    let ra = &tile[j * cols..(j + 1) * cols];
+                    let rb = if pair {
+                        &tile[(j + 1) * cols..(j + 2) * cols]
+                    } else {
+                        ra
+                    };
+                    let d = crate::dense::dot_f32_2x4(ra, rb, xs);
+                    let i = i0 + j;
+                    chunk[i * n + t..i * n + t + nt].copy_from_slice(&d[0][..nt]);
+                    if pair {
+                        chunk[(i + 1) * n + t..(i + 1) * n + t + nt].copy_from_slice(&d[1][..nt]);
+                    }
+                }
             }
         }
     };

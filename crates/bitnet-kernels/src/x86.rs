@@ -367,34 +367,91 @@ pub unsafe fn dot_q6k_i16(blocks: &[crate::formats::BlockQ6K], x16: &[i16]) -> f
     }
 }
 
-/// `[Σ w·x₀, Σ w·x₁, Σ w·x₂, Σ w·x₃]`: one f32 row against four activation rows, each row
-/// chunk loaded once for four FMAs (the batched output head). Scalar twin: `dense::dot_f32_x4`.
+/// Two f32 rows against four activation rows: `out[r][k] = Σ w_r·x_k`. The 2×4 register
+/// block keeps eight independent FMA chains in flight (one per (row, token) pair: enough to
+/// cover the FMA latency) and loads each chunk of six vectors once for eight FMAs. Each
+/// output depends only on its own row and token (not on the other row or tokens of the block).
+/// Scalar twin: `dense::dot_f32_2x4`.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA; every `x[k].len() >= w.len()` (asserted).
+/// The CPU must support AVX2 and FMA; both rows have the same length and every
+/// `x[k].len() >= w0.len()` (asserted).
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn dot_f32_x4(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
-    let n = w.len();
+pub unsafe fn dot_f32_2x4(w0: &[f32], w1: &[f32], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
+    let n = w0.len();
     assert!(
-        x.iter().all(|r| r.len() >= n),
-        "dot_f32_x4: short activation row"
+        w1.len() == n && x.iter().all(|r| r.len() >= n),
+        "dot_f32_2x4: row lengths"
     );
-    let mut out = [0f32; 4];
+    let mut out = [[0f32; 4]; 2];
     // SAFETY (whole block): AVX2/FMA enabled; loads read i..i+8 ≤ n ≤ every row's length.
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut a0 = [_mm256_setzero_ps(); 4];
+        let mut a1 = [_mm256_setzero_ps(); 4];
         let mut i = 0;
         while i + 8 <= n {
-            let wv = _mm256_loadu_ps(w.as_ptr().add(i));
+            let u = _mm256_loadu_ps(w0.as_ptr().add(i));
+            let v = _mm256_loadu_ps(w1.as_ptr().add(i));
             for k in 0..4 {
-                acc[k] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x[k].as_ptr().add(i)), acc[k]);
+                let xv = _mm256_loadu_ps(x[k].as_ptr().add(i));
+                a0[k] = _mm256_fmadd_ps(u, xv, a0[k]);
+                a1[k] = _mm256_fmadd_ps(v, xv, a1[k]);
             }
             i += 8;
         }
         for k in 0..4 {
-            out[k] = hsum_ps(acc[k]);
+            out[0][k] = hsum_ps(a0[k]);
+            out[1][k] = hsum_ps(a1[k]);
             for j in i..n {
-                out[k] += w[j] * x[k][j];
+                out[0][k] += w0[j] * x[k][j];
+                out[1][k] += w1[j] * x[k][j];
+            }
+        }
+    }
+    out
+}
+
+/// [`dot_f32_2x4`] on 16-lane AVX-512 vectors: the same 2×4 register block, half the
+/// instructions. Lanes fold 16 → 8 (`lo + hi`) and then sum as [`hsum_ps`].
+///
+/// # Safety
+/// The CPU must support AVX-512F, AVX2 and FMA; lengths as [`dot_f32_2x4`] (asserted).
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub unsafe fn dot_f32_2x4_avx512(w0: &[f32], w1: &[f32], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
+    let n = w0.len();
+    assert!(
+        w1.len() == n && x.iter().all(|r| r.len() >= n),
+        "dot_f32_2x4_avx512: row lengths"
+    );
+    let mut out = [[0f32; 4]; 2];
+    // SAFETY (whole block): AVX-512F/AVX2/FMA enabled; loads read i..i+16 ≤ n ≤ every row's
+    // length.
+    unsafe {
+        let mut a0 = [_mm512_setzero_ps(); 4];
+        let mut a1 = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 16 <= n {
+            let u = _mm512_loadu_ps(w0.as_ptr().add(i));
+            let v = _mm512_loadu_ps(w1.as_ptr().add(i));
+            for k in 0..4 {
+                let xv = _mm512_loadu_ps(x[k].as_ptr().add(i));
+                a0[k] = _mm512_fmadd_ps(u, xv, a0[k]);
+                a1[k] = _mm512_fmadd_ps(v, xv, a1[k]);
+            }
+            i += 16;
+        }
+        let fold = |z: __m512| {
+            _mm256_add_ps(
+                _mm512_castps512_ps256(z),
+                _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z), 1)),
+            )
+        };
+        for k in 0..4 {
+            out[0][k] = hsum_ps(fold(a0[k]));
+            out[1][k] = hsum_ps(fold(a1[k]));
+            for j in i..n {
+                out[0][k] += w0[j] * x[k][j];
+                out[1][k] += w1[j] * x[k][j];
             }
         }
     }

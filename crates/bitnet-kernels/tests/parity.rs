@@ -222,24 +222,49 @@ fn batched_dense_head_matches_per_row_dots() {
 }
 
 #[test]
-fn dot_f32_x4_matches_scalar_twin() {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
-    for n in [0usize, 1, 7, 8, 9, 63, 512, 513] {
-        let w: Vec<f32> = (0..n).map(|_| rng.random_range(-3.0..3.0)).collect();
+fn dot_f32_2x4_matches_f64_and_is_position_independent() {
+    // Every output equals the f64 dot within f32 rounding, and depends only on its own row and
+    // token: swapping the other row or reordering the tokens leaves it bit-identical (the
+    // batched head relies on this for batch-independent logits). Odd lengths hit the tails.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    for n in [0usize, 1, 7, 8, 9, 15, 16, 17, 63, 512, 513] {
+        let mut rows: Vec<Vec<f32>> = (0..3)
+            .map(|_| (0..n).map(|_| rng.random_range(-3.0..3.0)).collect())
+            .collect();
+        if n > 2 {
+            rows[1][..n / 2].fill(1e15); // large magnitudes
+        }
         let xs: Vec<Vec<f32>> = (0..4)
             .map(|_| (0..n).map(|_| rng.random_range(-3.0..3.0)).collect())
             .collect();
-        let got = bitnet_kernels::dense::dot_f32_x4(&w, [&xs[0], &xs[1], &xs[2], &xs[3]]);
+        let x = [&xs[0][..], &xs[1][..], &xs[2][..], &xs[3][..]];
+        let got = bitnet_kernels::dense::dot_f32_2x4(&rows[0], &rows[1], x);
+        for (r, g) in got.iter().enumerate() {
+            for k in 0..4 {
+                let want: f64 = rows[r]
+                    .iter()
+                    .zip(&xs[k])
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum();
+                let mag: f64 = rows[r]
+                    .iter()
+                    .zip(&xs[k])
+                    .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                    .sum();
+                assert!(
+                    (g[k] as f64 - want).abs() <= 1e-5 * mag + 1e-6,
+                    "n {n} row {r} token {k}: {} vs {want}",
+                    g[k]
+                );
+            }
+        }
+        let swapped =
+            bitnet_kernels::dense::dot_f32_2x4(&rows[2], &rows[0], [x[3], x[2], x[1], x[0]]);
         for k in 0..4 {
-            let want: f64 = w
-                .iter()
-                .zip(&xs[k])
-                .map(|(a, b)| *a as f64 * *b as f64)
-                .sum();
-            assert!(
-                (got[k] as f64 - want).abs() < 1e-3,
-                "n {n} k {k}: {} vs {want}",
-                got[k]
+            assert_eq!(
+                swapped[1][3 - k].to_bits(),
+                got[0][k].to_bits(),
+                "n {n} token {k}"
             );
         }
     }
