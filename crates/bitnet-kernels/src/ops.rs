@@ -297,11 +297,28 @@ pub fn attend(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::dense::simd_dense() {
+        // SAFETY: `simd_dense` checked AVX2/FMA; lengths are asserted inside the kernel.
+        unsafe { crate::x86::attend(q, keys, values, npos, scale, scores, out) };
+        return;
+    }
+    attend_scalar(q, keys, values, npos, scale, scores, out);
+}
+
+/// The portable twin of [`attend`] (8-lane dot products, then the same softmax and value sum).
+pub fn attend_scalar(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    npos: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
     let hd = q.len();
     let scores = &mut scores[..npos];
     for (p, s) in scores.iter_mut().enumerate() {
-        // SIMD dot (8 lanes) when a SIMD kernel is active: a serial scalar sum here is one
-        // long dependency chain per position.
         *s = crate::dense::dot_f32(q, &keys[p * hd..(p + 1) * hd]) * scale;
     }
     softmax(scores);

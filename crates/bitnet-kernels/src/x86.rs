@@ -98,37 +98,63 @@ pub unsafe fn dot_vnni(blocks: &[BlockI2], q: &[i8], stride: usize, out: &mut [i
         }
         return;
     }
-    const T: usize = 4;
+    // Batches: tokens in register blocks of 8/4/2/1, two accumulators per token (16
+    // independent `vpdpbusd` chains at N = 8, in the 32 ymm registers AVX-512VL provides), so
+    // the chains cover the instruction's latency and a block is unpacked once per 8 tokens.
     let mut t0 = 0;
     while t0 < out.len() {
-        let nt = (out.len() - t0).min(T);
-        let mut acc = [_mm256_setzero_si256(); T];
+        let left = out.len() - t0;
+        let q = &q[t0 * stride..];
+        let o = &mut out[t0..];
+        // SAFETY: the features are enabled for this function; `q` holds the rows (caller).
+        let n = unsafe {
+            match left {
+                8.. => vnni_block::<8>(blocks, q, stride, o),
+                4..=7 => vnni_block::<4>(blocks, q, stride, o),
+                2 | 3 => vnni_block::<2>(blocks, q, stride, o),
+                _ => vnni_block::<1>(blocks, q, stride, o),
+            }
+        };
+        t0 += n;
+    }
+}
+
+/// `N` activation rows against one weight row with `vpdpbusd` (see [`dot_vnni`]); returns `N`.
+#[inline]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn vnni_block<const N: usize>(
+    blocks: &[BlockI2],
+    q: &[i8],
+    stride: usize,
+    out: &mut [i32],
+) -> usize {
+    // SAFETY: features enabled (only `dot_vnni` calls this); `q` holds N rows of
+    // `blocks.len()·128` values at `stride` (caller contract), so every load is in bounds.
+    unsafe {
+        let mut acc = [[_mm256_setzero_si256(); 2]; N];
         for (bi, b) in blocks.iter().enumerate() {
-            // SAFETY: the features are enabled for this function; loads stay in bounds.
-            unsafe {
-                let c = unpack(&b.qs);
-                let base = bi * 128;
-                for (k, a) in acc.iter_mut().enumerate().take(nt) {
-                    let q = &q[(t0 + k) * stride..];
-                    let mut x = _mm256_dpbusd_epi32(*a, c[0], load32(q, base));
-                    x = _mm256_dpbusd_epi32(x, c[1], load32(q, base + 32));
-                    x = _mm256_dpbusd_epi32(x, c[2], load32(q, base + 64));
-                    *a = _mm256_dpbusd_epi32(x, c[3], load32(q, base + 96));
-                }
+            let c = unpack(&b.qs);
+            let base = bi * 128;
+            for (k, a) in acc.iter_mut().enumerate() {
+                let at = k * stride + base;
+                a[0] = _mm256_dpbusd_epi32(a[0], c[0], load32(q, at));
+                a[1] = _mm256_dpbusd_epi32(a[1], c[1], load32(q, at + 32));
+                a[0] = _mm256_dpbusd_epi32(a[0], c[2], load32(q, at + 64));
+                a[1] = _mm256_dpbusd_epi32(a[1], c[3], load32(q, at + 96));
             }
         }
-        for (k, a) in acc.iter().enumerate().take(nt) {
-            // SAFETY: AVX2 enabled.
-            out[t0 + k] = unsafe { hsum(*a) };
+        for (k, a) in acc.iter().enumerate() {
+            out[k] = hsum(_mm256_add_epi32(a[0], a[1]));
         }
-        t0 += nt;
     }
+    N
 }
 
 /// Σ w·x over f32 rows with AVX2 + FMA (four 8-lane accumulators). Scalar twin: `dense::dot8`.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA; `x.len() >= w.len()`.
+#[inline]
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
     // SAFETY: `dot_wide` only calls `load(i)` with `i + 8 <= w.len()`; AVX2 is enabled here.
@@ -456,6 +482,56 @@ pub unsafe fn dot_f32_2x4_avx512(w0: &[f32], w1: &[f32], x: [&[f32]; 4]) -> [[f3
         }
     }
     out
+}
+
+/// One query head over `npos` cached positions (`ops::attend`'s SIMD path): the scores with
+/// [`dot_f32`] inlined (no call per position), the softmax of `ops::softmax`, and the value sum
+/// `out += p·v` eight lanes at a time with a separate multiply and add — the same two roundings
+/// as the scalar loop, so the output is bit-identical to it.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `keys`/`values` hold `npos·q.len()` values, `scores`
+/// at least `npos`, `out` at least `q.len()` (asserted).
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn attend(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    npos: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    assert!(
+        keys.len() >= npos * hd && values.len() >= npos * hd && scores.len() >= npos,
+        "attend: cache shorter than npos"
+    );
+    let (scores, out) = (&mut scores[..npos], &mut out[..hd]);
+    for (p, s) in scores.iter_mut().enumerate() {
+        // SAFETY: AVX2/FMA enabled; the key row has `hd` values (asserted above).
+        *s = unsafe { dot_f32(q, &keys[p * hd..(p + 1) * hd]) } * scale;
+    }
+    crate::ops::softmax(scores);
+    out.fill(0.0);
+    let h8 = hd / 8 * 8;
+    for (p, &w) in scores.iter().enumerate() {
+        let v = &values[p * hd..(p + 1) * hd];
+        // SAFETY: AVX2 enabled; loads/stores read i..i+8 ≤ h8 ≤ hd = len of `v` and `out`.
+        unsafe {
+            let wv = _mm256_set1_ps(w);
+            let mut i = 0;
+            while i < h8 {
+                let o = out.as_mut_ptr().add(i);
+                let x = _mm256_mul_ps(wv, _mm256_loadu_ps(v.as_ptr().add(i)));
+                _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), x));
+                i += 8;
+            }
+        }
+        for (o, &x) in out[h8..].iter_mut().zip(&v[h8..]) {
+            *o += w * x;
+        }
+    }
 }
 
 /// Dequantizes Q6_K blocks into `out` (`blocks.len()·256` values) with AVX2, bit-identical to

@@ -41,6 +41,9 @@ fn random_shapes_and_token_counts() {
         (2, 100, 3),
         (7, 130, 9),
         (3, 1024, 17),
+        // Every register-block split of the batched VNNI kernel: 8+4+2+1 and 8+8.
+        (3, 256, 15),
+        (2, 512, 16),
     ] {
         let w: Vec<i8> = (0..rows * cols).map(|_| rng.random_range(-1..=1)).collect();
         let q: Vec<i8> = (0..n * cols).map(|_| rng.random()).collect();
@@ -77,7 +80,13 @@ fn edge_inputs() {
 fn matmul_is_identical_on_every_kernel() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
     // n = 1 takes the four-rows-per-activation decode path (301 rows: a remainder of 1).
-    for (rows, cols, n) in [(300, 1000, 3), (301, 1024, 1), (7, 384, 1), (3, 128, 1)] {
+    for (rows, cols, n) in [
+        (300, 1000, 3),
+        (64, 512, 16),
+        (301, 1024, 1),
+        (7, 384, 1),
+        (3, 128, 1),
+    ] {
         let w: Vec<i8> = (0..rows * cols).map(|_| rng.random_range(-1..=1)).collect();
         let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-4.0..4.0)).collect();
         let m = TernaryMatrix::from_values(rows, cols, &w, 0.5);
@@ -293,4 +302,29 @@ fn q6k_dequant_simd_is_bit_identical() {
         got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
         want.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
     );
+}
+
+#[test]
+fn attention_simd_is_bit_identical_to_its_twin() {
+    // Head sizes with and without an 8-lane tail, one to many positions, large and tiny scores.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
+    for (hd, npos) in [(64usize, 1usize), (64, 130), (100, 7), (8, 33), (5, 3)] {
+        for spread in [0.01f32, 1.0, 30.0] {
+            let q: Vec<f32> = (0..hd).map(|_| rng.random_range(-spread..spread)).collect();
+            let k: Vec<f32> = (0..npos * hd)
+                .map(|_| rng.random_range(-2.0..2.0))
+                .collect();
+            let v: Vec<f32> = (0..npos * hd)
+                .map(|_| rng.random_range(-2.0..2.0))
+                .collect();
+            let (mut s1, mut s2) = (vec![0f32; npos], vec![0f32; npos]);
+            let (mut o1, mut o2) = (vec![0f32; hd], vec![0f32; hd]);
+            let scale = 1.0 / (hd as f32).sqrt();
+            bitnet_kernels::ops::attend(&q, &k, &v, npos, scale, &mut s1, &mut o1);
+            bitnet_kernels::ops::attend_scalar(&q, &k, &v, npos, scale, &mut s2, &mut o2);
+            let bits = |o: &[f32]| o.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&o1), bits(&o2), "hd {hd} npos {npos} spread {spread}");
+            assert!(o1.iter().all(|x| x.is_finite()));
+        }
+    }
 }
