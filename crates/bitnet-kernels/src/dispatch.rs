@@ -111,3 +111,36 @@ pub fn row_dot(
         }
     }
 }
+
+/// `Σ c·q` of two weight rows (same length) with `outa.len() == outb.len()` activation rows:
+/// [`row_dot`] for each row, but the AVX-512 VNNI kernel computes both rows in one pass (a
+/// 2-row × 8-token register block: each activation vector loaded once for two rows). Integer
+/// sums, so the result is identical to two [`row_dot`] calls on every kernel.
+#[inline]
+pub fn row_dot2(
+    kernel: Kernel,
+    rows: [&[crate::BlockI2]; 2],
+    q: &[i8],
+    stride: usize,
+    outa: &mut [i32],
+    outb: &mut [i32],
+) {
+    assert!(
+        rows[0].len() == rows[1].len() && outa.len() == outb.len(),
+        "row_dot2: rows or outputs of different lengths"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Avx512Vnni && outa.len() >= 8 {
+        let need = (outa.len() - 1) * stride + rows[0].len() * crate::ternary::QK_I2;
+        assert!(
+            q.len() >= need,
+            "activation rows shorter than the weight row"
+        );
+        // SAFETY: `available()` checked the features when the kernel was chosen; the length
+        // was asserted above.
+        unsafe { crate::x86::dot_vnni_2rows(rows, q, stride, outa, outb) };
+        return;
+    }
+    row_dot(kernel, rows[0], q, stride, outa);
+    row_dot(kernel, rows[1], q, stride, outb);
+}

@@ -40,17 +40,27 @@ pub fn ternary_matmul_with(
     let (q, kp) = (x.data(), x.k_padded());
     // Row-chunk kernel: every weight row is read once for all tokens of the batch (in groups
     // of 16 tokens, the i32 sums on the stack).
+    // Rows go in pairs through `row_dot2` (one activation load for two rows on VNNI).
     let kernel = |r0: usize, chunk: &mut [f32]| {
         let nr = chunk.len() / n;
-        let mut acc = [0i32; 16];
-        for i in 0..nr {
-            let blocks = w.row_blocks(r0 + i);
+        let (mut acc, mut acc2) = ([0i32; 16], [0i32; 16]);
+        for i in (0..nr).step_by(2) {
+            let pair = i + 1 < nr;
             for t0 in (0..n).step_by(16) {
                 let nt = (n - t0).min(16);
-                crate::dispatch::row_dot(which, blocks, &q[t0 * kp..], kp, &mut acc[..nt]);
-                for (k, &a) in acc[..nt].iter().enumerate() {
+                let qt = &q[t0 * kp..];
+                if pair {
+                    let rows = [w.row_blocks(r0 + i), w.row_blocks(r0 + i + 1)];
+                    crate::dispatch::row_dot2(which, rows, qt, kp, &mut acc[..nt], &mut acc2[..nt]);
+                } else {
+                    crate::dispatch::row_dot(which, w.row_blocks(r0 + i), qt, kp, &mut acc[..nt]);
+                }
+                for k in 0..nt {
                     let t = t0 + k;
-                    chunk[i * n + t] = (a - x.sum(t)) as f32 / x.scale(t) * scale;
+                    chunk[i * n + t] = (acc[k] - x.sum(t)) as f32 / x.scale(t) * scale;
+                    if pair {
+                        chunk[(i + 1) * n + t] = (acc2[k] - x.sum(t)) as f32 / x.scale(t) * scale;
+                    }
                 }
             }
         }

@@ -150,6 +150,59 @@ unsafe fn vnni_block<const N: usize>(
     N
 }
 
+/// [`dot_vnni`] for two weight rows at once: tokens in blocks of 8 against both rows (16
+/// accumulators, one per (row, token) pair, plus the eight unpacked code vectors: 24 of the 32
+/// ymm registers), so each activation vector is loaded once per two rows and the block is
+/// bound by `vpdpbusd` throughput, not by loads. Tokens past the last 8 go through
+/// [`dot_vnni`] per row.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL/VNNI; both rows have the same number of blocks;
+/// `outa.len() == outb.len()`; `q` holds `(outa.len() − 1)·stride + blocks·128` values.
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot_vnni_2rows(
+    rows: [&[BlockI2]; 2],
+    q: &[i8],
+    stride: usize,
+    outa: &mut [i32],
+    outb: &mut [i32],
+) {
+    let n = outa.len();
+    let full = n / 8 * 8;
+    for t0 in (0..full).step_by(8) {
+        // SAFETY: features enabled for this function; rows t0..t0+8 of `q` are in bounds
+        // (caller contract), and every load below reads a whole 128-value block of one row.
+        unsafe {
+            let (mut acc_a, mut acc_b) = ([_mm256_setzero_si256(); 8], [_mm256_setzero_si256(); 8]);
+            for (bi, (ra, rb)) in rows[0].iter().zip(rows[1]).enumerate() {
+                let (ca, cb) = (unpack(&ra.qs), unpack(&rb.qs));
+                let base = bi * 128;
+                for (k, (sa, sb)) in acc_a.iter_mut().zip(acc_b.iter_mut()).enumerate() {
+                    let at = (t0 + k) * stride + base;
+                    for (seg, (a, b)) in ca.iter().zip(&cb).enumerate() {
+                        let x = load32(q, at + 32 * seg);
+                        *sa = _mm256_dpbusd_epi32(*sa, *a, x);
+                        *sb = _mm256_dpbusd_epi32(*sb, *b, x);
+                    }
+                }
+            }
+            let acc = [acc_a, acc_b];
+            for k in 0..8 {
+                outa[t0 + k] = hsum(acc[0][k]);
+                outb[t0 + k] = hsum(acc[1][k]);
+            }
+        }
+    }
+    if full < n {
+        let q = &q[full * stride..];
+        // SAFETY: features enabled; the remaining rows are in bounds (caller contract).
+        unsafe {
+            dot_vnni(rows[0], q, stride, &mut outa[full..]);
+            dot_vnni(rows[1], q, stride, &mut outb[full..]);
+        }
+    }
+}
+
 /// Σ w·x over f32 rows with AVX2 + FMA (four 8-lane accumulators). Scalar twin: `dense::dot8`.
 ///
 /// # Safety

@@ -328,3 +328,41 @@ fn attention_simd_is_bit_identical_to_its_twin() {
         }
     }
 }
+
+#[test]
+fn two_row_dot_equals_two_single_rows_on_every_kernel() {
+    // The 2-row VNNI block (8 tokens at a time, the rest per row) against the scalar twin:
+    // token counts below, at and past the block; random and extreme values.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(17);
+    for (cols, n) in [
+        (128usize, 1usize),
+        (256, 7),
+        (384, 8),
+        (512, 9),
+        (640, 16),
+        (1024, 21),
+    ] {
+        let mut w: Vec<i8> = (0..2 * cols).map(|_| rng.random_range(-1..=1)).collect();
+        w[..cols / 2].fill(1);
+        w[cols..cols + cols / 2].fill(-1);
+        let m = TernaryMatrix::from_values(2, cols, &w, 1.0);
+        let kp = m.cols_padded();
+        let mut q = vec![0i8; n * kp];
+        for (i, v) in q.iter_mut().enumerate() {
+            *v = match i % 5 {
+                0 => 127,
+                1 => -128,
+                _ => rng.random(),
+            };
+        }
+        let rows = [m.row_blocks(0), m.row_blocks(1)];
+        let (mut wa, mut wb) = (vec![0i32; n], vec![0i32; n]);
+        row_dot(Kernel::Scalar, rows[0], &q, kp, &mut wa);
+        row_dot(Kernel::Scalar, rows[1], &q, kp, &mut wb);
+        for k in Kernel::all_available() {
+            let (mut a, mut b) = (vec![0i32; n], vec![0i32; n]);
+            bitnet_kernels::dispatch::row_dot2(k, rows, &q, kp, &mut a, &mut b);
+            assert_eq!((&a, &b), (&wa, &wb), "{} cols {cols} n {n}", k.name());
+        }
+    }
+}
