@@ -169,3 +169,90 @@ fn config_file_env_and_sigterm() {
         "{err}"
     );
 }
+
+/// Runs `bitnet loadtest` against `url` with `args`; returns its JSON report.
+fn loadtest(url: &str, args: &[&str]) -> serde_json::Value {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_bitnet"))
+        .args(["loadtest", "--url", url, "--json"])
+        .arg(&json)
+        .args(args)
+        .output()
+        .expect("run bitnet loadtest");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Serving Benchmark Result"),
+        "loadtest printed no table: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&std::fs::read(&json).expect("JSON report")).expect("valid JSON")
+}
+
+#[test]
+fn loadtest_measures_a_real_server_and_sees_overload() {
+    let model = fixture();
+    let model = model.to_str().expect("utf-8 path");
+    // Streaming load: every request completes with exactly --max-tokens tokens (EOS ignored),
+    // and the latency metrics are real measurements (positive, ordered).
+    let (mut child, url) = spawn(&["--model", model, "--port", "0"], &[]);
+    let r = loadtest(
+        &url,
+        &[
+            "--concurrency",
+            "4",
+            "--requests",
+            "12",
+            "--max-tokens",
+            "5",
+            "--stream",
+        ],
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(r["completed"], 12, "{r}");
+    assert_eq!(r["failed"], 0, "{r}");
+    assert_eq!(r["total_output_tokens"], 60, "{r}");
+    let f = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {r}"));
+    assert!(
+        f("output_throughput") > 0.0 && f("mean_ttft_ms") > 0.0,
+        "{r}"
+    );
+    assert!(f("median_ttft_ms") <= f("p99_ttft_ms") && f("p99_ttft_ms") <= f("max_ttft_ms"));
+    assert!(
+        f("mean_itl_ms") > 0.0 && f("mean_e2el_ms") >= f("mean_ttft_ms"),
+        "{r}"
+    );
+
+    // Overload: one running, one waiting; the rest are 503s that loadtest counts by status.
+    let (mut child, url) = spawn(
+        &[
+            "--model",
+            model,
+            "--port",
+            "0",
+            "--max-batch",
+            "1",
+            "--max-queue",
+            "1",
+        ],
+        &[],
+    );
+    let r = loadtest(
+        &url,
+        &[
+            "--concurrency",
+            "8",
+            "--requests",
+            "16",
+            "--max-tokens",
+            "40",
+        ],
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let rejected = r["failures_by_status"]["503"].as_u64().unwrap_or(0);
+    assert!(rejected > 0, "no 503 under overload: {r}");
+    assert_eq!(r["completed"].as_u64().unwrap_or(0) + rejected, 16, "{r}");
+    assert_eq!(r["timeouts"], 0, "{r}");
+}
