@@ -112,7 +112,9 @@ async fn overload_is_503_with_retry_after_and_counted() {
         }
     }
     assert_eq!(ok + busy, 32);
-    assert!(ok >= 5 && busy >= 1, "ok {ok}, 503 {busy}");
+    // At least the queue's 4 are served (5 when the engine took the first one off the queue
+    // before the others arrived — a race this test must not depend on), and the rest are 503s.
+    assert!(ok >= 4 && busy >= 1, "ok {ok}, 503 {busy}");
     let rejected = s
         .metric(r#"bitnet_requests_rejected_total{model="overload-model",reason="queue_full"}"#)
         .await;
