@@ -39,8 +39,8 @@ pub fn ternary_matmul_with(
     let scale = w.scale();
     let (q, kp) = (x.data(), x.k_padded());
     // Row-chunk kernel: every weight row is read once for all tokens of the batch (in groups
-    // of 16 tokens, the i32 sums on the stack).
-    // Rows go in pairs through `row_dot2` (one activation load for two rows on VNNI).
+    // of 16 tokens, the i32 sums on the stack); rows go in pairs through `row_dot2` (on VNNI,
+    // one activation load serves two rows).
     let kernel = |r0: usize, chunk: &mut [f32]| {
         let nr = chunk.len() / n;
         let (mut acc, mut acc2) = ([0i32; 16], [0i32; 16]);
