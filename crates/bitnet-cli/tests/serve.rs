@@ -44,7 +44,33 @@ fn spawn(args: &[&str], envs: &[(&str, &str)]) -> (Child, String) {
     };
     // Keep draining stderr so the child never blocks on a full pipe.
     std::thread::spawn(move || while rx.recv().is_ok() {});
+    // The server listens before the model is loaded (`/ready` answers 503 until then): wait
+    // for readiness so tests do not race the load (CI's busy cores once lost that race).
+    let t = Instant::now();
+    while http_status(&url, "/ready") != Some(200) {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "server at {url} not ready after 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     (child, url)
+}
+
+/// Status code of `GET path` on `url` (plain HTTP/1.1 over a blocking socket), if it answered.
+fn http_status(url: &str, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn python_with_openai() -> Option<String> {
