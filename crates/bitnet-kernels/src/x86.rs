@@ -21,6 +21,25 @@ unsafe fn unpack(qs: &[u8; 32]) -> [__m256i; 4] {
     ]
 }
 
+/// How far ahead of the current read the streaming kernels prefetch weights, in bytes. Rows are
+/// short (640 bytes of I2_S for a 2560-wide row) and the hardware prefetchers stop at page
+/// boundaries, so without this a decode step waits on DRAM latency at half the machine's read
+/// bandwidth (measured on a 2-core Xeon: 2B-4T decode 6.0 → 10.8 tokens/s at 1 thread). Weights are
+/// laid out row after row, so the address ahead is the next rows' data; past a tensor's end the
+/// prefetch is a hint that cannot fault.
+const PREFETCH_AHEAD: usize = 8192;
+
+/// Prefetches `lines` cache lines starting [`PREFETCH_AHEAD`] bytes after `p` (no memory access
+/// is made through `p`; `wrapping_add` keeps the pointer arithmetic defined).
+#[inline(always)]
+unsafe fn prefetch_ahead<T>(p: *const T, lines: usize) {
+    let p = (p as *const i8).wrapping_add(PREFETCH_AHEAD);
+    for l in 0..lines {
+        // SAFETY: a prefetch never faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * l)) };
+    }
+}
+
 #[inline(always)]
 unsafe fn load32(q: &[i8], at: usize) -> __m256i {
     debug_assert!(at + 32 <= q.len());
@@ -53,6 +72,9 @@ pub unsafe fn dot_avx2(blocks: &[BlockI2], q: &[i8], stride: usize, out: &mut [i
         for (bi, b) in blocks.iter().enumerate() {
             // SAFETY: AVX2 is enabled for this function; loads stay inside `b.qs` and `q`.
             unsafe {
+                if t == 0 {
+                    prefetch_ahead(b, 1);
+                }
                 let c = unpack(&b.qs);
                 let base = bi * 128;
                 let p0 = _mm256_maddubs_epi16(c[0], load32(q, base));
@@ -84,6 +106,7 @@ pub unsafe fn dot_vnni(blocks: &[BlockI2], q: &[i8], stride: usize, out: &mut [i
         unsafe {
             let mut acc = [_mm256_setzero_si256(); 4];
             for (bi, b) in blocks.iter().enumerate() {
+                prefetch_ahead(b, 1);
                 let c = unpack(&b.qs);
                 let base = bi * 128;
                 for (k, a) in acc.iter_mut().enumerate() {
@@ -133,6 +156,7 @@ unsafe fn vnni_block<const N: usize>(
     unsafe {
         let mut acc = [[_mm256_setzero_si256(); 2]; N];
         for (bi, b) in blocks.iter().enumerate() {
+            prefetch_ahead(b, 1);
             let c = unpack(&b.qs);
             let base = bi * 128;
             for (k, a) in acc.iter_mut().enumerate() {
@@ -175,6 +199,8 @@ pub unsafe fn dot_vnni_2rows(
         unsafe {
             let (mut acc_a, mut acc_b) = ([_mm256_setzero_si256(); 8], [_mm256_setzero_si256(); 8]);
             for (bi, (ra, rb)) in rows[0].iter().zip(rows[1]).enumerate() {
+                prefetch_ahead(ra, 1);
+                prefetch_ahead(rb, 1);
                 let (ca, cb) = (unpack(&ra.qs), unpack(&rb.qs));
                 let base = bi * 128;
                 for (k, (sa, sb)) in acc_a.iter_mut().zip(acc_b.iter_mut()).enumerate() {
@@ -214,6 +240,7 @@ pub unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
     dot_wide(
         w.len(),
         x,
+        |i| unsafe { prefetch_ahead(w.as_ptr().add(i), 2) },
         |i| unsafe { _mm256_loadu_ps(w.as_ptr().add(i)) },
         |i| w[i],
     )
@@ -229,6 +256,7 @@ pub unsafe fn dot_bf16(w: &[u16], x: &[f32]) -> f32 {
     dot_wide(
         w.len(),
         x,
+        |i| unsafe { prefetch_ahead(w.as_ptr().add(i), 1) },
         |i| unsafe {
             let h = _mm_loadu_si128(w.as_ptr().add(i) as *const __m128i);
             _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
@@ -247,16 +275,19 @@ pub unsafe fn dot_f16(w: &[u16], x: &[f32]) -> f32 {
     dot_wide(
         w.len(),
         x,
+        |i| unsafe { prefetch_ahead(w.as_ptr().add(i), 1) },
         |i| unsafe { _mm256_cvtph_ps(_mm_loadu_si128(w.as_ptr().add(i) as *const __m128i)) },
         |i| half::f16::from_bits(w[i]).to_f32(),
     )
 }
 
-/// The shared FMA loop: `load(i)` gives 8 weights at `i` as f32, `scalar(i)` one (tail).
+/// The shared FMA loop: `load(i)` gives 8 weights at `i` as f32, `scalar(i)` one (tail);
+/// `prefetch(i)` is called once per 32 weights.
 #[inline(always)]
 unsafe fn dot_wide(
     n: usize,
     x: &[f32],
+    prefetch: impl Fn(usize),
     load: impl Fn(usize) -> __m256,
     scalar: impl Fn(usize) -> f32,
 ) -> f32 {
@@ -266,6 +297,7 @@ unsafe fn dot_wide(
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut i = 0;
         while i + 32 <= n {
+            prefetch(i);
             for (k, a) in acc.iter_mut().enumerate() {
                 let j = i + 8 * k;
                 *a = _mm256_fmadd_ps(load(j), _mm256_loadu_ps(x.as_ptr().add(j)), *a);
@@ -337,6 +369,7 @@ pub unsafe fn dot_q6k(blocks: &[crate::formats::BlockQ6K], x: &[f32]) -> f32 {
     unsafe {
         let mut acc = [_mm256_setzero_ps(); 4];
         for (bi, b) in blocks.iter().enumerate() {
+            prefetch_ahead(b, 4);
             let d = half::f16::from_bits(b.d).to_f32();
             let xb = x.as_ptr().add(bi * 256);
             for h in 0..2 {
@@ -377,6 +410,7 @@ pub unsafe fn dot_q8_0(blocks: &[crate::formats::BlockQ8_0], x: &[f32]) -> f32 {
     unsafe {
         let mut acc = [_mm256_setzero_ps(); 4];
         for (bi, b) in blocks.iter().enumerate() {
+            prefetch_ahead(b, 1);
             let d = _mm256_set1_ps(half::f16::from_bits(b.d).to_f32());
             let q = _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i);
             let lo = _mm256_castsi256_si128(q);
@@ -422,6 +456,7 @@ pub unsafe fn dot_q6k_i16(blocks: &[crate::formats::BlockQ6K], x16: &[i16]) -> f
     unsafe {
         let mut acc = [_mm256_setzero_ps(); 2];
         for (bi, b) in blocks.iter().enumerate() {
+            prefetch_ahead(b, 4); // 210-byte blocks: four lines cover one
             let d = half::f16::from_bits(b.d).to_f32();
             let xb = x16.as_ptr().add(bi * 256);
             for h in 0..2 {
@@ -602,6 +637,7 @@ pub unsafe fn dequant_q6k(blocks: &[crate::formats::BlockQ6K], out: &mut [f32]) 
     // the asserted length; `q6k_half` reads inside the block.
     unsafe {
         for (bi, b) in blocks.iter().enumerate() {
+            prefetch_ahead(b, 4);
             let d = half::f16::from_bits(b.d).to_f32();
             let ob = out.as_mut_ptr().add(bi * 256);
             for h in 0..2 {
