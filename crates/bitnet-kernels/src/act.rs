@@ -84,8 +84,24 @@ pub fn round_half_even_small(x: f32) -> f32 {
     }
 }
 
-/// Quantizes one row into `out` (zero-padded past `x.len()`); returns `(s_x, Σ q)`.
+/// Quantizes one row into `out` (zero-padded past `x.len()`); returns `(s_x, Σ q)`. AVX2 when
+/// the CPU has it and the scalar kernel is not forced ([`crate::x86::quantize_row_avx2`], bit-
+/// identical: `vroundps` rounds half to even), else [`quantize_row_scalar`].
 pub fn quantize_row(x: &[f32], out: &mut [i8]) -> (f32, i32) {
+    assert!(
+        out.len() >= x.len(),
+        "quantize_row: output shorter than the row"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if crate::dispatch::active() != crate::Kernel::Scalar && std::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 detected just above; lengths asserted.
+        return unsafe { crate::x86::quantize_row_avx2(x, out) };
+    }
+    quantize_row_scalar(x, out)
+}
+
+/// Scalar twin of [`quantize_row`].
+pub fn quantize_row_scalar(x: &[f32], out: &mut [i8]) -> (f32, i32) {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let s = 127.0f32 / amax.max(1e-5);
     let mut sum = 0i32;

@@ -200,14 +200,17 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Two f32 rows against four activation rows, `out[r][k] = Σ w_r·x_k` (the batched output
-/// head): [`crate::x86::dot_f32_2x4_avx512`] when the AVX-512 kernel is active,
+/// head): [`crate::x86::dot_f32_2x4_avx512`] when the AVX-512 (or AMX) kernel is active,
 /// [`crate::x86::dot_f32_2x4`] with AVX2, this scalar twin otherwise. Each output depends only
 /// on its own row and token, so a sequence's logits do not depend on what it is batched with.
 #[inline]
 pub fn dot_f32_2x4(w0: &[f32], w1: &[f32], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
     #[cfg(target_arch = "x86_64")]
     if simd_dense() {
-        if crate::dispatch::active() == crate::Kernel::Avx512Vnni {
+        if matches!(
+            crate::dispatch::active(),
+            crate::Kernel::Avx512Vnni | crate::Kernel::Amx
+        ) {
             // SAFETY: the AVX-512 kernel is only active when AVX-512F is detected, and
             // `simd_dense` checked AVX2/FMA; lengths are asserted inside the kernel.
             return unsafe { crate::x86::dot_f32_2x4_avx512(w0, w1, x) };

@@ -1,5 +1,5 @@
 //! Run-time kernel selection: the best path the CPU supports, or the one `BITNET_KERNEL`
-//! (`scalar`, `avx2`, `avx512`) forces — for parity tests and benchmarks.
+//! (`scalar`, `avx2`, `avx512`, `amx`) forces — for parity tests and benchmarks.
 
 use std::sync::OnceLock;
 
@@ -12,6 +12,9 @@ pub enum Kernel {
     Avx2,
     /// AVX-512 VNNI `vpdpbusd` (256-bit, with AVX512VL).
     Avx512Vnni,
+    /// AMX int8 tiles (`tdpbusd`) for multi-token GEMMs; single-token work and short batches
+    /// take the AVX-512 VNNI kernels.
+    Amx,
 }
 
 impl Kernel {
@@ -21,6 +24,7 @@ impl Kernel {
             Kernel::Scalar => "scalar",
             Kernel::Avx2 => "avx2",
             Kernel::Avx512Vnni => "avx512",
+            Kernel::Amx => "amx",
         }
     }
 
@@ -37,6 +41,8 @@ impl Kernel {
                     && std::is_x86_feature_detected!("avx512vl")
                     && std::is_x86_feature_detected!("avx512vnni")
             }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Amx => Kernel::Avx512Vnni.available() && crate::amx::available(),
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
@@ -44,10 +50,15 @@ impl Kernel {
 
     /// Every kernel this machine can run, scalar first.
     pub fn all_available() -> Vec<Kernel> {
-        [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512Vnni]
-            .into_iter()
-            .filter(|k| k.available())
-            .collect()
+        [
+            Kernel::Scalar,
+            Kernel::Avx2,
+            Kernel::Avx512Vnni,
+            Kernel::Amx,
+        ]
+        .into_iter()
+        .filter(|k| k.available())
+        .collect()
     }
 }
 
@@ -61,12 +72,13 @@ pub fn active() -> Kernel {
                 "scalar" => Some(Kernel::Scalar),
                 "avx2" => Some(Kernel::Avx2),
                 "avx512" => Some(Kernel::Avx512Vnni),
+                "amx" => Some(Kernel::Amx),
                 _ => None,
             };
             match want {
                 Some(k) if k.available() => return k,
                 _ => eprintln!(
-                    "BITNET_KERNEL={name}: not available on this CPU or unknown (scalar, avx2, avx512); using scalar"
+                    "BITNET_KERNEL={name}: not available on this CPU or unknown (scalar, avx2, avx512, amx); using scalar"
                 ),
             }
             return Kernel::Scalar;
@@ -98,7 +110,7 @@ pub fn row_dot(
         Kernel::Avx2 => unsafe { crate::x86::dot_avx2(blocks, q, stride, out) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512Vnni => unsafe { crate::x86::dot_vnni(blocks, q, stride, out) },
+        Kernel::Avx512Vnni | Kernel::Amx => unsafe { crate::x86::dot_vnni(blocks, q, stride, out) },
         _ => {
             for (t, o) in out.iter_mut().enumerate() {
                 let row = &q[t * stride..];
@@ -130,7 +142,7 @@ pub fn row_dot2(
         "row_dot2: rows or outputs of different lengths"
     );
     #[cfg(target_arch = "x86_64")]
-    if kernel == Kernel::Avx512Vnni && outa.len() >= 8 {
+    if matches!(kernel, Kernel::Avx512Vnni | Kernel::Amx) && outa.len() >= 8 {
         let need = (outa.len() - 1) * stride + rows[0].len() * crate::ternary::QK_I2;
         assert!(
             q.len() >= need,

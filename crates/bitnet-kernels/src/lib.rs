@@ -13,6 +13,8 @@
 //! - [`ops`]: integer GEMM/GEMV, RMSNorm, RoPE, softmax, attention.
 
 pub mod act;
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 pub mod buf;
 pub mod dense;
 pub mod dispatch;

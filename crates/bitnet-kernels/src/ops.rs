@@ -9,6 +9,11 @@ use rayon::prelude::*;
 /// Multiply-adds below which a matmul stays on the calling thread.
 const PAR_THRESHOLD: usize = 1 << 18;
 
+/// Fewest tokens for which the AMX kernel runs a ternary matmul (below, the VNNI register
+/// blocks are faster: a tile pass costs the same for 1 token as for 16).
+#[cfg(target_arch = "x86_64")]
+const AMX_MIN_TOKENS: usize = 8;
+
 /// `out[t, r] = (Σ_c T[r, c] · q[t, c]) · scale / s_x[t]` for every token row `t` of `x` and
 /// every weight row `r`: ternary × int8 with i32 accumulation (`Σ w·q = Σ c·q − Σ q`), one float
 /// multiply per output. `out` is row-major `[x.n(), w.rows()]`.
@@ -65,6 +70,11 @@ pub fn ternary_matmul_with(
             }
         }
     };
+    #[cfg(target_arch = "x86_64")]
+    if which == crate::Kernel::Amx && n >= AMX_MIN_TOKENS {
+        crate::amx::ternary_matmul(w, x, out);
+        return;
+    }
     if n == 1 {
         run_rows(rows, w.cols_padded(), &mut out[..rows], 1, kernel);
     } else {

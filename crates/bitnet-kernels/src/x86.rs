@@ -659,3 +659,76 @@ pub unsafe fn dequant_q6k(blocks: &[crate::formats::BlockQ6K], out: &mut [f32]) 
         }
     }
 }
+
+/// Per-token absmax int8 quantization of one row (BITNET.md): `s = 127 / max(max|x|, 1e-5)`,
+/// `q = clamp(round_half_even(x·s), −128, 127)`, zero padding past `x.len()`; returns `(s, Σq)`.
+/// Bit-identical to [`crate::act::quantize_row_scalar`] for finite inputs: the max is
+/// order-independent, `x·s` is the same f32 product and `vroundps` with
+/// `_MM_FROUND_TO_NEAREST_INT` rounds half to even.
+///
+/// # Safety
+/// The CPU must support AVX2; `out.len() >= x.len()` (asserted).
+#[target_feature(enable = "avx2")]
+pub unsafe fn quantize_row_avx2(x: &[f32], out: &mut [i8]) -> (f32, i32) {
+    assert!(out.len() >= x.len(), "quantize_row_avx2: output too short");
+    let n = x.len();
+    let full = n / 32 * 32;
+    // SAFETY (whole block): AVX2 enabled; loads read x[i..i+32] with i + 32 <= full <= n and
+    // stores write out[i..i+32] within `out` (asserted above).
+    unsafe {
+        let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let mut m = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            m = _mm256_max_ps(
+                m,
+                _mm256_and_ps(_mm256_loadu_ps(x.as_ptr().add(i)), abs_mask),
+            );
+            i += 8;
+        }
+        let hi = _mm256_extractf128_ps(m, 1);
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(m), hi);
+        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let m1 = _mm_max_ss(m2, _mm_shuffle_ps(m2, m2, 1));
+        let mut amax = _mm_cvtss_f32(m1);
+        for &v in &x[i..] {
+            amax = amax.max(v.abs());
+        }
+        let s = 127.0f32 / amax.max(1e-5);
+        let sv = _mm256_set1_ps(s);
+        let (lo, hi) = (_mm256_set1_ps(-128.0), _mm256_set1_ps(127.0));
+        let quant = |p: *const f32| {
+            let v = _mm256_mul_ps(_mm256_loadu_ps(p), sv);
+            let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+            _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi))
+        };
+        let mut acc = _mm256_setzero_si256();
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let mut i = 0;
+        while i < full {
+            let p = x.as_ptr().add(i);
+            let (a, b, c, d) = (
+                quant(p),
+                quant(p.add(8)),
+                quant(p.add(16)),
+                quant(p.add(24)),
+            );
+            acc = _mm256_add_epi32(
+                acc,
+                _mm256_add_epi32(_mm256_add_epi32(a, b), _mm256_add_epi32(c, d)),
+            );
+            let packed = _mm256_packs_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, d));
+            let packed = _mm256_permutevar8x32_epi32(packed, order);
+            _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, packed);
+            i += 32;
+        }
+        let mut sum = hsum(acc);
+        for (o, &v) in out[full..n].iter_mut().zip(&x[full..]) {
+            let q = crate::act::round_half_even_small(v * s).clamp(-128.0, 127.0) as i8;
+            sum += q as i32;
+            *o = q;
+        }
+        out[n..].fill(0);
+        (s, sum)
+    }
+}

@@ -102,6 +102,63 @@ fn matmul_is_identical_on_every_kernel() {
     }
 }
 
+/// The AMX tile kernel (and every other one) against scalar on the shapes where tiles are
+/// partial: rows around the 32-row block, tokens around the 16-token tile and the 2-tile pair,
+/// odd column counts (zero padding), and edge weights/activations (all −1, all +1, zero rows,
+/// ±127 activations).
+#[test]
+fn matmul_tile_edges_are_identical_on_every_kernel() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let shapes = [
+        (1, 128, 8),
+        (16, 384, 16),
+        (31, 1000, 17),
+        (32, 256, 32),
+        (33, 640, 33),
+        (65, 129, 48),
+        (40, 2560, 9),
+    ];
+    for (si, &(rows, cols, n)) in shapes.iter().enumerate() {
+        for pattern in 0..4 {
+            let w: Vec<i8> = (0..rows * cols)
+                .map(|i| match pattern {
+                    1 => -1,
+                    2 => 1,
+                    3 if (i / cols) % 3 == 0 => 0,
+                    _ => rng.random_range(-1..=1),
+                })
+                .collect();
+            let x: Vec<f32> = (0..n * cols)
+                .map(|i| match pattern {
+                    1 | 2 => {
+                        if i % 2 == 0 {
+                            8.0
+                        } else {
+                            -8.0
+                        }
+                    }
+                    _ => rng.random_range(-4.0..4.0),
+                })
+                .collect();
+            let m = TernaryMatrix::from_values(rows, cols, &w, 0.25);
+            let mut a = QuantizedActs::new();
+            a.quantize(&x, n, cols, m.cols_padded());
+            let mut want = vec![0f32; n * rows];
+            ternary_matmul_with(Kernel::Scalar, &m, &a, &mut want);
+            for k in Kernel::all_available() {
+                let mut got = vec![0f32; n * rows];
+                ternary_matmul_with(k, &m, &a, &mut got);
+                assert_eq!(
+                    got,
+                    want,
+                    "{} shape {si} {rows}x{cols} n={n} pattern {pattern}",
+                    k.name()
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn parity_is_not_vacuous_on_x86() {
     #[cfg(target_arch = "x86_64")]
@@ -363,6 +420,48 @@ fn two_row_dot_equals_two_single_rows_on_every_kernel() {
             let (mut a, mut b) = (vec![0i32; n], vec![0i32; n]);
             bitnet_kernels::dispatch::row_dot2(k, rows, &q, kp, &mut a, &mut b);
             assert_eq!((&a, &b), (&wa, &wb), "{} cols {cols} n {n}", k.name());
+        }
+    }
+}
+
+/// The AVX2 activation quantizer is bit-identical to its scalar twin: half-way values (row
+/// absmax 127, so `s = 1` and `k + 0.5` must round to even), zero rows, huge and tiny
+/// magnitudes, and every tail length.
+#[test]
+fn activation_quantization_simd_is_bit_identical() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use bitnet_kernels::act::quantize_row_scalar;
+        if !std::is_x86_feature_detected!("avx2") {
+            eprintln!("SKIPPED: no AVX2");
+            return;
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
+        for len in (1..80).chain([127, 128, 129, 2560, 6912]) {
+            for pattern in 0..5 {
+                let x: Vec<f32> = (0..len)
+                    .map(|i| match pattern {
+                        0 => rng.random_range(-3.0..3.0),
+                        1 if i == 0 => 127.0,
+                        1 => (rng.random_range(-127i32..127) as f32) + 0.5,
+                        2 => 0.0,
+                        3 => rng.random_range(-1e30..1e30),
+                        _ => rng.random_range(-1e-7..1e-7),
+                    })
+                    .collect();
+                let pad = len + 13;
+                let (mut a, mut b) = (vec![7i8; pad], vec![7i8; pad]);
+                let want = quantize_row_scalar(&x, &mut a);
+                // SAFETY: AVX2 detected above; `b` is longer than `x`.
+                let got = unsafe { bitnet_kernels::x86::quantize_row_avx2(&x, &mut b) };
+                assert_eq!(
+                    got.0.to_bits(),
+                    want.0.to_bits(),
+                    "scale, len {len} pattern {pattern}"
+                );
+                assert_eq!(got.1, want.1, "sum, len {len} pattern {pattern}");
+                assert_eq!(b, a, "codes, len {len} pattern {pattern}");
+            }
         }
     }
 }
