@@ -75,6 +75,25 @@ pub fn ternary_matmul_with(
         crate::amx::ternary_matmul(w, x, out);
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if n == 1 && matches!(which, crate::Kernel::Avx512Vnni | crate::Kernel::Amx) {
+        // Decode on VNNI: whole row chunks through the 4-row GEMV, then the epilogue.
+        let (sum, sx) = (x.sum(0), x.scale(0));
+        run_rows(rows, kp, &mut out[..rows], 1, |r0, chunk: &mut [f32]| {
+            let mut acc = [0i32; 64];
+            for (c, o) in chunk.chunks_mut(64).enumerate() {
+                let first = r0 + 64 * c;
+                let acc = &mut acc[..o.len()];
+                // SAFETY: `available()` checked AVX-512 VNNI when the kernel was chosen;
+                // shapes are asserted inside.
+                unsafe { crate::x86::gemv_vnni(w.rows_blocks(first, o.len()), kp / 128, q, acc) };
+                for (o, &a) in o.iter_mut().zip(acc.iter()) {
+                    *o = (a - sum) as f32 / sx * scale;
+                }
+            }
+        });
+        return;
+    }
     if n == 1 {
         run_rows(rows, w.cols_padded(), &mut out[..rows], 1, kernel);
     } else {
@@ -194,7 +213,22 @@ fn q6k_decode(
         let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
         let bpr = cols / 256;
         let x16: &[i16] = &b;
+        let vnni = matches!(
+            crate::dispatch::active(),
+            crate::Kernel::Avx512Vnni | crate::Kernel::Amx
+        );
         run_rows(rows, cols, out, 1, |r0, chunk: &mut [f32]| {
+            if vnni {
+                let rows = &blocks[r0 * bpr..(r0 + chunk.len()) * bpr];
+                // SAFETY: the VNNI kernel is only active when AVX-512 F/BW/VNNI are detected
+                // (and `simd_dense` checked AVX2/FMA); |x16| ≤ 32767 by construction above;
+                // shapes are asserted inside.
+                unsafe { crate::x86::q6k_i16_vnni_rows(rows, bpr, x16, chunk) };
+                for o in chunk.iter_mut() {
+                    *o *= inv;
+                }
+                return;
+            }
             for (i, o) in chunk.iter_mut().enumerate() {
                 let row = &blocks[(r0 + i) * bpr..(r0 + i + 1) * bpr];
                 // SAFETY: `simd_dense` checked AVX2/FMA before this path was taken; the row

@@ -245,6 +245,10 @@ impl TernaryMatrix {
     pub fn row_blocks(&self, r: usize) -> &[BlockI2] {
         &self.blocks[r * self.blocks_per_row..(r + 1) * self.blocks_per_row]
     }
+    /// The blocks of rows `r0 .. r0 + n`, back to back.
+    pub fn rows_blocks(&self, r0: usize, n: usize) -> &[BlockI2] {
+        &self.blocks[r0 * self.blocks_per_row..(r0 + n) * self.blocks_per_row]
+    }
     /// Bytes of weight storage.
     pub fn nbytes(&self) -> usize {
         std::mem::size_of_val(&*self.blocks)

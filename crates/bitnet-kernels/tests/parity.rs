@@ -465,3 +465,68 @@ fn activation_quantization_simd_is_bit_identical() {
         }
     }
 }
+
+/// Both int16 Q6_K decode kernels against the dequantized row in f64, on random blocks and on
+/// the magnitude extremes the VNNI kernel's exact-i32 argument rests on (q = −32, scale = −128,
+/// |x16| = 32767 everywhere: any overflow would flip the sign).
+#[test]
+fn q6k_int16_kernels_match_dequantized_dot_at_the_extremes() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use bitnet_kernels::formats::BlockQ6K;
+        use bitnet_kernels::quant::{quantize_row, QuantBlock};
+        if !std::is_x86_feature_detected!("avx2") || !std::is_x86_feature_detected!("fma") {
+            eprintln!("SKIPPED: no AVX2/FMA");
+            return;
+        }
+        let vnni = Kernel::Avx512Vnni.available();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(33);
+        let random: Vec<f32> = (0..2560).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let mut extreme = quantize_row::<BlockQ6K>(&[0.0; 512]);
+        for b in &mut extreme {
+            b.ql = [0; 128];
+            b.qh = [0; 64];
+            b.scales = [-128; 16];
+            b.d = half::f16::from_f32(0.5).to_bits();
+        }
+        let cases = [
+            (quantize_row::<BlockQ6K>(&random), false),
+            (extreme.clone(), true),
+        ];
+        for (blocks, extreme) in &cases {
+            let n = blocks.len() * 256;
+            for sign in [1i16, -1] {
+                let x16: Vec<i16> = (0..n)
+                    .map(|_| {
+                        if *extreme {
+                            32767 * sign
+                        } else {
+                            rng.random_range(-32767i16..=32767)
+                        }
+                    })
+                    .collect();
+                let mut w = vec![0f32; n];
+                for (b, o) in blocks.iter().zip(w.chunks_exact_mut(256)) {
+                    b.to_float(o);
+                }
+                let want: f64 = w.iter().zip(&x16).map(|(&a, &b)| a as f64 * b as f64).sum();
+                let bound: f64 = w
+                    .iter()
+                    .zip(&x16)
+                    .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                    .sum();
+                // SAFETY: AVX2/FMA detected above; x16 covers every block.
+                let avx2 = unsafe { bitnet_kernels::x86::dot_q6k_i16(blocks, &x16) } as f64;
+                assert!((avx2 - want).abs() <= 1e-5 * bound, "avx2 {avx2} vs {want}");
+                if vnni {
+                    // SAFETY: AVX-512 VNNI detected; |x16| ≤ 32767.
+                    let got = unsafe { bitnet_kernels::x86::dot_q6k_i16_vnni(blocks, &x16) } as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-5 * bound,
+                        "vnni {got} vs {want} (extreme {extreme})"
+                    );
+                }
+            }
+        }
+    }
+}
