@@ -115,12 +115,14 @@ pub fn dense_matmul(m: &DenseMatrix, x: &[f32], n: usize, out: &mut [f32]) {
         x.len() >= n * cols && out.len() >= n * rows,
         "dense_matmul shapes"
     );
-    if n == 1 {
-        #[cfg(target_arch = "x86_64")]
-        if let (crate::DenseData::Q6K(blocks), true) = (m.data(), crate::dense::simd_dense()) {
-            q6k_decode(blocks, rows, cols, &x[..cols], &mut out[..rows]);
+    #[cfg(target_arch = "x86_64")]
+    if let crate::DenseData::Q6K(blocks) = m.data() {
+        if q6k_vnni() || (n == 1 && crate::dense::simd_dense()) {
+            q6k_int16(blocks, rows, cols, x, n, out);
             return;
         }
+    }
+    if n == 1 {
         run_rows(rows, cols, &mut out[..rows], 1, |r0, chunk: &mut [f32]| {
             for (i, o) in chunk.iter_mut().enumerate() {
                 *o = m.row_dot(r0 + i, &x[..cols]);
@@ -187,55 +189,93 @@ pub fn dense_matmul(m: &DenseMatrix, x: &[f32], n: usize, out: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 thread_local! {
-    /// int16 activations of the Q6_K head (decode), reused across tokens.
+    /// int16 activations of the Q6_K head, reused across calls.
     static X16: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The decode head in Q6_K: the activation is quantized once per token to int16 (absmax,
-/// relative error ≤ 2⁻¹⁶ of the largest value — far below the fixture bounds), then every row
-/// takes [`crate::x86::dot_q6k_i16`].
+/// Whether the int16 VNNI Q6_K head serves `n` tokens (AVX-512 VNNI or AMX kernel active).
 #[cfg(target_arch = "x86_64")]
-fn q6k_decode(
+fn q6k_vnni() -> bool {
+    crate::dense::simd_dense()
+        && matches!(
+            crate::dispatch::active(),
+            crate::Kernel::Avx512Vnni | crate::Kernel::Amx
+        )
+}
+
+/// The output head in Q6_K on int16 activations: each token is quantized to int16 (absmax,
+/// relative error ≤ 2⁻¹⁶ of its largest value — far below the fixture bounds), then every row
+/// goes through [`crate::x86::q6k_i16_vnni_rows`] (AVX-512 VNNI: quants unpacked once per
+/// 16 tokens, each token's logit computed exactly as alone, so batching does not change
+/// logits) or, for one token on AVX2, [`crate::x86::dot_q6k_i16`]. `out` is `[n, rows]`.
+#[cfg(target_arch = "x86_64")]
+fn q6k_int16(
     blocks: &[crate::formats::BlockQ6K],
     rows: usize,
     cols: usize,
     x: &[f32],
+    n: usize,
     out: &mut [f32],
 ) {
     X16.with(|buf| {
         let mut b = buf.borrow_mut();
-        b.resize(cols, 0);
-        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let s = if amax > 0.0 { 32767.0 / amax } else { 0.0 };
-        for (o, &v) in b.iter_mut().zip(x) {
-            *o = crate::act::round_half_even_small(v * s) as i16;
+        b.resize(n * cols, 0);
+        let mut inv = vec![0f32; n];
+        for t in 0..n {
+            let xt = &x[t * cols..(t + 1) * cols];
+            let amax = xt.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let s = if amax > 0.0 { 32767.0 / amax } else { 0.0 };
+            for (o, &v) in b[t * cols..(t + 1) * cols].iter_mut().zip(xt) {
+                *o = crate::act::round_half_even_small(v * s) as i16;
+            }
+            inv[t] = if s > 0.0 { 1.0 / s } else { 0.0 };
         }
-        let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
         let bpr = cols / 256;
         let x16: &[i16] = &b;
-        let vnni = matches!(
-            crate::dispatch::active(),
-            crate::Kernel::Avx512Vnni | crate::Kernel::Amx
-        );
-        run_rows(rows, cols, out, 1, |r0, chunk: &mut [f32]| {
-            if vnni {
-                let rows = &blocks[r0 * bpr..(r0 + chunk.len()) * bpr];
-                // SAFETY: the VNNI kernel is only active when AVX-512 F/BW/VNNI are detected
-                // (and `simd_dense` checked AVX2/FMA); |x16| ≤ 32767 by construction above;
-                // shapes are asserted inside.
-                unsafe { crate::x86::q6k_i16_vnni_rows(rows, bpr, x16, chunk) };
-                for o in chunk.iter_mut() {
-                    *o *= inv;
+        if !q6k_vnni() {
+            assert_eq!(n, 1, "q6k_int16: several tokens need the VNNI kernel");
+            run_rows(rows, cols, &mut out[..rows], 1, |r0, chunk: &mut [f32]| {
+                for (i, o) in chunk.iter_mut().enumerate() {
+                    let row = &blocks[(r0 + i) * bpr..(r0 + i + 1) * bpr];
+                    // SAFETY: `simd_dense` checked AVX2/FMA before this path was taken; the
+                    // row and `x16` lengths are checked inside.
+                    *o = unsafe { crate::x86::dot_q6k_i16(row, x16) } * inv[0];
                 }
-                return;
-            }
-            for (i, o) in chunk.iter_mut().enumerate() {
-                let row = &blocks[(r0 + i) * bpr..(r0 + i + 1) * bpr];
-                // SAFETY: `simd_dense` checked AVX2/FMA before this path was taken; the row
-                // and `x16` lengths are checked inside.
-                *o = unsafe { crate::x86::dot_q6k_i16(row, x16) } * inv;
+            });
+            return;
+        }
+        let mut tmp = if n == 1 {
+            Vec::new()
+        } else {
+            vec![0f32; rows * n]
+        };
+        let dst: &mut [f32] = if n == 1 { &mut out[..rows] } else { &mut tmp };
+        run_rows(rows, cols * n, dst, n, |r0, chunk: &mut [f32]| {
+            let nr = chunk.len() / n;
+            for t0 in (0..n).step_by(16) {
+                let nt = (n - t0).min(16);
+                let xs: Vec<&[i16]> = (t0..t0 + nt)
+                    .map(|t| &x16[t * cols..(t + 1) * cols])
+                    .collect();
+                let mut part = [0f32; 16];
+                for i in 0..nr {
+                    let row = &blocks[(r0 + i) * bpr..(r0 + i + 1) * bpr];
+                    // SAFETY: `q6k_vnni` checked AVX-512 F/BW/VNNI (active kernel) and
+                    // AVX2/FMA; |x16| ≤ 32767 by construction above; shapes asserted inside.
+                    unsafe { crate::x86::q6k_i16_vnni_rows(row, bpr, &xs, &mut part[..nt]) };
+                    for k in 0..nt {
+                        chunk[i * n + t0 + k] = part[k] * inv[t0 + k];
+                    }
+                }
             }
         });
+        if n > 1 {
+            for r in 0..rows {
+                for t in 0..n {
+                    out[t * rows + r] = tmp[r * n + t];
+                }
+            }
+        }
     });
 }
 

@@ -539,29 +539,37 @@ pub unsafe fn dot_q6k_i16(blocks: &[crate::formats::BlockQ6K], x16: &[i16]) -> f
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vnni")]
 pub unsafe fn dot_q6k_i16_vnni(blocks: &[crate::formats::BlockQ6K], x16: &[i16]) -> f32 {
     let mut out = [0f32];
-    // SAFETY: same contract, one row.
-    unsafe { q6k_i16_vnni_rows(blocks, blocks.len(), x16, &mut out) };
+    // SAFETY: same contract, one row and one token.
+    unsafe { q6k_i16_vnni_rows(blocks, blocks.len(), &[x16], &mut out) };
     out[0]
 }
 
-/// [`dot_q6k_i16_vnni`] for `out.len()` consecutive rows of `bpr` blocks each (`blocks` holds
-/// them back to back): the per-call set-up is paid once for all of them.
+/// [`dot_q6k_i16_vnni`] for consecutive rows of `bpr` blocks each (`blocks` holds them back to
+/// back) and `xs.len()` int16 activation rows: `out[r·n + t] = Σ w_r·xs[t]`. A block's quants
+/// are unpacked and scale-folded once for all tokens; every token then goes through exactly the
+/// operations of the one-token case (same `vpdpwssd` order, same f32 accumulation and final
+/// reduction), so a token's result does not depend on the others in the batch.
 ///
 /// # Safety
-/// As [`dot_q6k_i16_vnni`]; `blocks.len() >= out.len()·bpr` and `x16.len() >= bpr·256`.
+/// As [`dot_q6k_i16_vnni`]; `out.len()` is a multiple of `n = xs.len()` (1 ≤ n ≤ 16),
+/// `blocks.len() >= out.len() / n · bpr` and every `xs[t].len() >= bpr·256`.
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vnni")]
 pub unsafe fn q6k_i16_vnni_rows(
     blocks: &[crate::formats::BlockQ6K],
     bpr: usize,
-    x16: &[i16],
+    xs: &[&[i16]],
     out: &mut [f32],
 ) {
+    let n = xs.len();
     assert!(
-        x16.len() >= bpr * 256 && blocks.len() >= out.len() * bpr,
+        (1..=16).contains(&n)
+            && out.len() % n == 0
+            && xs.iter().all(|x| x.len() >= bpr * 256)
+            && blocks.len() >= out.len() / n * bpr,
         "q6k_i16_vnni_rows: shapes"
     );
     // SAFETY (whole block): features enabled; loads read the 16 scale bytes of each block,
-    // its quants (`q6k_half`) and x16[256·bi .. 256·bi + 256], in bounds by the assert.
+    // its quants (`q6k_half`) and xs[t][256·bi .. 256·bi + 256], in bounds by the assert.
     unsafe {
         // Scale selectors: group j (32 quants) takes sub-block scales 2j (lanes 0-15) and
         // 2j+1 (lanes 16-31).
@@ -572,28 +580,32 @@ pub unsafe fn q6k_i16_vnni_rows(
                 _mm512_set1_epi16(2 * j as i16 + 1),
             )
         });
-        for (r, o) in out.iter_mut().enumerate() {
-            let mut acc = _mm512_setzero_ps();
+        for (r, o) in out.chunks_exact_mut(n).enumerate() {
+            let mut acc = [_mm512_setzero_ps(); 16];
             for (bi, b) in blocks[r * bpr..(r + 1) * bpr].iter().enumerate() {
                 prefetch_ahead(b, 4);
                 let sc8 = _mm_loadu_si128(b.scales.as_ptr() as *const __m128i);
                 let sc16 = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(sc8));
-                let xb = x16.as_ptr().add(bi * 256);
-                let mut isum = _mm512_setzero_si512();
-                for h in 0..2 {
-                    let q = q6k_half(b, h);
-                    for (k, qk) in q.iter().enumerate() {
-                        let j = 4 * h + k;
-                        let s = _mm512_permutexvar_epi16(sel[j], sc16);
-                        let w = _mm512_mullo_epi16(_mm512_cvtepi8_epi16(*qk), s);
-                        let xv = _mm512_loadu_si512(xb.add(32 * j) as *const __m512i);
-                        isum = _mm512_dpwssd_epi32(isum, w, xv);
-                    }
-                }
+                let (q0, q1) = (q6k_half(b, 0), q6k_half(b, 1));
+                let w: [__m512i; 8] = std::array::from_fn(|j| {
+                    let qk = if j < 4 { q0[j] } else { q1[j - 4] };
+                    let s = _mm512_permutexvar_epi16(sel[j], sc16);
+                    _mm512_mullo_epi16(_mm512_cvtepi8_epi16(qk), s)
+                });
                 let d = _mm512_set1_ps(half::f16::from_bits(b.d).to_f32());
-                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, acc);
+                for (x, a) in xs.iter().zip(acc.iter_mut()) {
+                    let xb = x.as_ptr().add(bi * 256);
+                    let mut isum = _mm512_setzero_si512();
+                    for (j, wj) in w.iter().enumerate() {
+                        let xv = _mm512_loadu_si512(xb.add(32 * j) as *const __m512i);
+                        isum = _mm512_dpwssd_epi32(isum, *wj, xv);
+                    }
+                    *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, *a);
+                }
             }
-            *o = _mm512_reduce_add_ps(acc);
+            for (o, a) in o.iter_mut().zip(&acc) {
+                *o = _mm512_reduce_add_ps(*a);
+            }
         }
     }
 }
