@@ -563,7 +563,7 @@ pub unsafe fn q6k_i16_vnni_rows(
     let n = xs.len();
     assert!(
         (1..=16).contains(&n)
-            && out.len() % n == 0
+            && out.len().is_multiple_of(n)
             && xs.iter().all(|x| x.len() >= bpr * 256)
             && blocks.len() >= out.len() / n * bpr,
         "q6k_i16_vnni_rows: shapes"
