@@ -257,14 +257,22 @@ fn q6k_int16(
                 let xs: Vec<&[i16]> = (t0..t0 + nt)
                     .map(|t| &x16[t * cols..(t + 1) * cols])
                     .collect();
-                let mut part = [0f32; 16];
-                for i in 0..nr {
-                    let row = &blocks[(r0 + i) * bpr..(r0 + i + 1) * bpr];
+                let rows_blocks = &blocks[r0 * bpr..(r0 + nr) * bpr];
+                if nt == n {
                     // SAFETY: `q6k_vnni` checked AVX-512 F/BW/VNNI (active kernel) and
                     // AVX2/FMA; |x16| ≤ 32767 by construction above; shapes asserted inside.
-                    unsafe { crate::x86::q6k_i16_vnni_rows(row, bpr, &xs, &mut part[..nt]) };
+                    unsafe { crate::x86::q6k_i16_vnni_rows(rows_blocks, bpr, &xs, chunk) };
+                    for (i, o) in chunk.iter_mut().enumerate() {
+                        *o *= inv[i % n];
+                    }
+                    continue;
+                }
+                let mut part = vec![0f32; nr * nt];
+                // SAFETY: as above.
+                unsafe { crate::x86::q6k_i16_vnni_rows(rows_blocks, bpr, &xs, &mut part) };
+                for i in 0..nr {
                     for k in 0..nt {
-                        chunk[i * n + t0 + k] = part[k] * inv[t0 + k];
+                        chunk[i * n + t0 + k] = part[i * nt + k] * inv[t0 + k];
                     }
                 }
             }

@@ -580,6 +580,35 @@ pub unsafe fn q6k_i16_vnni_rows(
                 _mm512_set1_epi16(2 * j as i16 + 1),
             )
         });
+        if n == 1 {
+            // One token (decode): the same operations in the same order, with the accumulator
+            // in a register and no per-block weight array.
+            let xt = xs[0].as_ptr();
+            for (r, o) in out.iter_mut().enumerate() {
+                let mut acc = _mm512_setzero_ps();
+                for (bi, b) in blocks[r * bpr..(r + 1) * bpr].iter().enumerate() {
+                    prefetch_ahead(b, 4);
+                    let sc8 = _mm_loadu_si128(b.scales.as_ptr() as *const __m128i);
+                    let sc16 = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(sc8));
+                    let xb = xt.add(bi * 256);
+                    let mut isum = _mm512_setzero_si512();
+                    for h in 0..2 {
+                        let q = q6k_half(b, h);
+                        for (k, qk) in q.iter().enumerate() {
+                            let j = 4 * h + k;
+                            let s = _mm512_permutexvar_epi16(sel[j], sc16);
+                            let w = _mm512_mullo_epi16(_mm512_cvtepi8_epi16(*qk), s);
+                            let xv = _mm512_loadu_si512(xb.add(32 * j) as *const __m512i);
+                            isum = _mm512_dpwssd_epi32(isum, w, xv);
+                        }
+                    }
+                    let d = _mm512_set1_ps(half::f16::from_bits(b.d).to_f32());
+                    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, acc);
+                }
+                *o = _mm512_reduce_add_ps(acc);
+            }
+            return;
+        }
         for (r, o) in out.chunks_exact_mut(n).enumerate() {
             let mut acc = [_mm512_setzero_ps(); 16];
             for (bi, b) in blocks[r * bpr..(r + 1) * bpr].iter().enumerate() {
