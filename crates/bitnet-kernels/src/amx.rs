@@ -5,7 +5,8 @@
 //! Layouts (Intel SDM, "Intel AMX", TDPBUSD):
 //! - A (u8): 16 weight rows × 64 consecutive 2-bit codes `c ∈ {0,1,2}` of one 64-column chunk,
 //!   unpacked from [`BlockI2`] (byte m of a block holds elements m, m+32, m+64, m+96 at shifts
-//!   6, 4, 2, 0) into a per-thread scratch of 32 rows × K bytes;
+//!   6, 4, 2, 0) into a per-thread scratch of 32 rows × K bytes, stored tile by tile (each
+//!   tile load reads 1 KiB of consecutive bytes);
 //! - B (i8, "VNNI" layout): 16 rows of 64 bytes; row `kk` holds, for each of 16 tokens `n`, the
 //!   four activations `q[n][4kk .. 4kk+4]` of the chunk. Packed once per matmul.
 //! - C (i32): 16 weight rows × 16 tokens.
@@ -142,12 +143,13 @@ pub fn ternary_matmul(w: &TernaryMatrix, x: &QuantizedActs, out: &mut [f32]) {
             let r0 = blk * ROWS;
             let nr = (rows - r0).min(ROWS);
             for i in 0..ROWS {
-                let row = &mut codes[i * kp..(i + 1) * kp];
                 if i < nr {
                     // SAFETY: AVX-512 (hence AVX2) was checked by `available()`.
-                    unsafe { unpack_row(w.row_blocks(r0 + i), row) };
+                    unsafe { unpack_row(w.row_blocks(r0 + i), i, &mut codes) };
                 } else {
-                    row.fill(0);
+                    for j in 0..kp / KB {
+                        codes[a_offset(i, j)..a_offset(i, j) + KB].fill(0);
+                    }
                 }
             }
             let epilogue = |t: usize, sums: &[i32]| {
@@ -172,24 +174,34 @@ struct OutPtr(*mut f32);
 // SAFETY: the tasks write disjoint elements (see `ternary_matmul`), never read them.
 unsafe impl Sync for OutPtr {}
 
-/// Writes a row's 2-bit codes as bytes, in element order.
+/// Where row `i` (< 32) of chunk `j` starts in the A scratch: tiles are stored whole and in
+/// the order they are loaded (chunk 0 rows 0-15, chunk 0 rows 16-31, chunk 1 …), so every
+/// `tileloadd` of A reads 1 KiB of consecutive bytes.
+#[inline(always)]
+fn a_offset(i: usize, j: usize) -> usize {
+    ((j * 2 + i / 16) * 16 + i % 16) * KB
+}
+
+/// Writes row `i`'s 2-bit codes as bytes, in element order, into the A scratch layout of
+/// [`a_offset`].
 #[target_feature(enable = "avx2")]
-unsafe fn unpack_row(blocks: &[BlockI2], dst: &mut [u8]) {
+unsafe fn unpack_row(blocks: &[BlockI2], i: usize, codes: &mut [u8]) {
     assert!(
-        dst.len() >= blocks.len() * QK_I2,
+        i < ROWS && codes.len() >= ROWS * blocks.len() * QK_I2,
         "unpack_row: destination too short"
     );
     let m = _mm256_set1_epi8(3);
     for (bi, b) in blocks.iter().enumerate() {
-        // SAFETY: `b.qs` is 32 bytes; the four stores write dst[128·bi .. 128·bi + 128], in
-        // bounds by the assert above.
+        // SAFETY: `b.qs` is 32 bytes; the stores write 64 bytes at `a_offset(i, 2bi)` and at
+        // `a_offset(i, 2bi + 1)`, both < 32 · blocks · 128 ≤ codes.len() (asserted).
         unsafe {
             let v = _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i);
-            let p = dst.as_mut_ptr().add(bi * QK_I2) as *mut __m256i;
-            _mm256_storeu_si256(p, _mm256_and_si256(_mm256_srli_epi16(v, 6), m));
-            _mm256_storeu_si256(p.add(1), _mm256_and_si256(_mm256_srli_epi16(v, 4), m));
-            _mm256_storeu_si256(p.add(2), _mm256_and_si256(_mm256_srli_epi16(v, 2), m));
-            _mm256_storeu_si256(p.add(3), _mm256_and_si256(v, m));
+            let p0 = codes.as_mut_ptr().add(a_offset(i, 2 * bi)) as *mut __m256i;
+            let p1 = codes.as_mut_ptr().add(a_offset(i, 2 * bi + 1)) as *mut __m256i;
+            _mm256_storeu_si256(p0, _mm256_and_si256(_mm256_srli_epi16(v, 6), m));
+            _mm256_storeu_si256(p0.add(1), _mm256_and_si256(_mm256_srli_epi16(v, 4), m));
+            _mm256_storeu_si256(p1, _mm256_and_si256(_mm256_srli_epi16(v, 2), m));
+            _mm256_storeu_si256(p1.add(1), _mm256_and_si256(v, m));
         }
     }
 }
@@ -198,17 +210,19 @@ unsafe fn unpack_row(blocks: &[BlockI2], dst: &mut [u8]) {
 /// the 32 rows' sums.
 ///
 /// # Safety
-/// AMX-INT8 usable by this thread's process; `codes` holds 32 rows of `kp` bytes and `b` the
+/// AMX-INT8 usable by this thread's process; `codes` holds 32 rows of `kp` codes in the
+/// [`a_offset`] layout and `b` the
 /// packed activations of [`pack_acts`] for `n` tokens.
 unsafe fn block(codes: &[u8], b: &[i8], kp: usize, n: usize, epilogue: impl Fn(usize, &[i32])) {
     let chunks = kp / KB;
     let mut c = [0i32; ROWS * 2 * TOK];
     let mut col = [0i32; ROWS];
     let a0 = codes.as_ptr();
-    // SAFETY: row 16 of the 32-row scratch (caller contract).
-    let a1 = unsafe { a0.add(16 * kp) };
+    // SAFETY: the rows 16-31 tile of chunk 0 (caller contract: 32 rows of `kp` codes).
+    let a1 = unsafe { a0.add(a_offset(16, 0)) };
     // SAFETY (whole block): the tile configuration is valid (palette 1, eight 16×64 tiles);
-    // every tileloadd reads 16 rows of 64 bytes inside `codes` (stride kp, chunk j < kp/64) or
+    // every tileloadd reads 16 rows of 64 bytes inside `codes` (1 KiB tiles at 2 KiB · j and
+    // 2 KiB · j + 1 KiB, chunk j < kp/64) or
     // inside one 1 KiB tile of `b`; every tilestored writes 16 rows of 64 bytes inside `c`
     // (stride 128 bytes, 32 rows). The tile registers are not used by compiled Rust code.
     unsafe {
@@ -228,15 +242,14 @@ unsafe fn block(codes: &[u8], b: &[i8], kp: usize, n: usize, epilogue: impl Fn(u
             );
             for j in 0..chunks {
                 asm!(
-                    "tileloadd tmm0, [{a0} + {ks}*1]",
-                    "tileloadd tmm1, [{a1} + {ks}*1]",
+                    "tileloadd tmm0, [{a0} + {s64}*1]",
+                    "tileloadd tmm1, [{a1} + {s64}*1]",
                     "tileloadd tmm2, [{b0} + {s64}*1]",
                     "tdpbusd tmm4, tmm0, tmm2",
                     "tdpbusd tmm6, tmm1, tmm2",
-                    a0 = in(reg) a0.add(j * KB),
-                    a1 = in(reg) a1.add(j * KB),
+                    a0 = in(reg) a0.add(j * 2048),
+                    a1 = in(reg) a1.add(j * 2048),
                     b0 = in(reg) b0.add(j * 1024),
-                    ks = in(reg) kp,
                     s64 = in(reg) 64usize,
                     options(nostack, readonly)
                 );

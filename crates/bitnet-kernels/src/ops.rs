@@ -9,10 +9,12 @@ use rayon::prelude::*;
 /// Multiply-adds below which a matmul stays on the calling thread.
 const PAR_THRESHOLD: usize = 1 << 18;
 
-/// Fewest tokens for which the AMX kernel runs a ternary matmul (below, the VNNI register
-/// blocks are faster: a tile pass costs the same for 1 token as for 16).
+/// Fewest tokens for which the AMX kernel runs a ternary matmul. Below, the VNNI register
+/// blocks are faster: AMX unpacks every weight to a byte first, which pays off only once a
+/// full 2×2 tile block (32 tokens) shares it (`benches/gemm.rs`, 1 thread, 2B-4T shapes: at 16
+/// tokens AVX-512 VNNI 136 G multiply-adds/s vs AMX 103; at 128 tokens AMX 277 vs 100).
 #[cfg(target_arch = "x86_64")]
-const AMX_MIN_TOKENS: usize = 8;
+const AMX_MIN_TOKENS: usize = 32;
 
 /// `out[t, r] = (Σ_c T[r, c] · q[t, c]) · scale / s_x[t]` for every token row `t` of `x` and
 /// every weight row `r`: ternary × int8 with i32 accumulation (`Σ w·q = Σ c·q − Σ q`), one float

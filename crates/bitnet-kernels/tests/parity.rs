@@ -117,6 +117,7 @@ fn matmul_tile_edges_are_identical_on_every_kernel() {
         (33, 640, 33),
         (65, 129, 48),
         (40, 2560, 9),
+        (47, 768, 40),
     ];
     for (si, &(rows, cols, n)) in shapes.iter().enumerate() {
         for pattern in 0..4 {
@@ -153,6 +154,16 @@ fn matmul_tile_edges_are_identical_on_every_kernel() {
                     want,
                     "{} shape {si} {rows}x{cols} n={n} pattern {pattern}",
                     k.name()
+                );
+            }
+            // The AMX kernel directly, whatever the token threshold the dispatcher uses.
+            #[cfg(target_arch = "x86_64")]
+            if Kernel::Amx.available() {
+                let mut got = vec![0f32; n * rows];
+                bitnet_kernels::amx::ternary_matmul(&m, &a, &mut got);
+                assert_eq!(
+                    got, want,
+                    "amx shape {si} {rows}x{cols} n={n} pattern {pattern}"
                 );
             }
         }
