@@ -8,7 +8,7 @@
 use crate::config::{Activation, ModelConfig};
 use crate::error::{Error, Result};
 use crate::model::Model;
-use bitnet_kernels::ops::{attend, dense_matmul, rmsnorm, ternary_matmul};
+use bitnet_kernels::ops::{attend, dense_matmul, rmsnorm, rmsnorm_rows, ternary_matmul};
 use bitnet_kernels::QuantizedActs;
 use rayon::prelude::*;
 
@@ -333,9 +333,7 @@ impl Model {
         }
         for (li, l) in self.layers.iter().enumerate() {
             // Attention block.
-            for t in 0..n {
-                rmsnorm(&st.x[t * h..], &l.input_norm, eps, &mut st.xn[t * h..]);
-            }
+            rmsnorm_rows(&st.x, &l.input_norm, eps, n, &mut st.xn);
             st.acts.quantize(&st.xn, n, h, l.q.cols_padded());
             ternary_matmul(&l.q, &st.acts, &mut st.q);
             ternary_matmul(&l.k, &st.acts, &mut st.k);
@@ -399,14 +397,7 @@ impl Model {
                     }
                 }
             }
-            for t in 0..n {
-                rmsnorm(
-                    &st.att[t * qd..],
-                    &l.attn_sub_norm,
-                    eps,
-                    &mut st.xn[t * qd..],
-                );
-            }
+            rmsnorm_rows(&st.att, &l.attn_sub_norm, eps, n, &mut st.xn);
             st.acts.quantize(&st.xn, n, qd, l.o.cols_padded());
             ternary_matmul(&l.o, &st.acts, &mut st.proj);
             for (x, p) in st.x[..n * h].iter_mut().zip(&st.proj) {
@@ -414,9 +405,7 @@ impl Model {
             }
 
             // FFN block.
-            for t in 0..n {
-                rmsnorm(&st.x[t * h..], &l.post_norm, eps, &mut st.xn[t * h..]);
-            }
+            rmsnorm_rows(&st.x, &l.post_norm, eps, n, &mut st.xn);
             st.acts.quantize(&st.xn, n, h, l.gate.cols_padded());
             ternary_matmul(&l.gate, &st.acts, &mut st.gate);
             ternary_matmul(&l.up, &st.acts, &mut st.up);
@@ -428,14 +417,7 @@ impl Model {
                 }),
                 Activation::Silu => gu.for_each(|(g, &u)| *g = *g / (1.0 + (-*g).exp()) * u),
             }
-            for t in 0..n {
-                rmsnorm(
-                    &st.gate[t * inter..],
-                    &l.ffn_sub_norm,
-                    eps,
-                    &mut st.xn[t * inter..],
-                );
-            }
+            rmsnorm_rows(&st.gate, &l.ffn_sub_norm, eps, n, &mut st.xn);
             st.acts.quantize(&st.xn, n, inter, l.down.cols_padded());
             ternary_matmul(&l.down, &st.acts, &mut st.proj);
             for (x, p) in st.x[..n * h].iter_mut().zip(&st.proj) {

@@ -28,13 +28,26 @@ impl QuantizedActs {
         self.q.resize(n * k_padded, 0);
         self.scales.resize(n, 0.0);
         self.sums.resize(n, 0);
-        for t in 0..n {
-            let row = &x[t * k..(t + 1) * k];
-            let qrow = &mut self.q[t * k_padded..(t + 1) * k_padded];
-            let (s, sum) = quantize_row(row, qrow);
-            self.scales[t] = s;
-            self.sums[t] = sum;
+        let rows = self.q[..n * k_padded]
+            .chunks_mut(k_padded)
+            .zip(&mut self.scales[..n])
+            .zip(&mut self.sums[..n]);
+        if n < 16 || rayon::current_num_threads() == 1 {
+            for (t, ((qrow, s), sum)) in rows.enumerate() {
+                (*s, *sum) = quantize_row(&x[t * k..(t + 1) * k], qrow);
+            }
+            return;
         }
+        // Prefill-sized batches: rows in parallel.
+        use rayon::prelude::*;
+        self.q[..n * k_padded]
+            .par_chunks_mut(k_padded)
+            .zip(self.scales[..n].par_iter_mut())
+            .zip(self.sums[..n].par_iter_mut())
+            .enumerate()
+            .for_each(|(t, ((qrow, s), sum))| {
+                (*s, *sum) = quantize_row(&x[t * k..(t + 1) * k], qrow);
+            });
     }
 
     /// Rows.

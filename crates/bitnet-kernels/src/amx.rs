@@ -195,6 +195,9 @@ unsafe fn unpack_row(blocks: &[BlockI2], i: usize, codes: &mut [u8]) {
         // SAFETY: `b.qs` is 32 bytes; the stores write 64 bytes at `a_offset(i, 2bi)` and at
         // `a_offset(i, 2bi + 1)`, both < 32 · blocks · 128 ≤ codes.len() (asserted).
         unsafe {
+            if bi % 2 == 0 {
+                crate::x86::prefetch_ahead(b, 1);
+            }
             let v = _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i);
             let p0 = codes.as_mut_ptr().add(a_offset(i, 2 * bi)) as *mut __m256i;
             let p1 = codes.as_mut_ptr().add(a_offset(i, 2 * bi + 1)) as *mut __m256i;

@@ -306,6 +306,26 @@ where
         .for_each(|(i, chunk)| kernel(i * rows_per_chunk, chunk));
 }
 
+/// [`rmsnorm`] over `n` rows of `w.len()` values (`x` and `out` row-major), rows in parallel
+/// when the batch is large (prefill).
+pub fn rmsnorm_rows(x: &[f32], w: &[f32], eps: f32, n: usize, out: &mut [f32]) {
+    let h = w.len();
+    assert!(
+        x.len() >= n * h && out.len() >= n * h,
+        "rmsnorm_rows shapes"
+    );
+    if n * h < PAR_THRESHOLD / 4 || rayon::current_num_threads() == 1 {
+        for t in 0..n {
+            rmsnorm(&x[t * h..(t + 1) * h], w, eps, &mut out[t * h..(t + 1) * h]);
+        }
+        return;
+    }
+    out[..n * h]
+        .par_chunks_mut(h)
+        .zip(x[..n * h].par_chunks(h))
+        .for_each(|(o, xr)| rmsnorm(xr, w, eps, o));
+}
+
 /// RMSNorm in f32: `out = w · x / sqrt(mean(x²) + eps)` (sum of squares accumulated in f64).
 pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let n = w.len();

@@ -32,7 +32,7 @@ const PREFETCH_AHEAD: usize = 8192;
 /// Prefetches `lines` cache lines starting [`PREFETCH_AHEAD`] bytes after `p` (no memory access
 /// is made through `p`; `wrapping_add` keeps the pointer arithmetic defined).
 #[inline(always)]
-unsafe fn prefetch_ahead<T>(p: *const T, lines: usize) {
+pub(crate) unsafe fn prefetch_ahead<T>(p: *const T, lines: usize) {
     let p = (p as *const i8).wrapping_add(PREFETCH_AHEAD);
     for l in 0..lines {
         // SAFETY: a prefetch never faults, whatever the address.
