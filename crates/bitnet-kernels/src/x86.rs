@@ -219,11 +219,28 @@ unsafe fn vnni_block<const N: usize>(
     N
 }
 
-/// [`dot_vnni`] for two weight rows at once: tokens in blocks of 8 against both rows (16
-/// accumulators, one per (row, token) pair, plus the eight unpacked code vectors: 24 of the 32
-/// ymm registers), so each activation vector is loaded once per two rows and the block is
-/// bound by `vpdpbusd` throughput, not by loads. Tokens past the last 8 go through
-/// [`dot_vnni`] per row.
+/// Unpacks a block's 32 code bytes into two 512-bit vectors of 64 codes (elements 0-63 and
+/// 64-127): the bytes are broadcast to both halves and shifted per half (6|4, then 2|0).
+#[inline(always)]
+unsafe fn unpack512(qs: &[u8; 32]) -> [__m512i; 2] {
+    // SAFETY: `qs` is 32 readable bytes; callers enable AVX-512 F/BW.
+    unsafe {
+        let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(qs.as_ptr() as *const __m256i));
+        let m = _mm512_set1_epi8(3);
+        let hi = _mm512_inserti64x4::<1>(_mm512_set1_epi16(6), _mm256_set1_epi16(4));
+        let lo = _mm512_inserti64x4::<1>(_mm512_set1_epi16(2), _mm256_set1_epi16(0));
+        [
+            _mm512_and_si512(_mm512_srlv_epi16(v, hi), m),
+            _mm512_and_si512(_mm512_srlv_epi16(v, lo), m),
+        ]
+    }
+}
+
+/// [`dot_vnni`] for two weight rows at once, on 512-bit vectors: tokens in blocks of 8 against
+/// both rows (16 zmm accumulators, one per (row, token) pair, plus four code vectors and the
+/// activation vector), so each activation vector is loaded once per two rows and a block costs
+/// two `vpdpbusd` per (row, token) instead of four 256-bit ones. Tokens past the last 8 go
+/// through [`dot_vnni`] per row.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F/BW/VL/VNNI; both rows have the same number of blocks;
@@ -240,27 +257,28 @@ pub unsafe fn dot_vnni_2rows(
     let full = n / 8 * 8;
     for t0 in (0..full).step_by(8) {
         // SAFETY: features enabled for this function; rows t0..t0+8 of `q` are in bounds
-        // (caller contract), and every load below reads a whole 128-value block of one row.
+        // (caller contract), and every load below reads 64 values inside one 128-value block
+        // of one row.
         unsafe {
-            let (mut acc_a, mut acc_b) = ([_mm256_setzero_si256(); 8], [_mm256_setzero_si256(); 8]);
+            let (mut acc_a, mut acc_b) = ([_mm512_setzero_si512(); 8], [_mm512_setzero_si512(); 8]);
             for (bi, (ra, rb)) in rows[0].iter().zip(rows[1]).enumerate() {
                 prefetch_ahead(ra, 1);
                 prefetch_ahead(rb, 1);
-                let (ca, cb) = (unpack(&ra.qs), unpack(&rb.qs));
+                let (ca, cb) = (unpack512(&ra.qs), unpack512(&rb.qs));
                 let base = bi * 128;
                 for (k, (sa, sb)) in acc_a.iter_mut().zip(acc_b.iter_mut()).enumerate() {
                     let at = (t0 + k) * stride + base;
-                    for (seg, (a, b)) in ca.iter().zip(&cb).enumerate() {
-                        let x = load32(q, at + 32 * seg);
-                        *sa = _mm256_dpbusd_epi32(*sa, *a, x);
-                        *sb = _mm256_dpbusd_epi32(*sb, *b, x);
+                    debug_assert!(at + 128 <= q.len());
+                    for seg in 0..2 {
+                        let x = _mm512_loadu_si512(q.as_ptr().add(at + 64 * seg) as *const __m512i);
+                        *sa = _mm512_dpbusd_epi32(*sa, ca[seg], x);
+                        *sb = _mm512_dpbusd_epi32(*sb, cb[seg], x);
                     }
                 }
             }
-            let acc = [acc_a, acc_b];
             for k in 0..8 {
-                outa[t0 + k] = hsum(acc[0][k]);
-                outb[t0 + k] = hsum(acc[1][k]);
+                outa[t0 + k] = _mm512_reduce_add_epi32(acc_a[k]);
+                outb[t0 + k] = _mm512_reduce_add_epi32(acc_b[k]);
             }
         }
     }
