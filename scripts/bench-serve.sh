@@ -57,7 +57,7 @@ if [ $with_2b4t = 1 ]; then
   big=$MODELS/2b4t-tq2_0.gguf
   [ -f "$big" ] || "$B" create-model --shape 2b4t --type tq2_0 --out "$big"
   start "$big" --max-batch 16
-  lt --concurrency 1 --requests 2 --max-tokens 64 --stream --json "$OUT/2b4t-c1.json" | grep -E "Output token thr|Mean TTFT|Mean TPOT"
+  lt --concurrency 1 --requests 4 --max-tokens 64 --stream --json "$OUT/2b4t-c1.json" | grep -E "Output token thr|Mean TTFT|Mean TPOT"
   lt --concurrency 16 --requests 16 --max-tokens 64 --stream --json "$OUT/2b4t-c16.json" | grep -E "Output token thr|Mean TTFT|Mean TPOT"
   stop
 fi

@@ -32,23 +32,39 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/bitnet-rust-target}
 (cd "$here" && cargo build --release -q -p bitnet-cli)
 bitnet="$CARGO_TARGET_DIR/release/bitnet"
 
-ours=$(mktemp); theirs=$(mktemp)
-"$bitnet" bench -m "$model" -p "$np" -n "$ng" -t "$threads" -r "$reps" --json > "$ours"
-"$bench" -m "$model" -p "$np" -n "$ng" -t "$threads" -r "$reps" -o json > "$theirs"
-"$py" - "$ours" "$theirs" "$model" <<'PY'
-import json, sys
-ours, theirs = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+# The engines alternate, one repetition each at a time, so that drift in this (shared) machine's
+# speed hits both alike; mean ± sd over the repetitions.
+tmp=$(mktemp -d)
+for r in $(seq 1 "$reps"); do
+  "$bitnet" bench -m "$model" -p "$np" -n "$ng" -t "$threads" -r 1 --json > "$tmp/ours-$r.json"
+  "$bench" -m "$model" -p "$np" -n "$ng" -t "$threads" -r 1 -o json > "$tmp/theirs-$r.json"
+done
+"$py" - "$tmp" "$reps" "$model" <<'PY'
+import json, statistics, sys
+tmp, reps, model = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 key = lambda r: (r["n_threads"], r["n_prompt"], r["n_gen"])
-t = {key(r): r for r in theirs}
-print(f"model: {sys.argv[3]}")
+def collect(prefix):
+    runs = {}
+    for i in range(1, reps + 1):
+        for r in json.load(open(f"{tmp}/{prefix}-{i}.json")):
+            runs.setdefault(key(r), []).append(r)
+    return runs
+ours, theirs = collect("ours"), collect("theirs")
+def stat(rs):
+    v = [r["avg_ts"] for r in rs]
+    return statistics.mean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
+print(f"model: {model} ({reps} alternating repetitions)")
 print("| threads | test | bitnet t/s | llama.cpp t/s | ratio | bitnet GB/s |")
 print("|---:|---|---:|---:|---:|---:|")
-for r in ours:
-    p = t.get(key(r))
-    test = f"pp{r['n_prompt']}" if r["n_prompt"] else f"tg{r['n_gen']}"
-    theirs_ts = f"{p['avg_ts']:.2f} ± {p['stddev_ts']:.2f}" if p else "n/a"
-    ratio = f"{r['avg_ts'] / p['avg_ts']:.2f}x" if p else "n/a"
-    gbps = f"{r['gbps']:.2f}" if r.get("gbps") else ""
-    print(f"| {r['n_threads']} | {test} | {r['avg_ts']:.2f} ± {r['stddev_ts']:.2f} | {theirs_ts} | {ratio} | {gbps} |")
+for k, rs in ours.items():
+    m, sd = stat(rs)
+    test = f"pp{k[1]}" if k[1] else f"tg{k[2]}"
+    gb = [r["gbps"] for r in rs if r.get("gbps")]
+    gbps = f"{statistics.mean(gb):.2f}" if gb else ""
+    if k in theirs:
+        tm, tsd = stat(theirs[k])
+        print(f"| {k[0]} | {test} | {m:.2f} ± {sd:.2f} | {tm:.2f} ± {tsd:.2f} | {m / tm:.2f}x | {gbps} |")
+    else:
+        print(f"| {k[0]} | {test} | {m:.2f} ± {sd:.2f} | n/a | n/a | {gbps} |")
 PY
-rm -f "$ours" "$theirs"
+rm -rf "$tmp"
