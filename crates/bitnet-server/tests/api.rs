@@ -88,7 +88,7 @@ async fn responses_streams_and_errors() {
     // Streaming chat with usage.
     let body = chat(
         "Hi",
-        json!({"max_tokens": 6, "stream": true, "stream_options": {"include_usage": true}}),
+        json!({"max_tokens": 6, "stream": true, "stream_options": {"include_usage": true}, "ignore_eos": true}),
     );
     let (st, h, b, _c) = s.open("/v1/chat/completions", body.to_string()).await;
     assert_eq!(st, StatusCode::OK);
@@ -117,7 +117,9 @@ async fn responses_streams_and_errors() {
     assert!(chunks[..n - 1].iter().all(|c| c["usage"].is_null()));
 
     // Streaming text completion without usage: no usage chunk.
-    let body = json!({"prompt": "The license", "max_tokens": 4, "stream": true});
+    // (`ignore_eos`: the test is about the wire format, not whether the sample hits EOS.)
+    let body =
+        json!({"prompt": "The license", "max_tokens": 4, "stream": true, "ignore_eos": true});
     let (_, _, b, _c) = s.open("/v1/completions", body.to_string()).await;
     let (data, _) = read_sse(b).await;
     assert_eq!(data.last().unwrap(), "[DONE]");
