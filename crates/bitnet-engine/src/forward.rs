@@ -350,8 +350,10 @@ impl Model {
                 }
             }
             let heads = c.num_attention_heads;
-            if n > 1 && rayon::current_num_threads() > 1 {
-                // Prefill: every (token, head) pair in parallel, scratch per worker.
+            // Prefill, batches, and single-token decode over a long enough context: every
+            // (token, head) pair in parallel, scratch per worker.
+            let positions: usize = st.slots[..n].iter().map(|s| s.1 + 1).sum();
+            if rayon::current_num_threads() > 1 && (n > 1 || positions * heads >= 1024) {
                 let (q, slots, caches_ref) = (&st.q, &st.slots, &*caches);
                 let longest = slots.iter().map(|s| s.1 + 1).max().unwrap_or(0);
                 st.att[..n * qd]
