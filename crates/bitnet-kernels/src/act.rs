@@ -28,6 +28,13 @@ impl QuantizedActs {
         self.q.resize(n * k_padded, 0);
         self.scales.resize(n, 0.0);
         self.sums.resize(n, 0);
+        if k_padded == 0 {
+            // Empty rows (a zero-column matrix): the scalar result of an empty row.
+            for t in 0..n {
+                (self.scales[t], self.sums[t]) = quantize_row_scalar(&[], &mut []);
+            }
+            return;
+        }
         let rows = self.q[..n * k_padded]
             .chunks_mut(k_padded)
             .zip(&mut self.scales[..n])

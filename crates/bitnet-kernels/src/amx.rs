@@ -184,6 +184,9 @@ fn a_offset(i: usize, j: usize) -> usize {
 
 /// Writes row `i`'s 2-bit codes as bytes, in element order, into the A scratch layout of
 /// [`a_offset`].
+///
+/// # Safety
+/// The CPU must support AVX2 (the scratch size is asserted).
 #[target_feature(enable = "avx2")]
 unsafe fn unpack_row(blocks: &[BlockI2], i: usize, codes: &mut [u8]) {
     assert!(

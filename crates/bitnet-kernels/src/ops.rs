@@ -73,7 +73,7 @@ pub fn ternary_matmul_with(
         }
     };
     #[cfg(target_arch = "x86_64")]
-    if which == crate::Kernel::Amx && n >= AMX_MIN_TOKENS {
+    if which == crate::Kernel::Amx && n >= AMX_MIN_TOKENS && kp > 0 {
         crate::amx::ternary_matmul(w, x, out);
         return;
     }
@@ -219,8 +219,10 @@ fn q6k_int16(
     n: usize,
     out: &mut [f32],
 ) {
-    X16.with(|buf| {
-        let mut b = buf.borrow_mut();
+    // The buffer is taken out of the thread-local for the call (and put back after), so no
+    // borrow is held while rayon runs other work on this thread.
+    let mut b = X16.with(|buf| std::mem::take(&mut *buf.borrow_mut()));
+    {
         b.resize(n * cols, 0);
         let mut inv = vec![0f32; n];
         for t in 0..n {
@@ -244,6 +246,7 @@ fn q6k_int16(
                     *o = unsafe { crate::x86::dot_q6k_i16(row, x16) } * inv[0];
                 }
             });
+            X16.with(|buf| *buf.borrow_mut() = b);
             return;
         }
         let mut tmp = if n == 1 {
@@ -286,7 +289,8 @@ fn q6k_int16(
                 }
             }
         }
-    });
+    }
+    X16.with(|buf| *buf.borrow_mut() = b);
 }
 
 /// Runs `kernel(first_row, out_chunk)` over `rows` rows of `per_row` outputs each, in parallel

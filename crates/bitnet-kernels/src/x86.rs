@@ -32,10 +32,11 @@ const PREFETCH_AHEAD: usize = 8192;
 /// Prefetches `lines` cache lines starting [`PREFETCH_AHEAD`] bytes after `p` (no memory access
 /// is made through `p`; `wrapping_add` keeps the pointer arithmetic defined).
 #[inline(always)]
-pub(crate) unsafe fn prefetch_ahead<T>(p: *const T, lines: usize) {
+pub(crate) fn prefetch_ahead<T>(p: *const T, lines: usize) {
     let p = (p as *const i8).wrapping_add(PREFETCH_AHEAD);
     for l in 0..lines {
-        // SAFETY: a prefetch never faults, whatever the address.
+        // SAFETY: SSE is part of the x86-64 baseline, and a prefetch never faults, whatever the
+        // address.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * l)) };
     }
 }
@@ -303,7 +304,7 @@ pub unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
     dot_wide(
         w.len(),
         x,
-        |i| unsafe { prefetch_ahead(w.as_ptr().add(i), 2) },
+        |i| prefetch_ahead(w.as_ptr().wrapping_add(i), 2),
         |i| unsafe { _mm256_loadu_ps(w.as_ptr().add(i)) },
         |i| w[i],
     )
@@ -319,7 +320,7 @@ pub unsafe fn dot_bf16(w: &[u16], x: &[f32]) -> f32 {
     dot_wide(
         w.len(),
         x,
-        |i| unsafe { prefetch_ahead(w.as_ptr().add(i), 1) },
+        |i| prefetch_ahead(w.as_ptr().wrapping_add(i), 1),
         |i| unsafe {
             let h = _mm_loadu_si128(w.as_ptr().add(i) as *const __m128i);
             _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
@@ -338,7 +339,7 @@ pub unsafe fn dot_f16(w: &[u16], x: &[f32]) -> f32 {
     dot_wide(
         w.len(),
         x,
-        |i| unsafe { prefetch_ahead(w.as_ptr().add(i), 1) },
+        |i| prefetch_ahead(w.as_ptr().wrapping_add(i), 1),
         |i| unsafe { _mm256_cvtph_ps(_mm_loadu_si128(w.as_ptr().add(i) as *const __m128i)) },
         |i| half::f16::from_bits(w[i]).to_f32(),
     )
@@ -838,9 +839,9 @@ pub unsafe fn dequant_q6k(blocks: &[crate::formats::BlockQ6K], out: &mut [f32]) 
 
 /// Per-token absmax int8 quantization of one row (BITNET.md): `s = 127 / max(max|x|, 1e-5)`,
 /// `q = clamp(round_half_even(x·s), −128, 127)`, zero padding past `x.len()`; returns `(s, Σq)`.
-/// Bit-identical to [`crate::act::quantize_row_scalar`] for finite inputs: the max is
-/// order-independent, `x·s` is the same f32 product and `vroundps` with
-/// `_MM_FROUND_TO_NEAREST_INT` rounds half to even.
+/// Bit-identical to [`crate::act::quantize_row_scalar`], NaN and infinities included: the max is
+/// order-independent and skips NaN, `x·s` is the same f32 product, `vroundps` with
+/// `_MM_FROUND_TO_NEAREST_INT` rounds half to even, and NaN products become 0.
 ///
 /// # Safety
 /// The CPU must support AVX2; `out.len() >= x.len()` (asserted).
@@ -856,9 +857,11 @@ pub unsafe fn quantize_row_avx2(x: &[f32], out: &mut [i8]) -> (f32, i32) {
         let mut m = _mm256_setzero_ps();
         let mut i = 0;
         while i + 8 <= n {
+            // Operand order: `maxps` returns its second operand when the first is NaN, so a
+            // NaN input is skipped, as `f32::max` skips it in the scalar twin.
             m = _mm256_max_ps(
-                m,
                 _mm256_and_ps(_mm256_loadu_ps(x.as_ptr().add(i)), abs_mask),
+                m,
             );
             i += 8;
         }
@@ -876,6 +879,8 @@ pub unsafe fn quantize_row_avx2(x: &[f32], out: &mut [i8]) -> (f32, i32) {
         let quant = |p: *const f32| {
             let v = _mm256_mul_ps(_mm256_loadu_ps(p), sv);
             let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+            // NaN (a NaN input, or ±inf · 0) becomes 0, as `NaN as i8` does in the scalar twin.
+            let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
             _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi))
         };
         let mut acc = _mm256_setzero_si256();

@@ -472,7 +472,7 @@ fn activation_quantization_simd_is_bit_identical() {
         }
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
         for len in (1..80).chain([127, 128, 129, 2560, 6912]) {
-            for pattern in 0..5 {
+            for pattern in 0..7 {
                 let x: Vec<f32> = (0..len)
                     .map(|i| match pattern {
                         0 => rng.random_range(-3.0..3.0),
@@ -480,7 +480,12 @@ fn activation_quantization_simd_is_bit_identical() {
                         1 => (rng.random_range(-127i32..127) as f32) + 0.5,
                         2 => 0.0,
                         3 => rng.random_range(-1e30..1e30),
-                        _ => rng.random_range(-1e-7..1e-7),
+                        4 => rng.random_range(-1e-7..1e-7),
+                        // Non-finite values (an overflowed hidden state): NaN is skipped by the
+                        // absmax and quantizes to 0; an infinity makes the scale 0.
+                        5 if i % 7 == 3 => f32::NAN,
+                        6 if i % 11 == 5 => f32::NEG_INFINITY,
+                        _ => rng.random_range(-3.0..3.0),
                     })
                     .collect();
                 let pad = len + 13;
