@@ -545,6 +545,45 @@ pub unsafe fn dot_q6k_i16(blocks: &[crate::formats::BlockQ6K], x16: &[i16]) -> f
     }
 }
 
+/// The 256 quants of a Q6_K block (`q − 32`) as eight vectors of 32 signed bytes (elements
+/// 32j ..), unpacked with 512-bit operations: per half h, `ql[64h..64h+64]` holds the low
+/// nibbles of elements 128h + 0..64 and the high nibbles of 128h + 64..128, and the two high bits
+/// come from `qh[32h + l]` at shifts 0, 2, 4, 6 for the four 32-element groups (llama.cpp's
+/// `block_q6_K`). Same values as [`q6k_half`].
+#[inline(always)]
+unsafe fn q6k_block512(b: &crate::formats::BlockQ6K) -> [__m256i; 8] {
+    // SAFETY: loads read `ql[64h..64h+64]` and `qh[32h..32h+32]` inside the block; the callers
+    // enable AVX-512 F/BW.
+    unsafe {
+        let m4 = _mm512_set1_epi8(0x0F);
+        let m30 = _mm512_set1_epi8(0x30);
+        let c32 = _mm512_set1_epi8(32);
+        // Per 256-bit half: high bits of groups 0|1 to bit 4 (left shifts 4|2), of 2|3 (right
+        // shifts 0|2); 16-bit lane shifts are exact per byte after the 0x30 mask.
+        let shl = _mm512_inserti64x4::<1>(_mm512_set1_epi16(4), _mm256_set1_epi16(2));
+        let shr = _mm512_inserti64x4::<1>(_mm512_set1_epi16(0), _mm256_set1_epi16(2));
+        let mut out = [_mm256_setzero_si256(); 8];
+        for h in 0..2 {
+            let ql = _mm512_loadu_si512(b.ql.as_ptr().add(64 * h) as *const __m512i);
+            let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                b.qh.as_ptr().add(32 * h) as *const __m256i
+            ));
+            let h01 = _mm512_and_si512(_mm512_sllv_epi16(qh, shl), m30);
+            let h23 = _mm512_and_si512(_mm512_srlv_epi16(qh, shr), m30);
+            let q01 = _mm512_sub_epi8(_mm512_or_si512(_mm512_and_si512(ql, m4), h01), c32);
+            let q23 = _mm512_sub_epi8(
+                _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), h23),
+                c32,
+            );
+            out[4 * h] = _mm512_castsi512_si256(q01);
+            out[4 * h + 1] = _mm512_extracti64x4_epi64::<1>(q01);
+            out[4 * h + 2] = _mm512_castsi512_si256(q23);
+            out[4 * h + 3] = _mm512_extracti64x4_epi64::<1>(q23);
+        }
+        out
+    }
+}
+
 /// [`dot_q6k_i16`] with AVX-512 VNNI: each 32-quant group is widened to i16, multiplied by
 /// its two 16-quant sub-block scales (`|q·sc| ≤ 32·128 = 4096`, fits i16) and accumulated with
 /// `vpdpwssd` (i16 pairs → i32) straight into one 16-lane i32 sum per block. Exact: a lane
@@ -588,7 +627,7 @@ pub unsafe fn q6k_i16_vnni_rows(
         "q6k_i16_vnni_rows: shapes"
     );
     // SAFETY (whole block): features enabled; loads read the 16 scale bytes of each block,
-    // its quants (`q6k_half`) and xs[t][256·bi .. 256·bi + 256], in bounds by the assert.
+    // its quants (`q6k_block512`) and xs[t][256·bi .. 256·bi + 256], in bounds by the assert.
     unsafe {
         // Scale selectors: group j (32 quants) takes sub-block scales 2j (lanes 0-15) and
         // 2j+1 (lanes 16-31).
@@ -611,15 +650,12 @@ pub unsafe fn q6k_i16_vnni_rows(
                     let sc16 = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(sc8));
                     let xb = xt.add(bi * 256);
                     let mut isum = _mm512_setzero_si512();
-                    for h in 0..2 {
-                        let q = q6k_half(b, h);
-                        for (k, qk) in q.iter().enumerate() {
-                            let j = 4 * h + k;
-                            let s = _mm512_permutexvar_epi16(sel[j], sc16);
-                            let w = _mm512_mullo_epi16(_mm512_cvtepi8_epi16(*qk), s);
-                            let xv = _mm512_loadu_si512(xb.add(32 * j) as *const __m512i);
-                            isum = _mm512_dpwssd_epi32(isum, w, xv);
-                        }
+                    let q = q6k_block512(b);
+                    for (j, qj) in q.iter().enumerate() {
+                        let s = _mm512_permutexvar_epi16(sel[j], sc16);
+                        let w = _mm512_mullo_epi16(_mm512_cvtepi8_epi16(*qj), s);
+                        let xv = _mm512_loadu_si512(xb.add(32 * j) as *const __m512i);
+                        isum = _mm512_dpwssd_epi32(isum, w, xv);
                     }
                     let d = _mm512_set1_ps(half::f16::from_bits(b.d).to_f32());
                     acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, acc);
@@ -634,11 +670,10 @@ pub unsafe fn q6k_i16_vnni_rows(
                 prefetch_ahead(b, 4);
                 let sc8 = _mm_loadu_si128(b.scales.as_ptr() as *const __m128i);
                 let sc16 = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(sc8));
-                let (q0, q1) = (q6k_half(b, 0), q6k_half(b, 1));
+                let q = q6k_block512(b);
                 let w: [__m512i; 8] = std::array::from_fn(|j| {
-                    let qk = if j < 4 { q0[j] } else { q1[j - 4] };
                     let s = _mm512_permutexvar_epi16(sel[j], sc16);
-                    _mm512_mullo_epi16(_mm512_cvtepi8_epi16(qk), s)
+                    _mm512_mullo_epi16(_mm512_cvtepi8_epi16(q[j]), s)
                 });
                 let d = _mm512_set1_ps(half::f16::from_bits(b.d).to_f32());
                 for (x, a) in xs.iter().zip(acc.iter_mut()) {
