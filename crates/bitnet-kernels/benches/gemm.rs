@@ -57,6 +57,12 @@ fn gemm_16_tokens(b: Bencher, kernel: &str) {
     run(b, kernel, 16);
 }
 
+/// Where AMX takes over from VNNI (`AMX_MIN_TOKENS`): 32 tokens.
+#[divan::bench(args = kernels(), sample_count = 20)]
+fn gemm_32_tokens(b: Bencher, kernel: &str) {
+    run(b, kernel, 32);
+}
+
 /// Prefill: a 128-token prompt.
 #[divan::bench(args = kernels(), sample_count = 10)]
 fn gemm_128_tokens(b: Bencher, kernel: &str) {

@@ -11,8 +11,9 @@ const PAR_THRESHOLD: usize = 1 << 18;
 
 /// Fewest tokens for which the AMX kernel runs a ternary matmul. Below, the VNNI register
 /// blocks are faster: AMX unpacks every weight to a byte first, which pays off only once a
-/// full 2×2 tile block (32 tokens) shares it (`benches/gemm.rs`, 1 thread, 2B-4T shapes: at 16
-/// tokens AVX-512 VNNI 136 G multiply-adds/s vs AMX 103; at 128 tokens AMX 277 vs 100).
+/// full 2×2 tile block (32 tokens) shares it (`benches/gemm.rs`, 1 thread, 2B-4T shapes, G
+/// multiply-adds/s: 16 tokens VNNI ~150 vs AMX ~103; 32 tokens AMX ~165 vs VNNI ~104; 128 tokens
+/// AMX ~277 vs VNNI ~100).
 #[cfg(target_arch = "x86_64")]
 const AMX_MIN_TOKENS: usize = 32;
 
