@@ -35,7 +35,8 @@ const TOK: usize = 16;
 /// Bytes of K per tile (64 codes / activations).
 const KB: usize = 64;
 
-/// Whether the CPU has AMX-TILE and AMX-INT8 and the OS granted this process the tile state.
+/// Whether the CPU has AMX-TILE, AMX-INT8 and AVX2 and the OS granted this process the tile
+/// state.
 pub fn available() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
     *OK.get_or_init(|| {
@@ -47,10 +48,8 @@ pub fn available() -> bool {
             __cpuid_count(0, 0)
         };
         let cpu = max >= 7 && (ebx7.edx >> 24) & 1 == 1 && (ebx7.edx >> 25) & 1 == 1;
-        cpu && std::is_x86_feature_detected!("avx512vnni")
-            && std::is_x86_feature_detected!("avx512bw")
-            && std::is_x86_feature_detected!("avx512vl")
-            && request_tile_permission()
+        // AVX2 for the code unpacking; the permission request last (it changes process state).
+        cpu && std::is_x86_feature_detected!("avx2") && request_tile_permission()
     })
 }
 
@@ -144,7 +143,7 @@ pub fn ternary_matmul(w: &TernaryMatrix, x: &QuantizedActs, out: &mut [f32]) {
             let nr = (rows - r0).min(ROWS);
             for i in 0..ROWS {
                 if i < nr {
-                    // SAFETY: AVX-512 (hence AVX2) was checked by `available()`.
+                    // SAFETY: AVX2 was checked by `available()`.
                     unsafe { unpack_row(w.row_blocks(r0 + i), i, &mut codes) };
                 } else {
                     for j in 0..kp / KB {

@@ -103,11 +103,7 @@ pub fn ternary_matmul_with(
         // Compute into a row-major [rows, n] layout, then transpose: keeps weight rows hot.
         let mut tmp = vec![0f32; rows * n];
         run_rows(rows, w.cols_padded() * n, &mut tmp, n, kernel);
-        for r in 0..rows {
-            for t in 0..n {
-                out[t * rows + r] = tmp[r * n + t];
-            }
-        }
+        transpose_into(&tmp, rows, n, out);
     }
 }
 
@@ -183,11 +179,7 @@ pub fn dense_matmul(m: &DenseMatrix, x: &[f32], n: usize, out: &mut [f32]) {
     };
     let mut tmp = vec![0f32; rows * n];
     run_rows(rows, cols * n, &mut tmp, n, kernel);
-    for r in 0..rows {
-        for t in 0..n {
-            out[t * rows + r] = tmp[r * n + t];
-        }
-    }
+    transpose_into(&tmp, rows, n, out);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -260,14 +252,14 @@ fn q6k_int16(
             let nr = chunk.len() / n;
             for t0 in (0..n).step_by(16) {
                 let nt = (n - t0).min(16);
-                let xs: Vec<&[i16]> = (t0..t0 + nt)
-                    .map(|t| &x16[t * cols..(t + 1) * cols])
-                    .collect();
+                let xs: [&[i16]; 16] =
+                    std::array::from_fn(|k| &x16[(t0 + k.min(nt - 1)) * cols..][..cols]);
+                let xs = &xs[..nt];
                 let rows_blocks = &blocks[r0 * bpr..(r0 + nr) * bpr];
                 if nt == n {
                     // SAFETY: `q6k_vnni` checked AVX-512 F/BW/VNNI (active kernel) and
                     // AVX2/FMA; |x16| ≤ 32767 by construction above; shapes asserted inside.
-                    unsafe { crate::x86::q6k_i16_vnni_rows(rows_blocks, bpr, &xs, chunk) };
+                    unsafe { crate::x86::q6k_i16_vnni_rows(rows_blocks, bpr, xs, chunk) };
                     for (i, o) in chunk.iter_mut().enumerate() {
                         *o *= inv[i % n];
                     }
@@ -275,7 +267,7 @@ fn q6k_int16(
                 }
                 let mut part = vec![0f32; nr * nt];
                 // SAFETY: as above.
-                unsafe { crate::x86::q6k_i16_vnni_rows(rows_blocks, bpr, &xs, &mut part) };
+                unsafe { crate::x86::q6k_i16_vnni_rows(rows_blocks, bpr, xs, &mut part) };
                 for i in 0..nr {
                     for k in 0..nt {
                         chunk[i * n + t0 + k] = part[i * nt + k] * inv[t0 + k];
@@ -284,14 +276,20 @@ fn q6k_int16(
             }
         });
         if n > 1 {
-            for r in 0..rows {
-                for t in 0..n {
-                    out[t * rows + r] = tmp[r * n + t];
-                }
-            }
+            transpose_into(&tmp, rows, n, out);
         }
     }
     X16.with(|buf| *buf.borrow_mut() = b);
+}
+
+/// `out[t·rows + r] = tmp[r·n + t]`: the row-major `[rows, n]` results of a row-parallel
+/// kernel into the `[n, rows]` layout the model uses.
+fn transpose_into(tmp: &[f32], rows: usize, n: usize, out: &mut [f32]) {
+    for (r, row) in tmp[..rows * n].chunks_exact(n).enumerate() {
+        for (t, &v) in row.iter().enumerate() {
+            out[t * rows + r] = v;
+        }
+    }
 }
 
 /// Runs `kernel(first_row, out_chunk)` over `rows` rows of `per_row` outputs each, in parallel

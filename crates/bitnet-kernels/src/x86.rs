@@ -584,33 +584,22 @@ unsafe fn q6k_block512(b: &crate::formats::BlockQ6K) -> [__m256i; 8] {
     }
 }
 
-/// [`dot_q6k_i16`] with AVX-512 VNNI: each 32-quant group is widened to i16, multiplied by
-/// its two 16-quant sub-block scales (`|q·sc| ≤ 32·128 = 4096`, fits i16) and accumulated with
-/// `vpdpwssd` (i16 pairs → i32) straight into one 16-lane i32 sum per block. Exact: a lane
-/// takes 16 products per block, `16 · 4096 · 32767 = 2 147 418 112 < 2³¹` with
-/// `|x16| ≤ 32767` (the quantizer's range). The block sum is then scaled by `d` in f32. About a
-/// third of the instructions of the AVX2 path. Scalar twin: the Q6_K `to_float` dot.
+/// The Q6_K head on int16 activations with AVX-512 VNNI, for consecutive rows of `bpr` blocks
+/// each (`blocks` holds them back to back) and `n = xs.len()` activation rows:
+/// `out[r·n + t] = Σ w_r·xs[t]`. Each 32-quant group is widened to i16, multiplied by its two
+/// 16-quant sub-block scales (`|q·sc| ≤ 32·128 = 4096`, fits i16) and accumulated with `vpdpwssd`
+/// (i16 pairs → i32) straight into one 16-lane i32 sum per block. Exact: a lane takes 16
+/// products per block, `16 · 4096 · 32767 = 2 147 418 112 < 2³¹` with `|x16| ≤ 32767` (the
+/// quantizer's range). The block sum is then scaled by `d` in f32. A block's quants are
+/// unpacked and scale-folded once for all tokens, and every token goes through the same
+/// operations in the same order as when alone, so a token's result does not depend on the
+/// others in the batch. About a third of the instructions of [`dot_q6k_i16`]. Scalar twin:
+/// the Q6_K `to_float` dot.
 ///
 /// # Safety
-/// The CPU must support AVX-512 F/BW/VNNI, AVX2 and FMA; `x16.len() >= blocks.len()·256` and
-/// every `|x16[i]| ≤ 32767`.
-#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vnni")]
-pub unsafe fn dot_q6k_i16_vnni(blocks: &[crate::formats::BlockQ6K], x16: &[i16]) -> f32 {
-    let mut out = [0f32];
-    // SAFETY: same contract, one row and one token.
-    unsafe { q6k_i16_vnni_rows(blocks, blocks.len(), &[x16], &mut out) };
-    out[0]
-}
-
-/// [`dot_q6k_i16_vnni`] for consecutive rows of `bpr` blocks each (`blocks` holds them back to
-/// back) and `xs.len()` int16 activation rows: `out[r·n + t] = Σ w_r·xs[t]`. A block's quants
-/// are unpacked and scale-folded once for all tokens; every token then goes through exactly the
-/// operations of the one-token case (same `vpdpwssd` order, same f32 accumulation and final
-/// reduction), so a token's result does not depend on the others in the batch.
-///
-/// # Safety
-/// As [`dot_q6k_i16_vnni`]; `out.len()` is a multiple of `n = xs.len()` (1 ≤ n ≤ 16),
-/// `blocks.len() >= out.len() / n · bpr` and every `xs[t].len() >= bpr·256`.
+/// The CPU must support AVX-512 F/BW/VNNI, AVX2 and FMA; every `|xs[t][i]| ≤ 32767`;
+/// `out.len()` is a multiple of `n` (1 ≤ n ≤ 16), `blocks.len() >= out.len() / n · bpr` and every
+/// `xs[t].len() >= bpr·256` (the shapes are asserted).
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vnni")]
 pub unsafe fn q6k_i16_vnni_rows(
     blocks: &[crate::formats::BlockQ6K],
@@ -626,8 +615,8 @@ pub unsafe fn q6k_i16_vnni_rows(
             && blocks.len() >= out.len() / n * bpr,
         "q6k_i16_vnni_rows: shapes"
     );
-    // SAFETY (whole block): features enabled; loads read the 16 scale bytes of each block,
-    // its quants (`q6k_block512`) and xs[t][256·bi .. 256·bi + 256], in bounds by the assert.
+    // SAFETY (whole block): features enabled; the helpers read inside each block, and the
+    // activation loads read xs[t][256·bi .. 256·bi + 256], in bounds by the assert.
     unsafe {
         // Scale selectors: group j (32 quants) takes sub-block scales 2j (lanes 0-15) and
         // 2j+1 (lanes 16-31).
@@ -638,51 +627,24 @@ pub unsafe fn q6k_i16_vnni_rows(
                 _mm512_set1_epi16(2 * j as i16 + 1),
             )
         });
-        if n == 1 {
-            // One token (decode): the same operations in the same order, with the accumulator
-            // in a register and no per-block weight array.
-            let xt = xs[0].as_ptr();
-            for (r, o) in out.iter_mut().enumerate() {
+        for (r, o) in out.chunks_exact_mut(n).enumerate() {
+            let row = &blocks[r * bpr..(r + 1) * bpr];
+            if n == 1 {
+                // Decode: the accumulator stays in a register (measured faster than the array).
                 let mut acc = _mm512_setzero_ps();
-                for (bi, b) in blocks[r * bpr..(r + 1) * bpr].iter().enumerate() {
-                    prefetch_ahead(b, 4);
-                    let sc8 = _mm_loadu_si128(b.scales.as_ptr() as *const __m128i);
-                    let sc16 = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(sc8));
-                    let xb = xt.add(bi * 256);
-                    let mut isum = _mm512_setzero_si512();
-                    let q = q6k_block512(b);
-                    for (j, qj) in q.iter().enumerate() {
-                        let s = _mm512_permutexvar_epi16(sel[j], sc16);
-                        let w = _mm512_mullo_epi16(_mm512_cvtepi8_epi16(*qj), s);
-                        let xv = _mm512_loadu_si512(xb.add(32 * j) as *const __m512i);
-                        isum = _mm512_dpwssd_epi32(isum, w, xv);
-                    }
-                    let d = _mm512_set1_ps(half::f16::from_bits(b.d).to_f32());
+                for (bi, b) in row.iter().enumerate() {
+                    let (w, d) = q6k_scaled(b, &sel);
+                    let isum = q6k_block_dot(&w, xs[0].as_ptr().add(bi * 256));
                     acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, acc);
                 }
-                *o = _mm512_reduce_add_ps(acc);
+                o[0] = _mm512_reduce_add_ps(acc);
+                continue;
             }
-            return;
-        }
-        for (r, o) in out.chunks_exact_mut(n).enumerate() {
             let mut acc = [_mm512_setzero_ps(); 16];
-            for (bi, b) in blocks[r * bpr..(r + 1) * bpr].iter().enumerate() {
-                prefetch_ahead(b, 4);
-                let sc8 = _mm_loadu_si128(b.scales.as_ptr() as *const __m128i);
-                let sc16 = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(sc8));
-                let q = q6k_block512(b);
-                let w: [__m512i; 8] = std::array::from_fn(|j| {
-                    let s = _mm512_permutexvar_epi16(sel[j], sc16);
-                    _mm512_mullo_epi16(_mm512_cvtepi8_epi16(q[j]), s)
-                });
-                let d = _mm512_set1_ps(half::f16::from_bits(b.d).to_f32());
+            for (bi, b) in row.iter().enumerate() {
+                let (w, d) = q6k_scaled(b, &sel);
                 for (x, a) in xs.iter().zip(acc.iter_mut()) {
-                    let xb = x.as_ptr().add(bi * 256);
-                    let mut isum = _mm512_setzero_si512();
-                    for (j, wj) in w.iter().enumerate() {
-                        let xv = _mm512_loadu_si512(xb.add(32 * j) as *const __m512i);
-                        isum = _mm512_dpwssd_epi32(isum, *wj, xv);
-                    }
+                    let isum = q6k_block_dot(&w, x.as_ptr().add(bi * 256));
                     *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, *a);
                 }
             }
@@ -690,6 +652,40 @@ pub unsafe fn q6k_i16_vnni_rows(
                 *o = _mm512_reduce_add_ps(*a);
             }
         }
+    }
+}
+
+/// A Q6_K block's quants as eight vectors of 32 i16 already multiplied by their sub-block
+/// scales (`sel` from [`q6k_i16_vnni_rows`]), and the block scale `d` broadcast.
+#[inline(always)]
+unsafe fn q6k_scaled(b: &crate::formats::BlockQ6K, sel: &[__m512i; 8]) -> ([__m512i; 8], __m512) {
+    prefetch_ahead(b, 4); // 210-byte blocks: four lines cover one
+                          // SAFETY: reads the block's 16 scale bytes and (in `q6k_block512`) its quants; the callers
+                          // enable AVX-512 F/BW.
+    unsafe {
+        let sc8 = _mm_loadu_si128(b.scales.as_ptr() as *const __m128i);
+        let sc16 = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(sc8));
+        let q = q6k_block512(b);
+        let w = std::array::from_fn(|j| {
+            let s = _mm512_permutexvar_epi16(sel[j], sc16);
+            _mm512_mullo_epi16(_mm512_cvtepi8_epi16(q[j]), s)
+        });
+        (w, _mm512_set1_ps(half::f16::from_bits(b.d).to_f32()))
+    }
+}
+
+/// The exact i32 lane sums of one block: `vpdpwssd` of the eight scaled quant vectors with the
+/// 256 int16 activations at `xb`, in group order.
+#[inline(always)]
+unsafe fn q6k_block_dot(w: &[__m512i; 8], xb: *const i16) -> __m512i {
+    // SAFETY: callers pass `xb` with 256 readable values and enable AVX-512 VNNI.
+    unsafe {
+        let mut isum = _mm512_setzero_si512();
+        for (j, wj) in w.iter().enumerate() {
+            let xv = _mm512_loadu_si512(xb.add(32 * j) as *const __m512i);
+            isum = _mm512_dpwssd_epi32(isum, *wj, xv);
+        }
+        isum
     }
 }
 

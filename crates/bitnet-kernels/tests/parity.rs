@@ -89,16 +89,36 @@ fn matmul_is_identical_on_every_kernel() {
     ] {
         let w: Vec<i8> = (0..rows * cols).map(|_| rng.random_range(-1..=1)).collect();
         let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-4.0..4.0)).collect();
-        let m = TernaryMatrix::from_values(rows, cols, &w, 0.5);
-        let mut a = QuantizedActs::new();
-        a.quantize(&x, n, cols, m.cols_padded());
-        let mut want = vec![0f32; n * rows];
-        ternary_matmul_with(Kernel::Scalar, &m, &a, &mut want);
-        for k in Kernel::all_available() {
-            let mut got = vec![0f32; n * rows];
-            ternary_matmul_with(k, &m, &a, &mut got);
-            assert_eq!(got, want, "{} {rows}x{cols} n={n}", k.name());
-        }
+        assert_matmul_matches_scalar(rows, cols, n, &w, &x, 0.5, "random");
+    }
+}
+
+/// `ternary_matmul_with` on every available kernel (and the AMX kernel directly, whatever
+/// token threshold the dispatcher uses) equals the scalar kernel bit for bit.
+fn assert_matmul_matches_scalar(
+    rows: usize,
+    cols: usize,
+    n: usize,
+    w: &[i8],
+    x: &[f32],
+    scale: f32,
+    what: &str,
+) {
+    let m = TernaryMatrix::from_values(rows, cols, w, scale);
+    let mut a = QuantizedActs::new();
+    a.quantize(x, n, cols, m.cols_padded());
+    let mut want = vec![0f32; n * rows];
+    ternary_matmul_with(Kernel::Scalar, &m, &a, &mut want);
+    for k in Kernel::all_available() {
+        let mut got = vec![0f32; n * rows];
+        ternary_matmul_with(k, &m, &a, &mut got);
+        assert_eq!(got, want, "{} {rows}x{cols} n={n} {what}", k.name());
+    }
+    #[cfg(target_arch = "x86_64")]
+    if Kernel::Amx.available() && n > 0 {
+        let mut got = vec![0f32; n * rows];
+        bitnet_kernels::amx::ternary_matmul(&m, &a, &mut got);
+        assert_eq!(got, want, "amx (direct) {rows}x{cols} n={n} {what}");
     }
 }
 
@@ -141,31 +161,8 @@ fn matmul_tile_edges_are_identical_on_every_kernel() {
                     _ => rng.random_range(-4.0..4.0),
                 })
                 .collect();
-            let m = TernaryMatrix::from_values(rows, cols, &w, 0.25);
-            let mut a = QuantizedActs::new();
-            a.quantize(&x, n, cols, m.cols_padded());
-            let mut want = vec![0f32; n * rows];
-            ternary_matmul_with(Kernel::Scalar, &m, &a, &mut want);
-            for k in Kernel::all_available() {
-                let mut got = vec![0f32; n * rows];
-                ternary_matmul_with(k, &m, &a, &mut got);
-                assert_eq!(
-                    got,
-                    want,
-                    "{} shape {si} {rows}x{cols} n={n} pattern {pattern}",
-                    k.name()
-                );
-            }
-            // The AMX kernel directly, whatever the token threshold the dispatcher uses.
-            #[cfg(target_arch = "x86_64")]
-            if Kernel::Amx.available() {
-                let mut got = vec![0f32; n * rows];
-                bitnet_kernels::amx::ternary_matmul(&m, &a, &mut got);
-                assert_eq!(
-                    got, want,
-                    "amx shape {si} {rows}x{cols} n={n} pattern {pattern}"
-                );
-            }
+            let what = format!("shape {si} pattern {pattern}");
+            assert_matmul_matches_scalar(rows, cols, n, &w, &x, 0.25, &what);
         }
     }
 }
@@ -559,7 +556,16 @@ fn q6k_int16_kernels_match_dequantized_dot_at_the_extremes() {
                 assert!((avx2 - want).abs() <= 1e-5 * bound, "avx2 {avx2} vs {want}");
                 if vnni {
                     // SAFETY: AVX-512 VNNI detected; |x16| ≤ 32767.
-                    let got = unsafe { bitnet_kernels::x86::dot_q6k_i16_vnni(blocks, &x16) } as f64;
+                    let mut out = [0f32];
+                    unsafe {
+                        bitnet_kernels::x86::q6k_i16_vnni_rows(
+                            blocks,
+                            blocks.len(),
+                            &[&x16],
+                            &mut out,
+                        )
+                    };
+                    let got = out[0] as f64;
                     assert!(
                         (got - want).abs() <= 1e-5 * bound,
                         "vnni {got} vs {want} (extreme {extreme})"
