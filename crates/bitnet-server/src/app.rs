@@ -73,6 +73,8 @@ pub struct AppState {
     pub prometheus: Option<PrometheusHandle>,
     /// Server start, Unix seconds.
     pub started: u64,
+    /// API keys, limits and metering (`None`: an open server).
+    pub tenancy: Option<Arc<bitnet_tenancy::Tenancy>>,
 }
 
 impl AppState {
@@ -217,7 +219,28 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ready", get(routes::misc::ready))
         .route("/metrics", get(routes::misc::metrics))
         .route("/openapi.json", get(routes::misc::openapi))
+        .route(
+            "/admin/tenants",
+            get(routes::admin::tenants).post(routes::admin::create_tenant),
+        )
+        .route(
+            "/admin/keys",
+            get(routes::admin::keys).post(routes::admin::create_key),
+        )
+        .route(
+            "/admin/keys/{id}",
+            get(routes::admin::key)
+                .patch(routes::admin::update_key)
+                .delete(routes::admin::delete_key),
+        )
+        .route("/admin/keys/{id}/rotate", post(routes::admin::rotate_key))
+        .route("/admin/usage", get(routes::admin::usage))
+        .route("/admin/audit", get(routes::admin::audit))
         .fallback(routes::misc::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::tenancy::authenticate,
+        ))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(envelope_errors))
         .layer(TimeoutLayer::with_status_code(
@@ -275,11 +298,31 @@ pub async fn serve_on(
         });
     }
     let grace = config.shutdown_grace;
+    let tenancy = match &config.tenancy {
+        Some(tc) => {
+            let t = bitnet_tenancy::Tenancy::open(tc)
+                .await
+                .map_err(|e| ServeError::Config(format!("multi-tenancy: {e}")))?;
+            tracing::info!(
+                "API keys required; store {:?}, rate limits {}, usage journal {}",
+                t.store.backend(),
+                if tc.redis_url.is_some() {
+                    "in Redis (shared by replicas)"
+                } else {
+                    "in this process"
+                },
+                tc.journal_dir.display()
+            );
+            Some(t)
+        }
+        None => None,
+    };
     let state = Arc::new(AppState {
         config,
         loaded: OnceLock::new(),
         prometheus,
         started: unix_now(),
+        tenancy,
     });
     let loader = {
         let state = state.clone();
@@ -317,7 +360,12 @@ pub async fn serve_on(
             Err(e) => return Err(ServeError::Config(format!("model loader panicked: {e}"))),
         }
     }
-    match server.await {
+    let served = server.await;
+    if let Some(t) = &state.tenancy {
+        // Every finished request's usage row is stored before the process ends.
+        t.close(std::time::Duration::from_secs(30)).await;
+    }
+    match served {
         Ok(Ok(())) => Ok(()),
         Ok(Err(source)) => Err(ServeError::Io {
             what: "serving".into(),

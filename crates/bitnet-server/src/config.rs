@@ -87,6 +87,27 @@ pub struct ServeOptions {
     #[arg(long, env = "BITNET_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<f64>,
     /// A TOML file with any of these settings (flags and environment win).
+    /// Require API keys (tenants, limits, usage metering); on as well when a database or
+    /// Redis URL is given.
+    #[arg(long, env = "BITNET_AUTH", num_args = 0..=1, default_missing_value = "true")]
+    pub auth: Option<bool>,
+    /// Tenancy database: `sqlite://PATH` or `postgres://…` [default: sqlite in the data dir].
+    #[arg(long, env = "BITNET_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Redis for rate-limit counters shared by replicas (`redis://host:port`); without it the
+    /// counters live in this process.
+    #[arg(long, env = "BITNET_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Folder for the SQLite database and the usage journal [default: ~/.local/share/bitnet].
+    #[arg(long, env = "BITNET_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Usage journal folder [default: DATA_DIR/journal].
+    #[arg(long, env = "BITNET_JOURNAL_DIR")]
+    pub journal_dir: Option<PathBuf>,
+    /// Seconds a looked-up API key stays cached (changes made through another replica take
+    /// effect within this) [default: 5].
+    #[arg(long, env = "BITNET_KEY_CACHE_TTL")]
+    pub key_cache_ttl: Option<f64>,
     #[arg(long = "config", env = "BITNET_CONFIG")]
     #[serde(skip)]
     pub config_file: Option<PathBuf>,
@@ -123,6 +144,8 @@ pub struct ServeConfig {
     pub body_limit: usize,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
+    /// API keys, limits and metering (`None`: an open server).
+    pub tenancy: Option<bitnet_tenancy::TenancyConfig>,
 }
 
 impl ServeOptions {
@@ -155,6 +178,12 @@ impl ServeOptions {
             request_timeout: self.request_timeout.or(o.request_timeout),
             body_limit: self.body_limit.or(o.body_limit),
             shutdown_grace: self.shutdown_grace.or(o.shutdown_grace),
+            auth: self.auth.or(o.auth),
+            database_url: self.database_url.or(o.database_url),
+            redis_url: self.redis_url.or(o.redis_url),
+            data_dir: self.data_dir.or(o.data_dir),
+            journal_dir: self.journal_dir.or(o.journal_dir),
+            key_cache_ttl: self.key_cache_ttl.or(o.key_cache_ttl),
             config_file: self.config_file.or(o.config_file),
         }
     }
@@ -197,7 +226,32 @@ impl ServeOptions {
                 })
             }
         };
+        let request_timeout = secs("request_timeout", o.request_timeout.unwrap_or(600.0))?;
+        let tenancy_on =
+            o.auth.unwrap_or(false) || o.database_url.is_some() || o.redis_url.is_some();
+        let tenancy = if tenancy_on {
+            let data_dir = o.data_dir.unwrap_or_else(bitnet_tenancy::default_data_dir);
+            let ttl = match o.key_cache_ttl {
+                Some(v) if v == 0.0 => Duration::ZERO,
+                Some(v) => secs("key_cache_ttl", v)?,
+                None => Duration::from_secs(5),
+            };
+            Some(bitnet_tenancy::TenancyConfig {
+                database_url: o
+                    .database_url
+                    .unwrap_or_else(|| bitnet_tenancy::default_database_url(&data_dir)),
+                redis_url: o.redis_url,
+                journal_dir: o.journal_dir.unwrap_or_else(|| data_dir.join("journal")),
+                key_cache_ttl: ttl,
+                lease_ttl: request_timeout + Duration::from_secs(60),
+                flush: Duration::from_millis(50),
+                max_connections: 8,
+            })
+        } else {
+            None
+        };
         Ok(ServeConfig {
+            tenancy,
             model,
             model_name,
             host: o.host.unwrap_or_else(|| "127.0.0.1".into()),
@@ -209,7 +263,7 @@ impl ServeOptions {
             ctx: o.ctx.map(|c| positive("ctx", c)).transpose()?,
             kv_tokens: o.kv_tokens.map(|c| positive("kv_tokens", c)).transpose()?,
             step_tokens: positive("step_tokens", o.step_tokens.unwrap_or(512))?,
-            request_timeout: secs("request_timeout", o.request_timeout.unwrap_or(600.0))?,
+            request_timeout,
             body_limit: positive("body_limit", o.body_limit.unwrap_or(4 << 20))?,
             shutdown_grace: secs("shutdown_grace", o.shutdown_grace.unwrap_or(30.0))?,
         })

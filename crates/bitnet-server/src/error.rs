@@ -25,6 +25,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for the `Retry-After` header.
     pub retry_after: Option<u64>,
+    /// More headers (`x-ratelimit-*` on a 429).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 /// The JSON envelope.
@@ -57,7 +59,46 @@ impl ApiError {
             param: None,
             message: message.into(),
             retry_after: None,
+            headers: Vec::new(),
         }
+    }
+
+    /// 401 `invalid_api_key`.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message);
+        e.code = Some("invalid_api_key");
+        e
+    }
+
+    /// 403 `permission_error`.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "permission_error", message)
+    }
+
+    /// 429 `rate_limit_exceeded`, of type `requests` or `tokens`.
+    pub fn rate_limited(kind: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, kind, message);
+        e.code = Some("rate_limit_exceeded");
+        e.retry_after = Some(retry_after.max(1));
+        e
+    }
+
+    /// 429 `insufficient_quota`: the budget is spent.
+    pub fn insufficient_quota(message: impl Into<String>, retry_after: u64) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", message);
+        e.code = Some("insufficient_quota");
+        e.retry_after = Some(retry_after.max(1));
+        e
+    }
+
+    /// 404 for an unknown tenant or key (admin API).
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", message)
+    }
+
+    /// 409 for a name already taken (admin API).
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "invalid_request_error", message)
     }
 
     /// 400 for a bad request parameter, naming it.
@@ -166,6 +207,11 @@ impl IntoResponse for ApiError {
         if let Some(s) = self.retry_after {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        for (name, value) in &self.headers {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                r.headers_mut().insert(*name, v);
+            }
         }
         r
     }

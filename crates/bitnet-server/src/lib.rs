@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod params;
 pub mod routes;
 pub mod stream;
+pub mod tenancy;
 pub mod types;
 
 pub use app::{serve, serve_on, ServeError};

@@ -61,6 +61,8 @@ pub struct Session {
     ended: bool,
     pending: VecDeque<Payload>,
     offsets: Vec<usize>,
+    last_finish: Option<Finish>,
+    meter: Option<crate::tenancy::Metering>,
 }
 
 /// What one choice produced (non-streaming).
@@ -103,6 +105,32 @@ impl Session {
             ended: false,
             pending: VecDeque::new(),
             offsets: vec![0; choices],
+            last_finish: None,
+            meter: None,
+        }
+    }
+
+    /// Meters this request: its usage row is written when it ends (before the last bytes
+    /// go to the client), or when it is dropped (client gone).
+    pub fn set_metering(&mut self, m: crate::tenancy::Metering) {
+        self.meter = Some(m);
+    }
+
+    fn meter_token(&mut self) {
+        if let Some(m) = self.meter.as_mut() {
+            m.token();
+        }
+    }
+
+    fn meter_end(&mut self, ok: bool, status: u16) {
+        let completion = self.completion_tokens;
+        let reason = if ok {
+            self.last_finish.map(Finish::as_str).unwrap_or("stop")
+        } else {
+            "error"
+        };
+        if let Some(m) = self.meter.as_mut() {
+            m.finish(ok.then_some(completion), status, reason);
         }
     }
 
@@ -288,6 +316,7 @@ impl Session {
                     logprob,
                     ..
                 }) => {
+                    self.meter_token();
                     let chunk =
                         self.chunk_json(index, Some(text.clone()), logprob.as_ref(), None, false);
                     if let Some(o) = self.offsets.get_mut(index) {
@@ -302,6 +331,7 @@ impl Session {
                 }) => {
                     self.completion_tokens += completion_tokens;
                     self.done += 1;
+                    self.last_finish = Some(finish);
                     let content = match self.kind {
                         Kind::Chat => None,
                         Kind::Completion { .. } => Some(String::new()),
@@ -309,6 +339,8 @@ impl Session {
                     let chunk = self.chunk_json(index, content, None, Some(finish), false);
                     self.pending.push_back(Payload::Json(chunk));
                     if self.done == self.choices {
+                        // The usage row is journaled before the client sees the end.
+                        self.meter_end(true, 200);
                         if self.include_usage {
                             self.pending.push_back(Payload::Json(self.usage_json()));
                         }
@@ -319,14 +351,17 @@ impl Session {
                 Some(Event::Admitted) => {}
                 Some(Event::Rejected(e)) => {
                     self.ended = true;
+                    self.meter_end(false, e.status.as_u16());
                     return Some(Payload::Error(e.to_json()));
                 }
                 Some(Event::Failed(m)) => {
                     self.ended = true;
+                    self.meter_end(false, 500);
                     return Some(Payload::Error(ApiError::internal(m).to_json()));
                 }
                 None => {
                     self.ended = true;
+                    self.meter_end(false, 500);
                     return Some(Payload::Error(
                         ApiError::internal("the engine stopped").to_json(),
                     ));
@@ -346,6 +381,7 @@ impl Session {
                     logprob,
                     ..
                 }) => {
+                    self.meter_token();
                     if let Some(c) = out.get_mut(index) {
                         c.text.push_str(&text);
                         c.logprobs.extend(logprob);
@@ -358,16 +394,27 @@ impl Session {
                 }) => {
                     self.completion_tokens += completion_tokens;
                     self.done += 1;
+                    self.last_finish = Some(finish);
                     if let Some(c) = out.get_mut(index) {
                         c.finish = Some(finish);
                     }
                 }
                 Some(Event::Admitted) => {}
-                Some(Event::Rejected(e)) => return Err(e),
-                Some(Event::Failed(m)) => return Err(ApiError::internal(m)),
-                None => return Err(ApiError::internal("the engine stopped")),
+                Some(Event::Rejected(e)) => {
+                    self.meter_end(false, e.status.as_u16());
+                    return Err(e);
+                }
+                Some(Event::Failed(m)) => {
+                    self.meter_end(false, 500);
+                    return Err(ApiError::internal(m));
+                }
+                None => {
+                    self.meter_end(false, 500);
+                    return Err(ApiError::internal("the engine stopped"));
+                }
             }
         }
+        self.meter_end(true, 200);
         let usage = self.usage();
         let value = match &self.kind {
             Kind::Chat => serde_json::to_value(ChatCompletion {

@@ -554,6 +554,7 @@ async fn ready_is_503_until_loaded() {
         loaded: Default::default(),
         prometheus: None,
         started: 0,
+        tenancy: None,
     });
     let app = bitnet_server::app::router(state);
     for (m, path) in [

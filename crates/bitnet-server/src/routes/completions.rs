@@ -5,10 +5,12 @@ use crate::app::AppState;
 use crate::error::{parse_json, ApiError, ErrorEnvelope};
 use crate::params;
 use crate::stream::Kind;
+use crate::tenancy::Caller;
 use crate::types::{Completion, CompletionRequest, PromptField};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use std::sync::Arc;
 
 /// Most prompts in one request.
@@ -110,13 +112,17 @@ fn prepare(state: &AppState, body: &[u8]) -> Result<Prepared, ApiError> {
         (status = 503, description = "Queue full, deadline passed, loading or shutting down (with Retry-After)", body = ErrorEnvelope),
     )
 )]
-pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Response {
     let p = match prepare(&state, &body) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    match start(p, state.config.queue_timeout).await {
-        Ok((session, stream)) => respond(session, stream).await,
+    match start(&state, &caller, p).await {
+        Ok(started) => respond(started).await,
         Err(e) => e.into_response(),
     }
 }

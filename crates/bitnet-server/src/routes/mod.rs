@@ -1,14 +1,16 @@
 //! Route handlers, one file per endpoint group.
 
+pub mod admin;
 pub mod chat;
 pub mod completions;
 pub mod misc;
 pub mod ws;
 
-use crate::app::{unix_now, Loaded};
+use crate::app::{unix_now, AppState, Loaded};
 use crate::engine::{Job, JobParams};
 use crate::error::ApiError;
 use crate::stream::{Kind, Session};
+use crate::tenancy::{Caller, Metering};
 use axum::http::{header, HeaderValue};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -36,10 +38,29 @@ pub struct Prepared {
     pub prefix: &'static str,
 }
 
-/// Submits to the engine and waits for admission (503 on a full queue or a missed deadline).
-pub async fn start(p: Prepared, queue_timeout: Duration) -> Result<(Session, bool), ApiError> {
+/// A started generation: the session, whether to stream, and the rate-limit headers.
+pub struct Started {
+    /// The response state.
+    pub session: Session,
+    /// Stream the answer.
+    pub stream: bool,
+    /// `x-ratelimit-*` headers (authenticated requests).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+/// Checks the caller's access and limits, submits to the engine and waits for admission
+/// (503 on a full queue or a missed deadline).
+pub async fn start(state: &AppState, caller: &Caller, p: Prepared) -> Result<Started, ApiError> {
+    let admission =
+        crate::tenancy::admit(&state.tenancy, caller, &p.loaded.model_id, p.prompt_tokens).await?;
+    let headers = admission
+        .as_ref()
+        .map(|a| crate::tenancy::rate_headers(&a.info))
+        .unwrap_or_default();
+    let queue_timeout = state.config.queue_timeout;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let id = format!("{}-{}", p.prefix, uuid::Uuid::new_v4().simple());
+    let prompt_tokens = p.prompt_tokens;
     let choices = p.seqs.len();
     p.loaded.engine.submit(Job {
         id: id.clone(),
@@ -59,14 +80,36 @@ pub async fn start(p: Prepared, queue_timeout: Duration) -> Result<(Session, boo
         p.loaded.tok.clone(),
         rx,
     );
+    if let Some(a) = admission {
+        session.set_metering(Metering::new(
+            a,
+            &session.id,
+            &p.loaded.model_id,
+            prompt_tokens,
+        ));
+    }
     session
         .admitted(queue_timeout + Duration::from_secs(5))
         .await?;
-    Ok((session, p.stream))
+    Ok(Started {
+        session,
+        stream: p.stream,
+        headers,
+    })
 }
 
 /// Answers a started session: SSE when streaming, else one JSON body.
-pub async fn respond(session: Session, stream: bool) -> Response {
+pub async fn respond(started: Started) -> Response {
+    let mut r = respond_inner(started.session, started.stream).await;
+    for (name, value) in started.headers {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            r.headers_mut().insert(name, v);
+        }
+    }
+    r
+}
+
+async fn respond_inner(session: Session, stream: bool) -> Response {
     if !stream {
         return match session.collect().await {
             Ok(v) => axum::Json(v).into_response(),

@@ -6,9 +6,11 @@ use super::start;
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::stream::Payload;
+use crate::tenancy::Caller;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
+use axum::Extension;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,9 +18,13 @@ use std::time::Duration;
 #[utoipa::path(get, path = "/v1/stream", responses(
     (status = 101, description = "WebSocket: send a chat-completion request as the first text message; \
      receive chat.completion.chunk objects, then a usage chunk, then a close frame")))]
-pub async fn stream(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
+pub async fn stream(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    ws: WebSocketUpgrade,
+) -> Response {
     ws.max_message_size(state.config.body_limit)
-        .on_upgrade(move |socket| run(state, socket))
+        .on_upgrade(move |socket| run(state, caller, socket))
 }
 
 async fn close(mut socket: WebSocket, code: u16, reason: &str) {
@@ -30,7 +36,7 @@ async fn close(mut socket: WebSocket, code: u16, reason: &str) {
         .await;
 }
 
-async fn run(state: Arc<AppState>, mut socket: WebSocket) {
+async fn run(state: Arc<AppState>, caller: Caller, mut socket: WebSocket) {
     let first = tokio::time::timeout(Duration::from_secs(30), socket.recv()).await;
     let body = match first {
         Ok(Some(Ok(Message::Text(t)))) => t.as_str().as_bytes().to_vec(),
@@ -42,8 +48,8 @@ async fn run(state: Arc<AppState>, mut socket: WebSocket) {
         Ok(p) => p,
         Err(e) => return fail(socket, e).await,
     };
-    let mut session = match start(prepared, state.config.queue_timeout).await {
-        Ok((s, _)) => s,
+    let mut session = match start(&state, &caller, prepared).await {
+        Ok(s) => s.session,
         Err(e) => return fail(socket, e).await,
     };
     loop {

@@ -124,6 +124,17 @@ pub async fn open(
     path: &str,
     body: Vec<u8>,
 ) -> (StatusCode, HeaderMap, Incoming, JoinHandle<()>) {
+    open_with(addr, method, path, &[], body).await
+}
+
+/// [`open`] with extra request headers.
+pub async fn open_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (StatusCode, HeaderMap, Incoming, JoinHandle<()>) {
     let stream = TcpStream::connect(addr).await.unwrap();
     stream.set_nodelay(true).unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -136,7 +147,10 @@ pub async fn open(
         .method(method)
         .uri(path)
         .header("host", "localhost")
-        .header("content-type", "application/json")
+        .header("content-type", "application/json");
+    let req = headers
+        .iter()
+        .fold(req, |r, (k, v)| r.header(*k, *v))
         .body(Full::new(Bytes::from(body)))
         .unwrap();
     let resp = sender.send_request(req).await.unwrap();
@@ -151,6 +165,24 @@ pub async fn request(
     body: Vec<u8>,
 ) -> (StatusCode, HeaderMap, Bytes) {
     let (s, h, body, conn) = open(addr, method, path, body).await;
+    let b = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    conn.abort();
+    (s, h, b)
+}
+
+/// A request with headers, its body read whole.
+pub async fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (StatusCode, HeaderMap, Bytes) {
+    let (s, h, body, conn) = open_with(addr, method, path, headers, body).await;
     let b = body
         .collect()
         .await

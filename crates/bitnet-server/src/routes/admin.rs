@@ -1,0 +1,285 @@
+//! `/admin`: tenants, keys, usage (JSON or CSV) and the audit log, for admin keys only (the
+//! authentication middleware checks the role). Every change is audited with the acting key.
+
+use crate::app::AppState;
+use crate::error::{parse_json, ApiError};
+use crate::tenancy::Caller;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use bitnet_tenancy::usage::{parse_time, usage_csv};
+use bitnet_tenancy::{Error, KeyUpdate, NewKey, Tenancy, UsageFilter};
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The API error of a tenancy error.
+pub fn store_error(e: Error) -> ApiError {
+    match e {
+        Error::Invalid { field, message } => ApiError::param(field, message),
+        e @ Error::NotFound { .. } => ApiError::not_found(e.to_string()),
+        e @ Error::Conflict { .. } => ApiError::conflict(e.to_string()),
+        e => {
+            tracing::error!("admin: {e}");
+            ApiError::internal(e.to_string())
+        }
+    }
+}
+
+fn tenancy(state: &AppState) -> Result<&Arc<Tenancy>, ApiError> {
+    state.tenancy.as_ref().ok_or_else(|| {
+        ApiError::not_found("Multi-tenancy is off: start `bitnet serve` with --auth")
+    })
+}
+
+fn actor(caller: &Caller) -> String {
+    caller
+        .0
+        .as_ref()
+        .map(|k| format!("key:{}", k.id))
+        .unwrap_or_else(|| "anonymous".into())
+}
+
+fn list<T: serde::Serialize>(data: Vec<T>) -> Response {
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+fn created<T: serde::Serialize>(v: T) -> Response {
+    (StatusCode::CREATED, Json(v)).into_response()
+}
+
+type R = Result<Response, ApiError>;
+
+/// Body of `POST /admin/tenants`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTenant {
+    name: String,
+    metadata: Option<serde_json::Value>,
+}
+
+/// `GET /admin/tenants`.
+pub async fn tenants(State(s): State<Arc<AppState>>) -> R {
+    Ok(list(
+        tenancy(&s)?.store.tenants().await.map_err(store_error)?,
+    ))
+}
+
+/// `POST /admin/tenants`.
+pub async fn create_tenant(
+    State(s): State<Arc<AppState>>,
+    Extension(c): Extension<Caller>,
+    body: Bytes,
+) -> R {
+    let t = tenancy(&s)?;
+    let req: NewTenant = parse_json(&body)?;
+    let tenant = t
+        .store
+        .create_tenant(&actor(&c), &req.name, req.metadata)
+        .await
+        .map_err(store_error)?;
+    Ok(created(tenant))
+}
+
+/// `GET /admin/keys[?tenant=]`.
+pub async fn keys(State(s): State<Arc<AppState>>, Query(q): Query<HashMap<String, String>>) -> R {
+    let t = tenancy(&s)?;
+    let keys = t
+        .store
+        .keys(q.get("tenant").map(String::as_str))
+        .await
+        .map_err(store_error)?;
+    Ok(list(keys))
+}
+
+/// `POST /admin/keys`: the answer carries the secret, the only time it is shown.
+pub async fn create_key(
+    State(s): State<Arc<AppState>>,
+    Extension(c): Extension<Caller>,
+    body: Bytes,
+) -> R {
+    let t = tenancy(&s)?;
+    let req: NewKey = parse_json(&body)?;
+    let (key, secret) = t
+        .store
+        .create_key(&actor(&c), &req)
+        .await
+        .map_err(store_error)?;
+    Ok(created(json!({"key": key, "secret": secret})))
+}
+
+/// `GET /admin/keys/{id}`.
+pub async fn key(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> R {
+    let t = tenancy(&s)?;
+    Ok(Json(t.store.key(&id).await.map_err(store_error)?).into_response())
+}
+
+/// `PATCH /admin/keys/{id}`.
+pub async fn update_key(
+    State(s): State<Arc<AppState>>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> R {
+    let t = tenancy(&s)?;
+    let req: KeyUpdate = parse_json(&body)?;
+    let k = t
+        .store
+        .update_key(&actor(&c), &id, &req)
+        .await
+        .map_err(store_error)?;
+    t.invalidate();
+    Ok(Json(k).into_response())
+}
+
+/// `DELETE /admin/keys/{id}`.
+pub async fn delete_key(
+    State(s): State<Arc<AppState>>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> R {
+    let t = tenancy(&s)?;
+    let k = t
+        .store
+        .delete_key(&actor(&c), &id)
+        .await
+        .map_err(store_error)?;
+    t.invalidate();
+    Ok(Json(json!({"id": k.id, "object": "key", "deleted": true})).into_response())
+}
+
+/// Body of `POST /admin/keys/{id}/rotate`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Rotate {
+    /// Seconds the old secret keeps working [default: 86400].
+    grace_seconds: Option<f64>,
+}
+
+/// `POST /admin/keys/{id}/rotate`: a new secret; the old one works for the grace period.
+pub async fn rotate_key(
+    State(s): State<Arc<AppState>>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> R {
+    let t = tenancy(&s)?;
+    let req: Rotate = if body.is_empty() {
+        Rotate::default()
+    } else {
+        parse_json(&body)?
+    };
+    let grace = req.grace_seconds.unwrap_or(86_400.0);
+    if !(grace.is_finite() && (0.0..=1e9).contains(&grace)) {
+        return Err(ApiError::param(
+            "grace_seconds",
+            "`grace_seconds` must be between 0 and 1e9",
+        ));
+    }
+    let (key, secret) = t
+        .store
+        .rotate_key(&actor(&c), &id, (grace * 1000.0) as i64)
+        .await
+        .map_err(store_error)?;
+    t.invalidate();
+    Ok(created(json!({"key": key, "secret": secret})))
+}
+
+/// `GET /admin/usage?from=&to=&tenant=&key=&model=&limit=&format=json|csv&group=request|daily`.
+pub async fn usage(State(s): State<Arc<AppState>>, Query(q): Query<HashMap<String, String>>) -> R {
+    let t = tenancy(&s)?;
+    for k in q.keys() {
+        if ![
+            "from", "to", "tenant", "key", "model", "limit", "format", "group",
+        ]
+        .contains(&k.as_str())
+        {
+            return Err(ApiError::param(
+                k.clone(),
+                format!("Unknown query parameter `{k}`"),
+            ));
+        }
+    }
+    let time = |name: &str| {
+        q.get(name)
+            .map(|v| parse_time(name, v))
+            .transpose()
+            .map_err(store_error)
+    };
+    let tenant_id = match q.get("tenant") {
+        Some(name) => Some(t.store.tenant(name).await.map_err(store_error)?.id),
+        None => None,
+    };
+    let limit = match q.get("limit") {
+        Some(v) => Some(
+            v.parse::<i64>()
+                .ok()
+                .filter(|l| *l > 0)
+                .ok_or_else(|| ApiError::param("limit", "`limit` must be a positive integer"))?,
+        ),
+        None => None,
+    };
+    let f = UsageFilter {
+        from_ms: time("from")?,
+        to_ms: time("to")?,
+        tenant_id,
+        key_id: q.get("key").cloned(),
+        model: q.get("model").cloned(),
+        limit,
+    };
+    let csv = match q.get("format").map(String::as_str) {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return Err(ApiError::param(
+                "format",
+                format!("Unknown format {other:?}: json or csv"),
+            ))
+        }
+    };
+    match q.get("group").map(String::as_str) {
+        None | Some("request") => {
+            let rows = t.store.usage(&f).await.map_err(store_error)?;
+            if csv {
+                let mut r = usage_csv(&rows).into_response();
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/csv; charset=utf-8"),
+                );
+                r.headers_mut().insert(
+                    header::CONTENT_DISPOSITION,
+                    HeaderValue::from_static("attachment; filename=\"usage.csv\""),
+                );
+                Ok(r)
+            } else {
+                Ok(list(rows))
+            }
+        }
+        Some("daily") if !csv => Ok(list(t.store.daily_usage(&f).await.map_err(store_error)?)),
+        Some("daily") => Err(ApiError::param(
+            "format",
+            "CSV export is per request (group=request)",
+        )),
+        Some(other) => Err(ApiError::param(
+            "group",
+            format!("Unknown group {other:?}: request or daily"),
+        )),
+    }
+}
+
+/// `GET /admin/audit[?limit=]`, newest first.
+pub async fn audit(State(s): State<Arc<AppState>>, Query(q): Query<HashMap<String, String>>) -> R {
+    let t = tenancy(&s)?;
+    let limit = match q.get("limit") {
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|l| *l > 0)
+            .ok_or_else(|| ApiError::param("limit", "`limit` must be a positive integer"))?,
+        None => 100,
+    };
+    Ok(list(t.store.audit_log(limit).await.map_err(store_error)?))
+}

@@ -1,0 +1,247 @@
+//! API keys, limits and metering in the request path: the authentication middleware, the
+//! admission of generation requests (model access, RPM/TPM/parallel limits, budgets) with
+//! the `x-ratelimit-*` headers, and the usage row every admitted request leaves.
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, Request};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bitnet_tenancy::{Admission, ApiKey, AuthError, RateInfo, Refusal, Role, Tenancy, UsageRecord};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Who sent the request: the key, or `None` on an open server.
+#[derive(Clone, Default)]
+pub struct Caller(pub Option<Arc<ApiKey>>);
+
+/// Whether `path` needs a key when auth is on (everything but health, readiness, metrics
+/// and the OpenAPI document).
+fn protected(path: &str) -> bool {
+    path.starts_with("/v1/")
+        || path == "/v1"
+        || path.starts_with("/tokenize")
+        || path.starts_with("/detokenize")
+        || path.starts_with("/admin")
+}
+
+/// The bearer token of a request (`Authorization: Bearer KEY`).
+pub fn bearer(req: &Request<Body>) -> Option<&str> {
+    let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// Middleware: authenticates protected routes (401), keeps `/admin` for admin keys (403),
+/// and puts the [`Caller`] into the request for the handlers.
+pub async fn authenticate(
+    State(state): State<Arc<AppState>>,
+    mut req: Request<Body>,
+    next: Next,
+) -> Response {
+    let mut caller = Caller(None);
+    if let Some(t) = &state.tenancy {
+        let path = req.uri().path();
+        if protected(path) {
+            let admin_route = path.starts_with("/admin");
+            match t.authenticate(bearer(&req)).await {
+                Ok(key) => {
+                    if admin_route && key.role != Role::Admin {
+                        return ApiError::forbidden(
+                            "This API key is not an admin key: /admin needs role admin",
+                        )
+                        .into_response();
+                    }
+                    caller = Caller(Some(key));
+                }
+                Err(AuthError::Store(e)) => {
+                    tracing::error!("authenticating a request: {e}");
+                    return ApiError::overloaded("The key store is unavailable", 5).into_response();
+                }
+                Err(e) => return ApiError::unauthorized(e.to_string()).into_response(),
+            }
+        }
+    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+/// `x-ratelimit-*` headers for `info`.
+pub fn rate_headers(info: &RateInfo) -> Vec<(&'static str, String)> {
+    let reset = format!("{}s", (info.reset_ms + 999) / 1000);
+    let mut h = Vec::new();
+    if let (Some(l), Some(r)) = (info.limit_requests, info.remaining_requests) {
+        h.push(("x-ratelimit-limit-requests", l.to_string()));
+        h.push(("x-ratelimit-remaining-requests", r.to_string()));
+        h.push(("x-ratelimit-reset-requests", reset.clone()));
+    }
+    if let (Some(l), Some(r)) = (info.limit_tokens, info.remaining_tokens) {
+        h.push(("x-ratelimit-limit-tokens", l.to_string()));
+        h.push(("x-ratelimit-remaining-tokens", r.to_string()));
+        h.push(("x-ratelimit-reset-tokens", reset));
+    }
+    h
+}
+
+fn retry_secs(ms: i64) -> u64 {
+    ((ms.max(0) + 999) / 1000).max(1) as u64
+}
+
+/// The API error for a refused admission.
+pub fn refusal(r: Refusal, key: &ApiKey, prompt_tokens: i64) -> ApiError {
+    match r {
+        Refusal::Model(m) => {
+            ApiError::forbidden(format!("This API key may not use the model `{m}`"))
+        }
+        Refusal::Requests(i) => {
+            let mut e = ApiError::rate_limited(
+                "requests",
+                format!(
+                    "Rate limit reached for requests per minute: limit {}, used {}. Retry in {} s.",
+                    i.limit_requests.unwrap_or(0),
+                    i.limit_requests.unwrap_or(0) - i.remaining_requests.unwrap_or(0),
+                    retry_secs(i.reset_ms)
+                ),
+                retry_secs(i.reset_ms),
+            );
+            e.headers = rate_headers(&i);
+            e
+        }
+        Refusal::Tokens(i) => {
+            let limit = i.limit_tokens.unwrap_or(0);
+            let msg = if prompt_tokens > limit {
+                format!(
+                    "This request's {prompt_tokens} prompt tokens exceed the key's limit of \
+                     {limit} tokens per minute"
+                )
+            } else {
+                format!(
+                    "Rate limit reached for tokens per minute: limit {limit}, used {}, requested \
+                     {prompt_tokens}. Retry in {} s.",
+                    limit - i.remaining_tokens.unwrap_or(0),
+                    retry_secs(i.reset_ms)
+                )
+            };
+            let mut e = ApiError::rate_limited("tokens", msg, retry_secs(i.reset_ms));
+            e.headers = rate_headers(&i);
+            e
+        }
+        Refusal::Parallel(i, limit) => {
+            let mut e = ApiError::rate_limited(
+                "requests",
+                format!("Too many requests at once for this API key (limit {limit} in parallel)"),
+                1,
+            );
+            e.headers = rate_headers(&i);
+            e
+        }
+        Refusal::Budget(budget, spent, end) => {
+            let retry = if end == i64::MAX {
+                86_400
+            } else {
+                retry_secs(end - bitnet_tenancy::now_ms())
+            };
+            ApiError::insufficient_quota(
+                format!(
+                    "You exceeded your token budget: {spent} of {budget} tokens used{}",
+                    match key.budget_period {
+                        Some(p) if p != bitnet_tenancy::Period::Total =>
+                            format!(" this {} period", p.as_str()),
+                        _ => String::new(),
+                    }
+                ),
+                retry,
+            )
+        }
+        Refusal::Store(e) => {
+            tracing::error!("checking limits: {e}");
+            ApiError::overloaded("The rate-limit store is unavailable", 5)
+        }
+    }
+}
+
+/// Admits a generation request of `caller` (no-op on an open server).
+pub async fn admit(
+    tenancy: &Option<Arc<Tenancy>>,
+    caller: &Caller,
+    model: &str,
+    prompt_tokens: usize,
+) -> Result<Option<Admission>, ApiError> {
+    let (Some(t), Some(key)) = (tenancy, &caller.0) else {
+        return Ok(None);
+    };
+    let p = prompt_tokens as i64;
+    t.admit(key, model, p)
+        .await
+        .map(Some)
+        .map_err(|r| refusal(r, key, p))
+}
+
+/// The usage row of one admitted request, written when it ends — completed, failed, or
+/// cancelled by the client going away (then with the tokens sent so far).
+pub struct Metering {
+    admission: Option<Admission>,
+    request_id: String,
+    model: String,
+    prompt_tokens: i64,
+    started: Instant,
+    first_token: Option<Duration>,
+    tokens_sent: i64,
+}
+
+impl Metering {
+    /// Starts metering `admission` for the response `request_id`.
+    pub fn new(admission: Admission, request_id: &str, model: &str, prompt_tokens: usize) -> Self {
+        Metering {
+            admission: Some(admission),
+            request_id: request_id.to_string(),
+            model: model.to_string(),
+            prompt_tokens: prompt_tokens as i64,
+            started: Instant::now(),
+            first_token: None,
+            tokens_sent: 0,
+        }
+    }
+
+    /// A token went out.
+    pub fn token(&mut self) {
+        if self.first_token.is_none() {
+            self.first_token = Some(self.started.elapsed());
+        }
+        self.tokens_sent += 1;
+    }
+
+    /// The request ended: writes its row (once).
+    pub fn finish(&mut self, completion_tokens: Option<usize>, status: u16, finish_reason: &str) {
+        let Some(a) = self.admission.take() else {
+            return;
+        };
+        let rec = UsageRecord {
+            request_id: self.request_id.clone(),
+            ts_ms: bitnet_tenancy::now_ms(),
+            tenant_id: a.key.tenant_id.clone(),
+            key_id: a.key.id.clone(),
+            model: self.model.clone(),
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: completion_tokens
+                .map(|c| c as i64)
+                .unwrap_or(self.tokens_sent),
+            ttft_ms: self.first_token.map(|d| d.as_millis() as i64),
+            duration_ms: self.started.elapsed().as_millis() as i64,
+            status: i64::from(status),
+            finish_reason: finish_reason.to_string(),
+        };
+        a.finish(rec);
+    }
+}
+
+impl Drop for Metering {
+    fn drop(&mut self) {
+        // 499: the client closed the request (nginx's convention).
+        self.finish(None, 499, "cancelled");
+    }
+}

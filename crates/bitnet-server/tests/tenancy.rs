@@ -1,0 +1,414 @@
+//! `bitnet serve` with API keys on SQLite: 401/403/429 with the OpenAI envelope and
+//! headers, the admin API (tenants, keys, rotation, blocking, usage JSON/CSV, audit), and a
+//! usage row per request equal to the usage the client received.
+
+mod common;
+
+use common::{chat, request_with, TestServer};
+use hyper::StatusCode;
+use serde_json::{json, Value};
+
+struct Auth<'a> {
+    s: &'a TestServer,
+}
+
+impl Auth<'_> {
+    async fn call(
+        &self,
+        key: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Value,
+    ) -> (StatusCode, hyper::HeaderMap, Value) {
+        let bearer = key.map(|k| format!("Bearer {k}"));
+        let headers: Vec<(&str, &str)> = bearer
+            .iter()
+            .map(|b| ("authorization", b.as_str()))
+            .collect();
+        let body = if body.is_null() {
+            Vec::new()
+        } else {
+            body.to_string().into_bytes()
+        };
+        let (s, h, b) = request_with(self.s.addr, method, path, &headers, body).await;
+        let v =
+            serde_json::from_slice(&b).unwrap_or(Value::String(String::from_utf8_lossy(&b).into()));
+        (s, h, v)
+    }
+}
+
+fn err(v: &Value) -> (&str, Option<&str>) {
+    (
+        v["error"]["type"].as_str().unwrap_or("?"),
+        v["error"]["code"].as_str(),
+    )
+}
+
+#[tokio::test]
+async fn keys_limits_admin_and_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    // The first admin key is made on the store directly (as `bitnet admin` does).
+    let store = bitnet_tenancy::Store::connect(&db, 1).await.unwrap();
+    store.create_tenant("cli:test", "root", None).await.unwrap();
+    let (_, admin) = store
+        .create_key(
+            "cli:test",
+            &bitnet_tenancy::NewKey {
+                tenant: "root".into(),
+                role: Some(bitnet_tenancy::Role::Admin),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    store.close().await;
+
+    let mut opts = common::options("tenancy-model");
+    opts.database_url = Some(db.clone());
+    opts.journal_dir = Some(dir.path().join("journal"));
+    opts.key_cache_ttl = Some(0.0);
+    let mut server = TestServer::start(opts).await;
+    let a = Auth { s: &server };
+    let model = "tenancy-model";
+
+    // Open routes stay open; protected ones need a key.
+    assert_eq!(server.get("/health").await.0, StatusCode::OK);
+    assert_eq!(server.get("/metrics").await.0, StatusCode::OK);
+    let (s, _, v) = a.call(None, "GET", "/v1/models", Value::Null).await;
+    assert_eq!(
+        (s, err(&v)),
+        (
+            StatusCode::UNAUTHORIZED,
+            ("invalid_request_error", Some("invalid_api_key"))
+        )
+    );
+    let (s, _, v) = a
+        .call(
+            Some("bn-wrong"),
+            "POST",
+            "/v1/chat/completions",
+            chat("hi", json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(
+        !v.to_string().contains("bn-wrong"),
+        "the key is not echoed: {v}"
+    );
+
+    // Admin API: a tenant and a user key with limits.
+    let (s, _, t) = a
+        .call(
+            Some(&admin),
+            "POST",
+            "/admin/tenants",
+            json!({"name": "acme"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    let (s, _, v) = a
+        .call(
+            Some(&admin),
+            "POST",
+            "/admin/tenants",
+            json!({"name": "acme"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let (s, _, v) = a
+        .call(
+            Some(&admin),
+            "POST",
+            "/admin/keys",
+            json!({"tenant": "acme", "rpm": -5}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["param"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("rpm"))
+    );
+    let (s, _, k) = a
+        .call(
+            Some(&admin),
+            "POST",
+            "/admin/keys",
+            json!({"tenant": "acme", "rpm": 3, "tpm": 100000, "models": [model]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{k}");
+    let user = k["secret"].as_str().unwrap().to_string();
+    let user_id = k["key"]["id"].as_str().unwrap().to_string();
+    assert!(k["key"].get("secret_hash").is_none());
+
+    // A user key cannot use /admin.
+    let (s, _, v) = a.call(Some(&user), "GET", "/admin/keys", Value::Null).await;
+    assert_eq!((s, err(&v).0), (StatusCode::FORBIDDEN, "permission_error"));
+
+    // Three requests fit the RPM; the headers count down; the fourth is a 429.
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        let (s, h, v) = a
+            .call(
+                Some(&user),
+                "POST",
+                "/v1/chat/completions",
+                chat(
+                    "hi",
+                    json!({"max_tokens": 4, "ignore_eos": true, "model": model}),
+                ),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(h["x-ratelimit-limit-requests"], "3");
+        assert_eq!(
+            h["x-ratelimit-remaining-requests"],
+            (2 - i).to_string().as_str()
+        );
+        assert!(h.contains_key("x-ratelimit-remaining-tokens") && h.contains_key("x-request-id"));
+        sent.push(v);
+    }
+    let (s, h, v) = a
+        .call(
+            Some(&user),
+            "POST",
+            "/v1/chat/completions",
+            chat("hi", json!({"max_tokens": 4})),
+        )
+        .await;
+    assert_eq!(
+        (s, err(&v)),
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            ("requests", Some("rate_limit_exceeded"))
+        )
+    );
+    assert!(h.contains_key("retry-after"));
+    assert_eq!(h["x-ratelimit-remaining-requests"], "0");
+
+    // A key limited to another model: 403.
+    let (_, _, k2) = a
+        .call(
+            Some(&admin),
+            "POST",
+            "/admin/keys",
+            json!({"tenant": "acme", "models": ["other"], "budget_tokens": 30}),
+        )
+        .await;
+    let other = k2["secret"].as_str().unwrap().to_string();
+    let other_id = k2["key"]["id"].as_str().unwrap().to_string();
+    let (s, _, v) = a
+        .call(
+            Some(&other),
+            "POST",
+            "/v1/completions",
+            json!({"prompt": "a", "max_tokens": 2}),
+        )
+        .await;
+    assert_eq!(
+        (s, err(&v).0),
+        (StatusCode::FORBIDDEN, "permission_error"),
+        "{v}"
+    );
+
+    // Budgets: allow the model, spend the 30 tokens, then insufficient_quota.
+    let (s, _, _) = a
+        .call(
+            Some(&admin),
+            "PATCH",
+            &format!("/admin/keys/{other_id}"),
+            json!({"models": []}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let mut streamed_usage = None;
+    for _ in 0..10 {
+        let body = json!({"prompt": "hello", "max_tokens": 8, "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true}});
+        let (s, _, b) = request_with(
+            server.addr,
+            "POST",
+            "/v1/completions",
+            &[("authorization", &format!("Bearer {other}"))],
+            body.to_string().into_bytes(),
+        )
+        .await;
+        if s == StatusCode::TOO_MANY_REQUESTS {
+            let v: Value = serde_json::from_slice(&b).unwrap();
+            assert_eq!(err(&v), ("insufficient_quota", Some("insufficient_quota")));
+            break;
+        }
+        assert_eq!(s, StatusCode::OK);
+        let text = String::from_utf8_lossy(&b).to_string();
+        let usage_line = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|d| d.contains("\"usage\":{"))
+            .last()
+            .unwrap()
+            .to_string();
+        streamed_usage = Some(serde_json::from_str::<Value>(&usage_line).unwrap());
+    }
+    let su = streamed_usage.expect("at least one streamed request before the budget ran out");
+
+    // Blocking takes effect at once on this replica.
+    let (s, _, v) = a
+        .call(
+            Some(&admin),
+            "PATCH",
+            &format!("/admin/keys/{user_id}"),
+            json!({"blocked": true}),
+        )
+        .await;
+    assert_eq!((s, v["blocked"].as_bool()), (StatusCode::OK, Some(true)));
+    let (s, _, v) = a.call(Some(&user), "GET", "/v1/models", Value::Null).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(v["error"]["message"].as_str().unwrap().contains("blocked"));
+
+    // Rotation: the new secret works, the old one until its grace ends (0 here).
+    let (s, _, r) = a
+        .call(
+            Some(&admin),
+            "POST",
+            &format!("/admin/keys/{other_id}/rotate"),
+            json!({"grace_seconds": 0}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    let rotated = r["secret"].as_str().unwrap();
+    assert_eq!(
+        a.call(Some(&other), "GET", "/v1/models", Value::Null)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        a.call(Some(rotated), "GET", "/v1/models", Value::Null)
+            .await
+            .0,
+        StatusCode::OK
+    );
+
+    // Usage rows (stored in the background within ~50 ms) match what the clients got.
+    let mut rows = Vec::new();
+    for _ in 0..100 {
+        let (_, _, v) = a
+            .call(
+                Some(&admin),
+                "GET",
+                &format!("/admin/usage?key={user_id}"),
+                Value::Null,
+            )
+            .await;
+        rows = v["data"].as_array().cloned().unwrap_or_default();
+        if rows.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for (row, resp) in rows.iter().zip(&sent) {
+        let id = resp["id"].as_str().unwrap();
+        let r = rows.iter().find(|r| r["request_id"] == id).unwrap_or(row);
+        assert_eq!(r["request_id"], id);
+        assert_eq!(r["prompt_tokens"], resp["usage"]["prompt_tokens"]);
+        assert_eq!(r["completion_tokens"], resp["usage"]["completion_tokens"]);
+        assert_eq!(r["status"], 200);
+        assert_eq!(r["model"], model);
+        assert_eq!(r["finish_reason"], "length");
+        assert!(r["ttft_ms"].is_i64());
+    }
+    let (_, _, v) = a
+        .call(
+            Some(&admin),
+            "GET",
+            &format!("/admin/usage?key={other_id}"),
+            Value::Null,
+        )
+        .await;
+    let last = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["request_id"] == su["id"])
+        .cloned()
+        .unwrap();
+    assert_eq!(last["completion_tokens"], su["usage"]["completion_tokens"]);
+    assert_eq!(last["prompt_tokens"], su["usage"]["prompt_tokens"]);
+
+    let (s, h, b) = request_with(
+        server.addr,
+        "GET",
+        "/admin/usage?format=csv&tenant=acme",
+        &[("authorization", &format!("Bearer {admin}"))],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(h["content-type"].to_str().unwrap().starts_with("text/csv"));
+    let csv = String::from_utf8(b.to_vec()).unwrap();
+    assert!(csv.starts_with("request_id,time,tenant_id,key_id,model,"));
+    let (s, _, v) = a
+        .call(Some(&admin), "GET", "/admin/usage?group=daily", Value::Null)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let total: i64 = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["requests"].as_i64().unwrap())
+        .sum();
+    assert_eq!(total as usize, csv.lines().count() - 1);
+    let (s, _, v) = a
+        .call(
+            Some(&admin),
+            "GET",
+            "/admin/usage?from=yesterday",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["param"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("from"))
+    );
+
+    // The audit log names the acting key, with before and after.
+    let (_, _, v) = a
+        .call(Some(&admin), "GET", "/admin/audit", Value::Null)
+        .await;
+    let block = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "key.block")
+        .unwrap()
+        .clone();
+    assert!(block["actor"].as_str().unwrap().starts_with("key:key_"));
+    assert_eq!(
+        (
+            block["before"]["blocked"].as_bool(),
+            block["after"]["blocked"].as_bool()
+        ),
+        (Some(false), Some(true))
+    );
+
+    server.shutdown().await.unwrap();
+    // Nothing on disk holds a secret in clear.
+    let mut bytes = Vec::new();
+    for e in std::fs::read_dir(dir.path()).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            bytes.extend(std::fs::read(p).unwrap());
+        }
+    }
+    let hay = String::from_utf8_lossy(&bytes);
+    for secret in [&admin, &user, &other] {
+        assert!(!hay.contains(secret.as_str()));
+    }
+    // Graceful shutdown stored everything: the journal is empty.
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("journal"))
+            .unwrap()
+            .count(),
+        0
+    );
+}

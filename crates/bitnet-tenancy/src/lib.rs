@@ -1,0 +1,327 @@
+//! Multi-tenancy for `bitnet serve`: tenants and API keys (hashed, constant-time compared),
+//! per-key limits (RPM, TPM, parallel requests, token budgets) enforced in process or in
+//! Redis, usage metering that survives crashes (append-only journal + batched inserts), daily
+//! aggregates and an audit log — on SQLite or PostgreSQL through sqlx, the same migrations.
+
+pub mod error;
+pub mod keys;
+pub mod limits;
+pub mod meter;
+pub mod store;
+pub mod usage;
+
+pub use error::{Error, Result};
+pub use keys::{ApiKey, AuditEntry, KeyUpdate, NewKey, Period, Role, Tenant};
+pub use limits::{Limiter, Limits, RateInfo, Verdict};
+pub use meter::Meter;
+pub use store::{Backend, Store};
+pub use usage::{DailyUsage, UsageFilter, UsageRecord};
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A new random id with a prefix (`key_…`).
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Settings of [`Tenancy::open`].
+#[derive(Clone, Debug)]
+pub struct TenancyConfig {
+    /// `sqlite://PATH`, a path, or `postgres://…`.
+    pub database_url: String,
+    /// `redis://…` for counters shared by replicas; `None`: in process.
+    pub redis_url: Option<String>,
+    /// The usage journal folder.
+    pub journal_dir: PathBuf,
+    /// How long a key looked up stays cached (changes made through another replica take
+    /// effect within this; limits and budgets are never cached).
+    pub key_cache_ttl: Duration,
+    /// A parallel-request slot expires after this even if its replica died.
+    pub lease_ttl: Duration,
+    /// Longest a usage row waits before its batch is stored.
+    pub flush: Duration,
+    /// Database connections.
+    pub max_connections: u32,
+}
+
+/// Why a bearer token was refused (401).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No key sent.
+    #[error("You didn't provide an API key. Send it as `Authorization: Bearer KEY`.")]
+    Missing,
+    /// Unknown key (its text is never echoed).
+    #[error("Incorrect API key provided.")]
+    Invalid,
+    /// Blocked, expired or rotated out.
+    #[error("{0}")]
+    Unusable(&'static str),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] Error),
+}
+
+/// Why a request was not admitted.
+#[derive(Debug)]
+pub enum Refusal {
+    /// 403: the key may not use this model.
+    Model(String),
+    /// 429 `requests`: over the RPM.
+    Requests(RateInfo),
+    /// 429 `tokens`: over the TPM (or the prompt alone is larger than it).
+    Tokens(RateInfo),
+    /// 429 `requests`: too many at once.
+    Parallel(RateInfo, i64),
+    /// 429 `insufficient_quota`: `(budget, spent, period end ms)`.
+    Budget(i64, i64, i64),
+    /// The store or Redis failed (500/503).
+    Store(Error),
+}
+
+/// The tenancy service shared by the server's handlers.
+pub struct Tenancy {
+    /// The database.
+    pub store: Store,
+    limiter: Limiter,
+    meter: Meter,
+    cache: Mutex<HashMap<String, (Instant, Arc<ApiKey>)>>,
+    ttl: Duration,
+    lease_ttl_ms: i64,
+}
+
+impl Tenancy {
+    /// Connects to the database (and Redis), migrates, replays the journal, starts metering.
+    pub async fn open(c: &TenancyConfig) -> Result<Arc<Tenancy>> {
+        let store = Store::connect(&c.database_url, c.max_connections).await?;
+        let limiter = match &c.redis_url {
+            Some(u) => Limiter::redis(u, "bitnet:rl").await?,
+            None => Limiter::local(),
+        };
+        let meter = Meter::open(store.clone(), &c.journal_dir, c.flush).await?;
+        Ok(Arc::new(Tenancy {
+            store,
+            limiter,
+            meter,
+            cache: Mutex::new(HashMap::new()),
+            ttl: c.key_cache_ttl,
+            lease_ttl_ms: c.lease_ttl.as_millis() as i64,
+        }))
+    }
+
+    /// The key of a bearer secret, checked usable now.
+    pub async fn authenticate(&self, secret: Option<&str>) -> Result<Arc<ApiKey>, AuthError> {
+        let secret = match secret.map(str::trim) {
+            Some(s) if !s.is_empty() => s,
+            _ => return Err(AuthError::Missing),
+        };
+        let hash = keys::hash_secret(secret);
+        let cached = self.cache.lock().ok().and_then(|c| {
+            c.get(&hash)
+                .filter(|(at, _)| at.elapsed() < self.ttl)
+                .map(|(_, k)| k.clone())
+        });
+        let key = match cached {
+            Some(k) => k,
+            None => {
+                let k = Arc::new(
+                    self.store
+                        .key_by_secret(secret)
+                        .await?
+                        .ok_or(AuthError::Invalid)?,
+                );
+                if let Ok(mut c) = self.cache.lock() {
+                    if c.len() > 100_000 {
+                        c.clear();
+                    }
+                    c.insert(hash, (Instant::now(), k.clone()));
+                }
+                k
+            }
+        };
+        if let Some(why) = key.unusable(now_ms()) {
+            return Err(AuthError::Unusable(why));
+        }
+        Ok(key)
+    }
+
+    /// Forgets cached keys (after an admin change through this replica).
+    pub fn invalidate(&self) {
+        if let Ok(mut c) = self.cache.lock() {
+            c.clear();
+        }
+    }
+
+    fn limits(key: &ApiKey) -> Limits {
+        Limits {
+            rpm: key.rpm,
+            tpm: key.tpm,
+            max_parallel: key.max_parallel,
+            budget: key.budget_tokens.map(|b| {
+                let (s, e) = key.budget_period.unwrap_or(Period::Total).window(now_ms());
+                (b, s, e)
+            }),
+        }
+    }
+
+    /// Checks the model and the limits of `key` for a request of `prompt_tokens`, charging
+    /// them when it passes. The [`Admission`] must be finished (or dropped) when it ends.
+    pub async fn admit(
+        self: &Arc<Self>,
+        key: &Arc<ApiKey>,
+        model: &str,
+        prompt_tokens: i64,
+    ) -> Result<Admission, Refusal> {
+        if !key.allows_model(model) {
+            return Err(Refusal::Model(model.to_string()));
+        }
+        let l = Self::limits(key);
+        let lease = l.max_parallel.map(|_| new_id("lease"));
+        let mut seeded = false;
+        loop {
+            let v = self
+                .limiter
+                .admit(
+                    &key.id,
+                    &l,
+                    prompt_tokens,
+                    lease.as_deref().unwrap_or(""),
+                    self.lease_ttl_ms,
+                )
+                .await
+                .map_err(Refusal::Store)?;
+            return match v {
+                Verdict::Granted(info) => Ok(Admission {
+                    tenancy: self.clone(),
+                    key: key.clone(),
+                    limits: l,
+                    lease,
+                    info,
+                    done: false,
+                }),
+                Verdict::Requests(i) => Err(Refusal::Requests(i)),
+                Verdict::Tokens(i) => Err(Refusal::Tokens(i)),
+                Verdict::Parallel(i) => Err(Refusal::Parallel(i, l.max_parallel.unwrap_or(0))),
+                Verdict::Budget(b, s, e) => Err(Refusal::Budget(b, s, e)),
+                Verdict::SeedBudget if !seeded => {
+                    let start = l.budget.map(|b| b.1).unwrap_or(0);
+                    let spent = self
+                        .store
+                        .tokens_since(&key.id, start)
+                        .await
+                        .map_err(Refusal::Store)?;
+                    self.limiter
+                        .seed_budget(&key.id, &l, spent)
+                        .await
+                        .map_err(Refusal::Store)?;
+                    seeded = true;
+                    continue;
+                }
+                Verdict::SeedBudget => Err(Refusal::Store(Error::invalid(
+                    "limiter",
+                    "the budget counter could not be seeded",
+                ))),
+            };
+        }
+    }
+
+    /// Journals a usage row (stored in the background).
+    pub fn record(&self, rec: UsageRecord) -> Result<()> {
+        self.meter.record(rec)
+    }
+
+    /// Stores the pending usage rows and stops metering (at most `timeout`).
+    pub async fn close(&self, timeout: Duration) {
+        self.meter.close(timeout).await;
+        self.store.close().await;
+    }
+}
+
+/// An admitted request: holds its parallel slot; [`Admission::finish`] charges the
+/// completion tokens and records the usage row.
+pub struct Admission {
+    tenancy: Arc<Tenancy>,
+    /// The key.
+    pub key: Arc<ApiKey>,
+    limits: Limits,
+    lease: Option<String>,
+    /// Counter state after admission (for the `x-ratelimit-*` headers).
+    pub info: RateInfo,
+    done: bool,
+}
+
+impl Admission {
+    /// Records `rec` (journaled before this returns) and charges its completion tokens.
+    pub fn finish(mut self, rec: UsageRecord) {
+        self.done = true;
+        let completion = rec.completion_tokens;
+        if let Err(e) = self.tenancy.record(rec) {
+            tracing::error!("recording usage: {e}");
+        }
+        self.release(completion);
+    }
+
+    fn release(&mut self, completion_tokens: i64) {
+        let t = self.tenancy.clone();
+        let key_id = self.key.id.clone();
+        let limits = self.limits.clone();
+        let lease = self.lease.take();
+        if completion_tokens == 0 && lease.is_none() {
+            return;
+        }
+        let work = async move {
+            if let Err(e) = t
+                .limiter
+                .finish(&key_id, &limits, completion_tokens, lease.as_deref())
+                .await
+            {
+                tracing::warn!("releasing the limits of key {key_id}: {e}");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn(work);
+            }
+            Err(_) => tracing::warn!("no runtime to release the limits of key {}", self.key.id),
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.release(0);
+        }
+    }
+}
+
+/// Where the SQLite database and the journal live by default: `$BITNET_DATA_DIR`, else
+/// `$XDG_DATA_HOME/bitnet`, else `~/.local/share/bitnet`, else `./bitnet-data`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("BITNET_DATA_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("bitnet");
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(h) => PathBuf::from(h).join(".local/share/bitnet"),
+        None => PathBuf::from("bitnet-data"),
+    }
+}
+
+/// The default database: `sqlite://DATA_DIR/bitnet.db`.
+pub fn default_database_url(data_dir: &std::path::Path) -> String {
+    format!("sqlite://{}", data_dir.join("bitnet.db").display())
+}

@@ -1,0 +1,324 @@
+//! Usage metering off the request path, without losing a completed request's row.
+//!
+//! [`Meter::record`] appends the row to a local append-only journal (one `write(2)` of one
+//! JSON line: once it returns, the row is in the kernel and survives the process being
+//! killed) and hands it to a background task that stores rows in batches. Journal segment
+//! files are deleted once every row in them is stored. At start, segments left by a process
+//! that died (not locked by a live one) are replayed; inserts skip request ids already
+//! stored, so a replay never counts twice.
+
+use crate::error::{Error, Result};
+use crate::store::Store;
+use crate::usage::UsageRecord;
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Rotate the journal segment past this size.
+const SEGMENT_BYTES: u64 = 4 << 20;
+/// Rows per database transaction.
+const BATCH: usize = 1000;
+
+struct Segment {
+    path: PathBuf,
+    /// Held open (and locked) until the file is deleted.
+    file: File,
+    /// Rows written but not yet stored.
+    outstanding: usize,
+    bytes: u64,
+}
+
+struct Journal {
+    dir: PathBuf,
+    current: u64,
+    segments: HashMap<u64, Segment>,
+    next: u64,
+}
+
+impl Journal {
+    fn open_segment(&mut self) -> Result<u64> {
+        let seq = self.next;
+        self.next += 1;
+        let path = self.dir.join(format!(
+            "usage-{}-{}-{seq}.jsonl",
+            std::process::id(),
+            crate::now_ms()
+        ));
+        let jerr = |source| Error::Journal {
+            path: path.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(jerr)?;
+        file.try_lock().map_err(|e| Error::Journal {
+            path: path.clone(),
+            source: std::io::Error::other(format!("locking: {e}")),
+        })?;
+        self.segments.insert(
+            seq,
+            Segment {
+                path,
+                file,
+                outstanding: 0,
+                bytes: 0,
+            },
+        );
+        self.current = seq;
+        Ok(seq)
+    }
+
+    /// Marks `n` rows of `seq` stored; deletes a finished, rotated-out segment.
+    fn stored(&mut self, seq: u64, n: usize) {
+        let done = match self.segments.get_mut(&seq) {
+            Some(s) => {
+                s.outstanding = s.outstanding.saturating_sub(n);
+                s.outstanding == 0 && seq != self.current
+            }
+            None => false,
+        };
+        if done {
+            if let Some(s) = self.segments.remove(&seq) {
+                remove_quietly(&s.path);
+            }
+        }
+    }
+}
+
+fn remove_quietly(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        tracing::warn!("removing usage journal segment {}: {e}", path.display());
+    }
+}
+
+struct Shared {
+    journal: Mutex<Journal>,
+    tx: Mutex<Option<mpsc::UnboundedSender<(u64, UsageRecord)>>>,
+}
+
+/// The usage meter: journal + batch writer.
+pub struct Meter {
+    shared: Arc<Shared>,
+    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Meter {
+    /// Replays what dead processes left in `dir`, then starts the batch writer (needs a
+    /// Tokio runtime). `flush` is the longest a row waits before its batch is stored.
+    pub async fn open(store: Store, dir: &Path, flush: Duration) -> Result<Meter> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Journal {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let replayed = replay(&store, dir).await?;
+        if replayed > 0 {
+            tracing::info!(
+                "usage journal {}: replayed {replayed} rows left by a stopped process",
+                dir.display()
+            );
+        }
+        let mut journal = Journal {
+            dir: dir.to_path_buf(),
+            current: 0,
+            segments: HashMap::new(),
+            next: 0,
+        };
+        journal.open_segment()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            journal: Mutex::new(journal),
+            tx: Mutex::new(Some(tx)),
+        });
+        let writer = tokio::spawn(write_loop(store, shared.clone(), rx, flush));
+        Ok(Meter {
+            shared,
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    /// Records one request's usage: journaled before this returns, stored soon after.
+    pub fn record(&self, rec: UsageRecord) -> Result<()> {
+        let mut line = serde_json::to_vec(&rec).map_err(|e| Error::Journal {
+            path: PathBuf::from("(usage row)"),
+            source: std::io::Error::other(e),
+        })?;
+        line.push(b'\n');
+        let mut j = self
+            .shared
+            .journal
+            .lock()
+            .map_err(|_| Error::invalid("meter", "the usage journal lock is poisoned"))?;
+        if !j.segments.contains_key(&j.current) {
+            // After `close`: later rows go to a new segment, replayed at the next start.
+            j.open_segment()?;
+        } else if j
+            .segments
+            .get(&j.current)
+            .is_some_and(|s| s.bytes >= SEGMENT_BYTES)
+        {
+            let old = j.current;
+            j.open_segment()?;
+            j.stored(old, 0);
+        }
+        let seq = j.current;
+        let seg = j
+            .segments
+            .get_mut(&seq)
+            .ok_or_else(|| Error::invalid("meter", "no open usage journal segment"))?;
+        // One write of the whole line (O_APPEND): after it, the row survives a SIGKILL.
+        seg.file.write_all(&line).map_err(|source| Error::Journal {
+            path: seg.path.clone(),
+            source,
+        })?;
+        seg.bytes += line.len() as u64;
+        seg.outstanding += 1;
+        let sent = match self.shared.tx.lock() {
+            Ok(tx) => tx.as_ref().map(|tx| tx.send((seq, rec)).is_ok()),
+            Err(_) => None,
+        };
+        if sent != Some(true) {
+            // The writer is gone (shutting down): the row stays in the journal for the next start.
+            tracing::warn!("usage meter closed: the row stays in the journal for replay");
+        }
+        Ok(())
+    }
+
+    /// Stores everything recorded so far and stops the writer; waits at most `timeout`.
+    /// Rows not stored by then stay in the journal and are replayed at the next start.
+    pub async fn close(&self, timeout: Duration) {
+        if let Ok(mut tx) = self.shared.tx.lock() {
+            tx.take();
+        }
+        let writer = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(w) = writer {
+            if tokio::time::timeout(timeout, w).await.is_err() {
+                tracing::warn!("usage meter: not all rows stored before the deadline; they stay in the journal");
+            }
+        }
+    }
+}
+
+async fn write_loop(
+    store: Store,
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<(u64, UsageRecord)>,
+    flush: Duration,
+) {
+    let mut batch: Vec<(u64, UsageRecord)> = Vec::new();
+    let mut closed = false;
+    loop {
+        if batch.is_empty() {
+            match rx.recv().await {
+                Some(r) => batch.push(r),
+                None => break,
+            }
+            // Let a batch gather.
+            if !flush.is_zero() {
+                tokio::time::sleep(flush).await;
+            }
+        }
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        let rows: Vec<UsageRecord> = batch.iter().map(|(_, r)| r.clone()).collect();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match store.insert_usage(&rows).await {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(
+                        "storing {} usage rows failed (kept in the journal, retrying in {:.1} s): {e}",
+                        rows.len(),
+                        delay.as_secs_f64()
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        let mut per_seg: HashMap<u64, usize> = HashMap::new();
+        for (seq, _) in batch.drain(..) {
+            *per_seg.entry(seq).or_default() += 1;
+        }
+        if let Ok(mut j) = shared.journal.lock() {
+            for (seq, n) in per_seg {
+                j.stored(seq, n);
+            }
+        }
+        if closed && batch.is_empty() && rx.is_empty() {
+            break;
+        }
+    }
+    // Everything recorded is stored: the journal is no longer needed.
+    if let Ok(mut j) = shared.journal.lock() {
+        let all: Vec<u64> = j.segments.keys().copied().collect();
+        j.current = u64::MAX;
+        for seq in all {
+            if j.segments.get(&seq).is_some_and(|s| s.outstanding == 0) {
+                j.stored(seq, 0);
+            }
+        }
+    }
+}
+
+/// Stores the rows of every journal segment in `dir` that no live process holds, then
+/// deletes those files. Returns the rows newly stored.
+pub async fn replay(store: &Store, dir: &Path) -> Result<usize> {
+    let entries = std::fs::read_dir(dir).map_err(|source| Error::Journal {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    paths.sort();
+    let mut total = 0;
+    for path in paths {
+        let jerr = |source| Error::Journal {
+            path: path.clone(),
+            source,
+        };
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(jerr(e)),
+        };
+        if file.try_lock().is_err() {
+            continue; // a live process owns it
+        }
+        let mut rows = Vec::new();
+        for (i, line) in BufReader::new(&file).lines().enumerate() {
+            let line = line.map_err(jerr)?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<UsageRecord>(&line) {
+                Ok(r) => rows.push(r),
+                Err(e) => tracing::warn!(
+                    "usage journal {} line {}: skipping an unreadable row ({e})",
+                    path.display(),
+                    i + 1
+                ),
+            }
+        }
+        for chunk in rows.chunks(BATCH) {
+            total += store.insert_usage(chunk).await?;
+        }
+        remove_quietly(&path);
+    }
+    Ok(total)
+}

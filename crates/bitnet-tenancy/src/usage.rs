@@ -1,0 +1,331 @@
+//! Usage rows (one per request) and their daily aggregates: batch inserts that skip rows
+//! already stored (replays are idempotent), filters, and CSV export.
+
+use crate::error::{Error, Result};
+use crate::keys::civil_from_days;
+use crate::store::Store;
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Row};
+use std::collections::BTreeMap;
+
+/// What one request used.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct UsageRecord {
+    /// The response id (`chatcmpl-…`), unique.
+    pub request_id: String,
+    /// When the request ended, Unix ms.
+    pub ts_ms: i64,
+    /// Tenant id.
+    pub tenant_id: String,
+    /// Key id.
+    pub key_id: String,
+    /// Model id.
+    pub model: String,
+    /// Prompt tokens (per choice, summed).
+    pub prompt_tokens: i64,
+    /// Completion tokens sent.
+    pub completion_tokens: i64,
+    /// Time to the first token, ms (none when no token came).
+    pub ttft_ms: Option<i64>,
+    /// Request duration, ms.
+    pub duration_ms: i64,
+    /// HTTP status of the response.
+    pub status: i64,
+    /// `stop`, `length`, `abort`, `cancelled` (client went away), `error`.
+    pub finish_reason: String,
+}
+
+/// A daily aggregate row.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DailyUsage {
+    /// `YYYY-MM-DD` (UTC).
+    pub day: String,
+    /// Tenant id.
+    pub tenant_id: String,
+    /// Key id.
+    pub key_id: String,
+    /// Model.
+    pub model: String,
+    /// Requests.
+    pub requests: i64,
+    /// Prompt tokens.
+    pub prompt_tokens: i64,
+    /// Completion tokens.
+    pub completion_tokens: i64,
+}
+
+/// Filters of `/admin/usage` and `bitnet admin usage`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UsageFilter {
+    /// From (Unix ms, inclusive).
+    pub from_ms: Option<i64>,
+    /// To (Unix ms, exclusive).
+    pub to_ms: Option<i64>,
+    /// Tenant id.
+    pub tenant_id: Option<String>,
+    /// Key id.
+    pub key_id: Option<String>,
+    /// Model.
+    pub model: Option<String>,
+    /// At most this many rows (default 10 000).
+    pub limit: Option<i64>,
+}
+
+/// `YYYY-MM-DD` of a Unix ms time.
+pub fn day_of(ts_ms: i64) -> String {
+    let (y, m, d) = civil_from_days(ts_ms.div_euclid(86_400_000));
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Parses `YYYY-MM-DD` (start of that day, UTC) or Unix milliseconds.
+pub fn parse_time(field: &str, s: &str) -> Result<i64> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    let parts: Vec<&str> = s.split('-').collect();
+    let bad = || {
+        Error::invalid(
+            field,
+            format!("{s:?} is not a date (YYYY-MM-DD) or Unix milliseconds"),
+        )
+    };
+    if parts.len() != 3 {
+        return Err(bad());
+    }
+    let y: i64 = parts[0].parse().map_err(|_| bad())?;
+    let m: u32 = parts[1].parse().map_err(|_| bad())?;
+    let d: u32 = parts[2].parse().map_err(|_| bad())?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return Err(bad());
+    }
+    Ok(crate::keys::days_from_civil(y, m, d) * 86_400_000)
+}
+
+fn usage_from_row(r: &AnyRow) -> Result<UsageRecord> {
+    let g = |c: &str| Error::db(format!("reading usage_log.{c}"));
+    Ok(UsageRecord {
+        request_id: r.try_get("request_id").map_err(g("request_id"))?,
+        ts_ms: r.try_get("ts_ms").map_err(g("ts_ms"))?,
+        tenant_id: r.try_get("tenant_id").map_err(g("tenant_id"))?,
+        key_id: r.try_get("key_id").map_err(g("key_id"))?,
+        model: r.try_get("model").map_err(g("model"))?,
+        prompt_tokens: r.try_get("prompt_tokens").map_err(g("prompt_tokens"))?,
+        completion_tokens: r
+            .try_get("completion_tokens")
+            .map_err(g("completion_tokens"))?,
+        ttft_ms: r.try_get("ttft_ms").map_err(g("ttft_ms"))?,
+        duration_ms: r.try_get("duration_ms").map_err(g("duration_ms"))?,
+        status: r.try_get("status").map_err(g("status"))?,
+        finish_reason: r.try_get("finish_reason").map_err(g("finish_reason"))?,
+    })
+}
+
+/// A bound value of a filter.
+enum Arg {
+    Int(i64),
+    Text(String),
+}
+
+/// `WHERE …` and its arguments for a filter; `time` turns the time bounds into the values
+/// compared with `time_col`.
+fn where_clause(f: &UsageFilter, time_col: &str, time: impl Fn(i64) -> Arg) -> (String, Vec<Arg>) {
+    let mut conds = vec!["1 = 1".to_string()];
+    let mut args = Vec::new();
+    let mut push = |cond: String, v: Arg| {
+        args.push(v);
+        conds.push(cond.replace('?', &format!("${}", args.len())));
+    };
+    if let Some(t) = f.from_ms {
+        push(format!("{time_col} >= ?"), time(t));
+    }
+    if let Some(t) = f.to_ms {
+        push(format!("{time_col} < ?"), time(t));
+    }
+    if let Some(t) = &f.tenant_id {
+        push("tenant_id = ?".into(), Arg::Text(t.clone()));
+    }
+    if let Some(k) = &f.key_id {
+        push("key_id = ?".into(), Arg::Text(k.clone()));
+    }
+    if let Some(m) = &f.model {
+        push("model = ?".into(), Arg::Text(m.clone()));
+    }
+    (conds.join(" AND "), args)
+}
+
+fn bind_all<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    args: Vec<Arg>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    for a in args {
+        q = match a {
+            Arg::Int(i) => q.bind(i),
+            Arg::Text(s) => q.bind(s),
+        };
+    }
+    q
+}
+
+impl Store {
+    /// Stores a batch of usage rows in one transaction; rows whose request id is already
+    /// stored are skipped (so replaying a journal twice counts once). Daily aggregates grow
+    /// by the rows actually inserted. Returns how many were new.
+    pub async fn insert_usage(&self, batch: &[UsageRecord]) -> Result<usize> {
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(Error::db("storing usage"))?;
+        let mut daily: BTreeMap<(String, &str, &str, &str), (i64, i64, i64)> = BTreeMap::new();
+        let mut new = 0;
+        for u in batch {
+            let r = sqlx::query(
+                "INSERT INTO usage_log (request_id, ts_ms, tenant_id, key_id, model, prompt_tokens, \
+                 completion_tokens, ttft_ms, duration_ms, status, finish_reason) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 ON CONFLICT (request_id) DO NOTHING",
+            )
+            .bind(&u.request_id)
+            .bind(u.ts_ms)
+            .bind(&u.tenant_id)
+            .bind(&u.key_id)
+            .bind(&u.model)
+            .bind(u.prompt_tokens)
+            .bind(u.completion_tokens)
+            .bind(u.ttft_ms)
+            .bind(u.duration_ms)
+            .bind(u.status)
+            .bind(&u.finish_reason)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db(format!("storing the usage of {}", u.request_id)))?;
+            if r.rows_affected() == 1 {
+                new += 1;
+                let e = daily
+                    .entry((day_of(u.ts_ms), &u.tenant_id, &u.key_id, &u.model))
+                    .or_default();
+                e.0 += 1;
+                e.1 += u.prompt_tokens;
+                e.2 += u.completion_tokens;
+            }
+        }
+        for ((day, tenant, key, model), (n, p, c)) in daily {
+            sqlx::query(
+                "INSERT INTO usage_daily (day, tenant_id, key_id, model, requests, prompt_tokens, \
+                 completion_tokens) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (day, tenant_id, key_id, model) DO UPDATE SET \
+                 requests = usage_daily.requests + excluded.requests, \
+                 prompt_tokens = usage_daily.prompt_tokens + excluded.prompt_tokens, \
+                 completion_tokens = usage_daily.completion_tokens + excluded.completion_tokens",
+            )
+            .bind(day)
+            .bind(tenant)
+            .bind(key)
+            .bind(model)
+            .bind(n)
+            .bind(p)
+            .bind(c)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("updating the daily usage aggregates"))?;
+        }
+        tx.commit().await.map_err(Error::db("storing usage"))?;
+        Ok(new)
+    }
+
+    /// Usage rows matching `f`, oldest first.
+    pub async fn usage(&self, f: &UsageFilter) -> Result<Vec<UsageRecord>> {
+        let (w, args) = where_clause(f, "ts_ms", Arg::Int);
+        let sql = format!(
+            "SELECT request_id, ts_ms, tenant_id, key_id, model, prompt_tokens, completion_tokens, \
+             ttft_ms, duration_ms, status, finish_reason FROM usage_log WHERE {w} \
+             ORDER BY ts_ms, request_id LIMIT {}",
+            f.limit.unwrap_or(10_000).clamp(1, 1_000_000)
+        );
+        let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), args)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::db("reading usage"))?;
+        rows.iter().map(usage_from_row).collect()
+    }
+
+    /// Daily aggregates matching `f` (the times select whole days).
+    pub async fn daily_usage(&self, f: &UsageFilter) -> Result<Vec<DailyUsage>> {
+        let (w, args) = where_clause(f, "day", |t| Arg::Text(day_of(t)));
+        let sql = format!(
+            "SELECT day, tenant_id, key_id, model, requests, prompt_tokens, completion_tokens \
+             FROM usage_daily WHERE {w} ORDER BY day, tenant_id, key_id, model"
+        );
+        let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), args)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::db("reading daily usage"))?;
+        rows.iter()
+            .map(|r| {
+                let g = |c: &str| Error::db(format!("reading usage_daily.{c}"));
+                Ok(DailyUsage {
+                    day: r.try_get("day").map_err(g("day"))?,
+                    tenant_id: r.try_get("tenant_id").map_err(g("tenant_id"))?,
+                    key_id: r.try_get("key_id").map_err(g("key_id"))?,
+                    model: r.try_get("model").map_err(g("model"))?,
+                    requests: r.try_get("requests").map_err(g("requests"))?,
+                    prompt_tokens: r.try_get("prompt_tokens").map_err(g("prompt_tokens"))?,
+                    completion_tokens: r
+                        .try_get("completion_tokens")
+                        .map_err(g("completion_tokens"))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Prompt + completion tokens of key `key_id` since `since_ms` (seeds budget counters).
+    pub async fn tokens_since(&self, key_id: &str, since_ms: i64) -> Result<i64> {
+        let v: Option<i64> = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS BIGINT) \
+             FROM usage_log WHERE key_id = $1 AND ts_ms >= $2",
+        )
+        .bind(key_id)
+        .bind(since_ms)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(Error::db(format!("summing the usage of key {key_id}")))?;
+        Ok(v.unwrap_or(0))
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Usage rows as CSV (RFC 4180, with a header line).
+pub fn usage_csv(rows: &[UsageRecord]) -> String {
+    let mut out = String::from(
+        "request_id,time,tenant_id,key_id,model,prompt_tokens,completion_tokens,ttft_ms,duration_ms,status,finish_reason\n",
+    );
+    for u in rows {
+        let fields = [
+            csv_field(&u.request_id),
+            u.ts_ms.to_string(),
+            csv_field(&u.tenant_id),
+            csv_field(&u.key_id),
+            csv_field(&u.model),
+            u.prompt_tokens.to_string(),
+            u.completion_tokens.to_string(),
+            u.ttft_ms.map(|t| t.to_string()).unwrap_or_default(),
+            u.duration_ms.to_string(),
+            u.status.to_string(),
+            csv_field(&u.finish_reason),
+        ];
+        out.push_str(&fields.join(","));
+        out.push('\n');
+    }
+    out
+}
