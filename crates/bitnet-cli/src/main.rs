@@ -40,6 +40,8 @@ enum Command {
     Serve(commands::serve::Args),
     /// Load an OpenAI-compatible server on loopback (TTFT, TPOT, ITL, throughput).
     Loadtest(commands::loadtest::Args),
+    /// Tenants, API keys, usage and audit log of `bitnet serve --auth`, on its database.
+    Admin(commands::admin::Args),
 }
 
 /// `info` for the server (load and shutdown lines), `warn` elsewhere; `RUST_LOG` overrides.
@@ -80,6 +82,7 @@ fn main() -> ExitCode {
         Command::CreateModel(a) => commands::create_model::run(a),
         Command::Serve(a) => commands::serve::run(a),
         Command::Loadtest(a) => commands::loadtest::run(a),
+        Command::Admin(a) => commands::admin::run(a),
     };
     match result {
         Ok(code) => code,

@@ -108,6 +108,10 @@ pub struct ServeOptions {
     /// effect within this) [default: 5].
     #[arg(long, env = "BITNET_KEY_CACHE_TTL")]
     pub key_cache_ttl: Option<f64>,
+    /// Longest a usage row waits in the journal before its batch is stored, seconds
+    /// [default: 0.05].
+    #[arg(long, env = "BITNET_USAGE_FLUSH")]
+    pub usage_flush: Option<f64>,
     #[arg(long = "config", env = "BITNET_CONFIG")]
     #[serde(skip)]
     pub config_file: Option<PathBuf>,
@@ -184,6 +188,7 @@ impl ServeOptions {
             data_dir: self.data_dir.or(o.data_dir),
             journal_dir: self.journal_dir.or(o.journal_dir),
             key_cache_ttl: self.key_cache_ttl.or(o.key_cache_ttl),
+            usage_flush: self.usage_flush.or(o.usage_flush),
             config_file: self.config_file.or(o.config_file),
         }
     }
@@ -244,7 +249,7 @@ impl ServeOptions {
                 journal_dir: o.journal_dir.unwrap_or_else(|| data_dir.join("journal")),
                 key_cache_ttl: ttl,
                 lease_ttl: request_timeout + Duration::from_secs(60),
-                flush: Duration::from_millis(50),
+                flush: secs("usage_flush", o.usage_flush.unwrap_or(0.05))?,
                 max_connections: 8,
             })
         } else {
