@@ -109,7 +109,7 @@ pub struct ServeOptions {
     #[arg(long, env = "BITNET_KEY_CACHE_TTL")]
     pub key_cache_ttl: Option<f64>,
     /// Longest a usage row waits in the journal before its batch is stored, seconds
-    /// [default: 0.05].
+    /// [default: 0.1].
     #[arg(long, env = "BITNET_USAGE_FLUSH")]
     pub usage_flush: Option<f64>,
     #[arg(long = "config", env = "BITNET_CONFIG")]
@@ -249,7 +249,7 @@ impl ServeOptions {
                 journal_dir: o.journal_dir.unwrap_or_else(|| data_dir.join("journal")),
                 key_cache_ttl: ttl,
                 lease_ttl: request_timeout + Duration::from_secs(60),
-                flush: secs("usage_flush", o.usage_flush.unwrap_or(0.05))?,
+                flush: secs("usage_flush", o.usage_flush.unwrap_or(0.1))?,
                 max_connections: 8,
             })
         } else {

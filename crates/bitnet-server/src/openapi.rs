@@ -9,7 +9,9 @@ use utoipa::OpenApi;
 #[openapi(
     info(
         title = "BitNet-Rust server",
-        description = "OpenAI-compatible API for BitNet b1.58 models, with continuous batching."
+        description = "OpenAI-compatible API for BitNet b1.58 models, with continuous batching. \
+            With `bitnet serve --auth`, every /v1, /tokenize, /detokenize and /admin route needs \
+            `Authorization: Bearer KEY`; /admin needs an admin key."
     ),
     paths(
         routes::chat::chat_completions,
@@ -23,6 +25,16 @@ use utoipa::OpenApi;
         routes::misc::metrics,
         routes::misc::openapi,
         routes::ws::stream,
+        routes::admin::tenants,
+        routes::admin::create_tenant,
+        routes::admin::keys,
+        routes::admin::create_key,
+        routes::admin::key,
+        routes::admin::update_key,
+        routes::admin::delete_key,
+        routes::admin::rotate_key,
+        routes::admin::usage,
+        routes::admin::audit,
     ),
     components(schemas(
         ErrorEnvelope,

@@ -536,6 +536,16 @@ async fn openapi_covers_every_route() {
         ("/ready", "get"),
         ("/metrics", "get"),
         ("/openapi.json", "get"),
+        ("/admin/tenants", "get"),
+        ("/admin/tenants", "post"),
+        ("/admin/keys", "get"),
+        ("/admin/keys", "post"),
+        ("/admin/keys/{id}", "get"),
+        ("/admin/keys/{id}", "patch"),
+        ("/admin/keys/{id}", "delete"),
+        ("/admin/keys/{id}/rotate", "post"),
+        ("/admin/usage", "get"),
+        ("/admin/audit", "get"),
     ] {
         assert!(
             paths.get(route).and_then(|p| p.get(method)).is_some(),

@@ -42,7 +42,6 @@ CREATE TABLE IF NOT EXISTS usage_log (
 );
 CREATE INDEX IF NOT EXISTS usage_log_key_time ON usage_log (key_id, ts_ms);
 CREATE INDEX IF NOT EXISTS usage_log_tenant_time ON usage_log (tenant_id, ts_ms);
-CREATE INDEX IF NOT EXISTS usage_log_time ON usage_log (ts_ms);
 CREATE TABLE IF NOT EXISTS usage_daily (
     day TEXT NOT NULL,
     tenant_id TEXT NOT NULL,

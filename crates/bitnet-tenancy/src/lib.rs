@@ -19,7 +19,7 @@ pub use usage::{DailyUsage, UsageFilter, UsageRecord};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Unix milliseconds now.
@@ -95,7 +95,7 @@ pub struct Tenancy {
     pub store: Store,
     limiter: Limiter,
     meter: Meter,
-    cache: Mutex<HashMap<String, (Instant, Arc<ApiKey>)>>,
+    cache: RwLock<HashMap<String, (Instant, Arc<ApiKey>)>>,
     ttl: Duration,
     lease_ttl_ms: i64,
 }
@@ -113,7 +113,7 @@ impl Tenancy {
             store,
             limiter,
             meter,
-            cache: Mutex::new(HashMap::new()),
+            cache: RwLock::new(HashMap::new()),
             ttl: c.key_cache_ttl,
             lease_ttl_ms: c.lease_ttl.as_millis() as i64,
         }))
@@ -126,7 +126,7 @@ impl Tenancy {
             _ => return Err(AuthError::Missing),
         };
         let hash = keys::hash_secret(secret);
-        let cached = self.cache.lock().ok().and_then(|c| {
+        let cached = self.cache.read().ok().and_then(|c| {
             c.get(&hash)
                 .filter(|(at, _)| at.elapsed() < self.ttl)
                 .map(|(_, k)| k.clone())
@@ -140,7 +140,7 @@ impl Tenancy {
                         .await?
                         .ok_or(AuthError::Invalid)?,
                 );
-                if let Ok(mut c) = self.cache.lock() {
+                if let Ok(mut c) = self.cache.write() {
                     if c.len() > 100_000 {
                         c.clear();
                     }
@@ -157,7 +157,7 @@ impl Tenancy {
 
     /// Forgets cached keys (after an admin change through this replica).
     pub fn invalidate(&self) {
-        if let Ok(mut c) = self.cache.lock() {
+        if let Ok(mut c) = self.cache.write() {
             c.clear();
         }
     }
@@ -277,6 +277,16 @@ impl Admission {
         let limits = self.limits.clone();
         let lease = self.lease.take();
         if completion_tokens == 0 && lease.is_none() {
+            return;
+        }
+        if let Limiter::Local(_) = &t.limiter {
+            // In process: no I/O, no task.
+            if let Err(e) =
+                t.limiter
+                    .finish_local(&key_id, &limits, completion_tokens, lease.is_some())
+            {
+                tracing::warn!("releasing the limits of key {key_id}: {e}");
+            }
             return;
         }
         let work = async move {

@@ -208,7 +208,12 @@ impl Limiter {
                 let mut map = m
                     .lock()
                     .map_err(|_| Error::invalid("limiter", "the limiter lock is poisoned"))?;
-                let s = map.entry(key_id.to_string()).or_default();
+                if !map.contains_key(key_id) {
+                    map.insert(key_id.to_string(), LocalState::default());
+                }
+                let Some(s) = map.get_mut(key_id) else {
+                    return Err(Error::invalid("limiter", "counter missing"));
+                };
                 if s.win != win {
                     s.win = win;
                     s.requests = 0;
@@ -332,6 +337,40 @@ impl Limiter {
         }
     }
 
+    /// [`Limiter::finish`] for in-process counters (synchronous; a no-op for Redis).
+    pub fn finish_local(
+        &self,
+        key_id: &str,
+        _l: &Limits,
+        completion_tokens: i64,
+        leased: bool,
+    ) -> Result<()> {
+        let Limiter::Local(m) = self else {
+            return Ok(());
+        };
+        let now = crate::now_ms();
+        let win = now.div_euclid(WINDOW_MS);
+        let mut map = m
+            .lock()
+            .map_err(|_| Error::invalid("limiter", "the limiter lock is poisoned"))?;
+        let Some(s) = map.get_mut(key_id) else {
+            return Ok(());
+        };
+        if s.win != win {
+            s.win = win;
+            s.requests = 0;
+            s.tokens = 0;
+        }
+        s.tokens += completion_tokens;
+        if leased {
+            s.parallel = (s.parallel - 1).max(0);
+        }
+        if let Some((_, spent)) = s.budget.as_mut() {
+            *spent += completion_tokens;
+        }
+        Ok(())
+    }
+
     /// Charges the completion tokens and frees the parallel slot of a finished request.
     pub async fn finish(
         &self,
@@ -341,27 +380,7 @@ impl Limiter {
         lease: Option<&str>,
     ) -> Result<()> {
         match self {
-            Limiter::Local(m) => {
-                let now = crate::now_ms();
-                let win = now.div_euclid(WINDOW_MS);
-                let mut map = m
-                    .lock()
-                    .map_err(|_| Error::invalid("limiter", "the limiter lock is poisoned"))?;
-                let s = map.entry(key_id.to_string()).or_default();
-                if s.win != win {
-                    s.win = win;
-                    s.requests = 0;
-                    s.tokens = 0;
-                }
-                s.tokens += completion_tokens;
-                if lease.is_some() {
-                    s.parallel = (s.parallel - 1).max(0);
-                }
-                if let Some((_, spent)) = s.budget.as_mut() {
-                    *spent += completion_tokens;
-                }
-                Ok(())
-            }
+            Limiter::Local(_) => self.finish_local(key_id, l, completion_tokens, lease.is_some()),
             Limiter::Redis {
                 conn,
                 finish,

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -99,7 +99,7 @@ fn remove_quietly(path: &Path) {
 
 struct Shared {
     journal: Mutex<Journal>,
-    tx: Mutex<Option<mpsc::UnboundedSender<(u64, UsageRecord)>>>,
+    tx: RwLock<Option<mpsc::UnboundedSender<(u64, UsageRecord)>>>,
 }
 
 /// The usage meter: journal + batch writer.
@@ -133,7 +133,7 @@ impl Meter {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             journal: Mutex::new(journal),
-            tx: Mutex::new(Some(tx)),
+            tx: RwLock::new(Some(tx)),
         });
         let writer = tokio::spawn(write_loop(store, shared.clone(), rx, flush));
         Ok(Meter {
@@ -178,7 +178,8 @@ impl Meter {
         })?;
         seg.bytes += line.len() as u64;
         seg.outstanding += 1;
-        let sent = match self.shared.tx.lock() {
+        drop(j);
+        let sent = match self.shared.tx.read() {
             Ok(tx) => tx.as_ref().map(|tx| tx.send((seq, rec)).is_ok()),
             Err(_) => None,
         };
@@ -192,7 +193,7 @@ impl Meter {
     /// Stores everything recorded so far and stops the writer; waits at most `timeout`.
     /// Rows not stored by then stay in the journal and are replayed at the next start.
     pub async fn close(&self, timeout: Duration) {
-        if let Ok(mut tx) = self.shared.tx.lock() {
+        if let Ok(mut tx) = self.shared.tx.write() {
             tx.take();
         }
         let writer = self.writer.lock().ok().and_then(|mut w| w.take());

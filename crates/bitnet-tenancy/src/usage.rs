@@ -36,6 +36,11 @@ pub struct UsageRecord {
     pub finish_reason: String,
 }
 
+/// Rows per INSERT statement. Few enough that binding stays cheap (SQLite looks parameter
+/// names up linearly) and that the handful of distinct statement texts (1 to 32 rows) stay in
+/// sqlx's prepared-statement cache, so nothing is parsed twice.
+const INSERT_CHUNK: usize = 32;
+
 /// A daily aggregate row.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct DailyUsage {
@@ -182,28 +187,50 @@ impl Store {
             .map_err(Error::db("storing usage"))?;
         let mut daily: BTreeMap<(String, &str, &str, &str), (i64, i64, i64)> = BTreeMap::new();
         let mut new = 0;
-        for u in batch {
-            let r = sqlx::query(
+        // Multi-row inserts (one statement per chunk); RETURNING names the rows actually
+        // inserted, so repeats (a replayed journal) add nothing to the aggregates.
+        for chunk in batch.chunks(INSERT_CHUNK) {
+            let mut sql = String::from(
                 "INSERT INTO usage_log (request_id, ts_ms, tenant_id, key_id, model, prompt_tokens, \
-                 completion_tokens, ttft_ms, duration_ms, status, finish_reason) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-                 ON CONFLICT (request_id) DO NOTHING",
-            )
-            .bind(&u.request_id)
-            .bind(u.ts_ms)
-            .bind(&u.tenant_id)
-            .bind(&u.key_id)
-            .bind(&u.model)
-            .bind(u.prompt_tokens)
-            .bind(u.completion_tokens)
-            .bind(u.ttft_ms)
-            .bind(u.duration_ms)
-            .bind(u.status)
-            .bind(&u.finish_reason)
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::db(format!("storing the usage of {}", u.request_id)))?;
-            if r.rows_affected() == 1 {
+                 completion_tokens, ttft_ms, duration_ms, status, finish_reason) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let b = i * 11;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push('(');
+                for c in 1..=11 {
+                    if c > 1 {
+                        sql.push_str(", ");
+                    }
+                    sql.push_str(&format!("${}", b + c));
+                }
+                sql.push(')');
+            }
+            sql.push_str(" ON CONFLICT (request_id) DO NOTHING RETURNING request_id");
+            let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
+            for u in chunk {
+                q = q
+                    .bind(&u.request_id)
+                    .bind(u.ts_ms)
+                    .bind(&u.tenant_id)
+                    .bind(&u.key_id)
+                    .bind(&u.model)
+                    .bind(u.prompt_tokens)
+                    .bind(u.completion_tokens)
+                    .bind(u.ttft_ms)
+                    .bind(u.duration_ms)
+                    .bind(u.status)
+                    .bind(&u.finish_reason);
+            }
+            let inserted: std::collections::HashSet<String> = q
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(Error::db(format!("storing {} usage rows", chunk.len())))?
+                .into_iter()
+                .collect();
+            for u in chunk.iter().filter(|u| inserted.contains(&u.request_id)) {
                 new += 1;
                 let e = daily
                     .entry((day_of(u.ts_ms), &u.tenant_id, &u.key_id, &u.model))

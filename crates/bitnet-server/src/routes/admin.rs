@@ -2,7 +2,7 @@
 //! authentication middleware checks the role). Every change is audited with the acting key.
 
 use crate::app::AppState;
-use crate::error::{parse_json, ApiError};
+use crate::error::{parse_json, ApiError, ErrorEnvelope};
 use crate::tenancy::Caller;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -62,6 +62,18 @@ struct NewTenant {
 }
 
 /// `GET /admin/tenants`.
+#[utoipa::path(
+    get,
+    path = "/admin/tenants",
+    tag = "admin",
+    responses(
+        (status = 200, description = r#"The tenants: `{"object":"list","data":[{id,name,metadata,created_at}]}`"#),
+        (status = 400, description = "Bad field or parameter (named in `param`)", body = ErrorEnvelope),
+        (status = 401, description = "No or bad API key", body = ErrorEnvelope),
+        (status = 403, description = "Not an admin key", body = ErrorEnvelope),
+        (status = 404, description = "No such tenant or key, or multi-tenancy off", body = ErrorEnvelope),
+    )
+)]
 pub async fn tenants(State(s): State<Arc<AppState>>) -> R {
     Ok(list(
         tenancy(&s)?.store.tenants().await.map_err(store_error)?,
@@ -69,6 +81,19 @@ pub async fn tenants(State(s): State<Arc<AppState>>) -> R {
 }
 
 /// `POST /admin/tenants`.
+#[utoipa::path(
+    post,
+    path = "/admin/tenants",
+    tag = "admin",
+    request_body(description = r#"`{"name": "acme", "metadata": {…}}`"#, content_type = "application/json"),
+    responses(
+        (status = 201, description = r#"The tenant"#),
+        (status = 400, description = "Bad field or parameter (named in `param`)", body = ErrorEnvelope),
+        (status = 401, description = "No or bad API key", body = ErrorEnvelope),
+        (status = 403, description = "Not an admin key", body = ErrorEnvelope),
+        (status = 404, description = "No such tenant or key, or multi-tenancy off", body = ErrorEnvelope),
+    )
+)]
 pub async fn create_tenant(
     State(s): State<Arc<AppState>>,
     Extension(c): Extension<Caller>,
@@ -85,6 +110,18 @@ pub async fn create_tenant(
 }
 
 /// `GET /admin/keys[?tenant=]`.
+#[utoipa::path(
+    get,
+    path = "/admin/keys",
+    tag = "admin",
+    responses(
+        (status = 200, description = r#"The keys (never their secrets); `?tenant=` filters"#),
+        (status = 400, description = "Bad field or parameter (named in `param`)", body = ErrorEnvelope),
+        (status = 401, description = "No or bad API key", body = ErrorEnvelope),
+        (status = 403, description = "Not an admin key", body = ErrorEnvelope),
+        (status = 404, description = "No such tenant or key, or multi-tenancy off", body = ErrorEnvelope),
+    )
+)]
 pub async fn keys(State(s): State<Arc<AppState>>, Query(q): Query<HashMap<String, String>>) -> R {
     let t = tenancy(&s)?;
     let keys = t
@@ -96,6 +133,19 @@ pub async fn keys(State(s): State<Arc<AppState>>, Query(q): Query<HashMap<String
 }
 
 /// `POST /admin/keys`: the answer carries the secret, the only time it is shown.
+#[utoipa::path(
+    post,
+    path = "/admin/keys",
+    tag = "admin",
+    request_body(description = r#"`{"tenant", "role": "admin"|"user", "alias", "models": [...], "rpm", "tpm", "max_parallel", "budget_tokens", "budget_period": "daily"|"weekly"|"monthly"|"total", "expires_at", "metadata"}`"#, content_type = "application/json"),
+    responses(
+        (status = 201, description = r#"`{"key": {...}, "secret": "bn-…"}`: the secret is shown only here"#),
+        (status = 400, description = "Bad field or parameter (named in `param`)", body = ErrorEnvelope),
+        (status = 401, description = "No or bad API key", body = ErrorEnvelope),
+        (status = 403, description = "Not an admin key", body = ErrorEnvelope),
+        (status = 404, description = "No such tenant or key, or multi-tenancy off", body = ErrorEnvelope),
+    )
+)]
 pub async fn create_key(
     State(s): State<Arc<AppState>>,
     Extension(c): Extension<Caller>,
@@ -112,12 +162,39 @@ pub async fn create_key(
 }
 
 /// `GET /admin/keys/{id}`.
+#[utoipa::path(
+    get,
+    path = "/admin/keys/{id}",
+    tag = "admin",
+    params(("id" = String, Path, description = "Key id (`key_…`)")),
+    responses(
+        (status = 200, description = r#"The key"#),
+        (status = 400, description = "Bad field or parameter (named in `param`)", body = ErrorEnvelope),
+        (status = 401, description = "No or bad API key", body = ErrorEnvelope),
+        (status = 403, description = "Not an admin key", body = ErrorEnvelope),
+        (status = 404, description = "No such tenant or key, or multi-tenancy off", body = ErrorEnvelope),
+    )
+)]
 pub async fn key(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> R {
     let t = tenancy(&s)?;
     Ok(Json(t.store.key(&id).await.map_err(store_error)?).into_response())
 }
 
 /// `PATCH /admin/keys/{id}`.
+#[utoipa::path(
+    patch,
+    path = "/admin/keys/{id}",
+    tag = "admin",
+    params(("id" = String, Path, description = "Key id (`key_…`)")),
+    request_body(description = r#"Any fields of the key to change (`null` clears a limit); `"blocked": true` blocks it"#, content_type = "application/json"),
+    responses(
+        (status = 200, description = r#"The key after the change"#),
+        (status = 400, description = "Bad field or parameter (named in `param`)", body = ErrorEnvelope),
+        (status = 401, description = "No or bad API key", body = ErrorEnvelope),
+        (status = 403, description = "Not an admin key", body = ErrorEnvelope),
+        (status = 404, description = "No such tenant or key, or multi-tenancy off", body = ErrorEnvelope),
+    )
+)]
 pub async fn update_key(
     State(s): State<Arc<AppState>>,
     Extension(c): Extension<Caller>,
@@ -136,6 +213,19 @@ pub async fn update_key(
 }
 
 /// `DELETE /admin/keys/{id}`.
+#[utoipa::path(
+    delete,
+    path = "/admin/keys/{id}",
+    tag = "admin",
+    params(("id" = String, Path, description = "Key id (`key_…`)")),
+    responses(
+        (status = 200, description = r#"`{"id", "object": "key", "deleted": true}`"#),
+        (status = 400, description = "Bad field or parameter (named in `param`)", body = ErrorEnvelope),
+        (status = 401, description = "No or bad API key", body = ErrorEnvelope),
+        (status = 403, description = "Not an admin key", body = ErrorEnvelope),
+        (status = 404, description = "No such tenant or key, or multi-tenancy off", body = ErrorEnvelope),
+    )
+)]
 pub async fn delete_key(
     State(s): State<Arc<AppState>>,
     Extension(c): Extension<Caller>,
@@ -160,6 +250,20 @@ struct Rotate {
 }
 
 /// `POST /admin/keys/{id}/rotate`: a new secret; the old one works for the grace period.
+#[utoipa::path(
+    post,
+    path = "/admin/keys/{id}/rotate",
+    tag = "admin",
+    params(("id" = String, Path, description = "Key id (`key_…`)")),
+    request_body(description = r#"`{"grace_seconds": 86400}`: how long the old secret keeps working"#, content_type = "application/json"),
+    responses(
+        (status = 201, description = r#"`{"key": {...}, "secret": "bn-…"}`: the new key"#),
+        (status = 400, description = "Bad field or parameter (named in `param`)", body = ErrorEnvelope),
+        (status = 401, description = "No or bad API key", body = ErrorEnvelope),
+        (status = 403, description = "Not an admin key", body = ErrorEnvelope),
+        (status = 404, description = "No such tenant or key, or multi-tenancy off", body = ErrorEnvelope),
+    )
+)]
 pub async fn rotate_key(
     State(s): State<Arc<AppState>>,
     Extension(c): Extension<Caller>,
@@ -189,6 +293,18 @@ pub async fn rotate_key(
 }
 
 /// `GET /admin/usage?from=&to=&tenant=&key=&model=&limit=&format=json|csv&group=request|daily`.
+#[utoipa::path(
+    get,
+    path = "/admin/usage",
+    tag = "admin",
+    responses(
+        (status = 200, description = r#"Usage rows (`format=json|csv`) or daily aggregates (`group=daily`), filtered by `from`, `to` (YYYY-MM-DD or Unix ms), `tenant`, `key`, `model`, `limit`"#),
+        (status = 400, description = "Bad field or parameter (named in `param`)", body = ErrorEnvelope),
+        (status = 401, description = "No or bad API key", body = ErrorEnvelope),
+        (status = 403, description = "Not an admin key", body = ErrorEnvelope),
+        (status = 404, description = "No such tenant or key, or multi-tenancy off", body = ErrorEnvelope),
+    )
+)]
 pub async fn usage(State(s): State<Arc<AppState>>, Query(q): Query<HashMap<String, String>>) -> R {
     let t = tenancy(&s)?;
     for k in q.keys() {
@@ -271,6 +387,18 @@ pub async fn usage(State(s): State<Arc<AppState>>, Query(q): Query<HashMap<Strin
 }
 
 /// `GET /admin/audit[?limit=]`, newest first.
+#[utoipa::path(
+    get,
+    path = "/admin/audit",
+    tag = "admin",
+    responses(
+        (status = 200, description = r#"Audit entries, newest first: who (`key:ID` / `cli:USER`), what, before, after"#),
+        (status = 400, description = "Bad field or parameter (named in `param`)", body = ErrorEnvelope),
+        (status = 401, description = "No or bad API key", body = ErrorEnvelope),
+        (status = 403, description = "Not an admin key", body = ErrorEnvelope),
+        (status = 404, description = "No such tenant or key, or multi-tenancy off", body = ErrorEnvelope),
+    )
+)]
 pub async fn audit(State(s): State<Arc<AppState>>, Query(q): Query<HashMap<String, String>>) -> R {
     let t = tenancy(&s)?;
     let limit = match q.get("limit") {

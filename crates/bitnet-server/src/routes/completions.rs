@@ -108,7 +108,10 @@ fn prepare(state: &AppState, body: &[u8]) -> Result<Prepared, ApiError> {
     responses(
         (status = 200, description = "The completion, or an SSE stream of `text_completion` chunks ending in `data: [DONE]`", body = Completion),
         (status = 400, description = "Bad parameter or context length exceeded", body = ErrorEnvelope),
+        (status = 401, description = "Missing, wrong, blocked or expired API key (with --auth)", body = ErrorEnvelope),
+        (status = 403, description = "The key may not use this model", body = ErrorEnvelope),
         (status = 404, description = "Unknown model", body = ErrorEnvelope),
+        (status = 429, description = "Rate limit (`requests`/`tokens`) or budget (`insufficient_quota`), with Retry-After and x-ratelimit-* headers", body = ErrorEnvelope),
         (status = 503, description = "Queue full, deadline passed, loading or shutting down (with Retry-After)", body = ErrorEnvelope),
     )
 )]

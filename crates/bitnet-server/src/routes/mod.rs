@@ -59,7 +59,9 @@ pub async fn start(state: &AppState, caller: &Caller, p: Prepared) -> Result<Sta
         .unwrap_or_default();
     let queue_timeout = state.config.queue_timeout;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let id = format!("{}-{}", p.prefix, uuid::Uuid::new_v4().simple());
+    // Time-ordered (UUIDv7): usage rows keyed by this id are appended to the index, not
+    // scattered over it.
+    let id = format!("{}-{}", p.prefix, uuid::Uuid::now_v7().simple());
     let prompt_tokens = p.prompt_tokens;
     let choices = p.seqs.len();
     p.loaded.engine.submit(Job {
