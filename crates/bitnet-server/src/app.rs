@@ -236,6 +236,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/keys/{id}/rotate", post(routes::admin::rotate_key))
         .route("/admin/usage", get(routes::admin::usage))
         .route("/admin/audit", get(routes::admin::audit))
+        .route("/admin/webhooks", get(routes::admin::webhooks))
         .fallback(routes::misc::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

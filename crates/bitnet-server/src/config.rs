@@ -112,6 +112,13 @@ pub struct ServeOptions {
     /// [default: 0.1].
     #[arg(long, env = "BITNET_USAGE_FLUSH")]
     pub usage_flush: Option<f64>,
+    /// POST webhook events (key created/rotated/blocked/deleted, budget exceeded) here:
+    /// `http://host:port/path`.
+    #[arg(long, env = "BITNET_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// HMAC-SHA256 key of the `X-Bitnet-Signature` header (required with --webhook-url).
+    #[arg(long, env = "BITNET_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
     #[arg(long = "config", env = "BITNET_CONFIG")]
     #[serde(skip)]
     pub config_file: Option<PathBuf>,
@@ -189,6 +196,8 @@ impl ServeOptions {
             journal_dir: self.journal_dir.or(o.journal_dir),
             key_cache_ttl: self.key_cache_ttl.or(o.key_cache_ttl),
             usage_flush: self.usage_flush.or(o.usage_flush),
+            webhook_url: self.webhook_url.or(o.webhook_url),
+            webhook_secret: self.webhook_secret.or(o.webhook_secret),
             config_file: self.config_file.or(o.config_file),
         }
     }
@@ -234,27 +243,55 @@ impl ServeOptions {
         let request_timeout = secs("request_timeout", o.request_timeout.unwrap_or(600.0))?;
         let tenancy_on =
             o.auth.unwrap_or(false) || o.database_url.is_some() || o.redis_url.is_some();
-        let tenancy = if tenancy_on {
-            let data_dir = o.data_dir.unwrap_or_else(bitnet_tenancy::default_data_dir);
-            let ttl = match o.key_cache_ttl {
-                Some(v) if v == 0.0 => Duration::ZERO,
-                Some(v) => secs("key_cache_ttl", v)?,
-                None => Duration::from_secs(5),
+        let tenancy =
+            if tenancy_on {
+                let data_dir = o.data_dir.unwrap_or_else(bitnet_tenancy::default_data_dir);
+                let ttl = match o.key_cache_ttl {
+                    Some(v) if v == 0.0 => Duration::ZERO,
+                    Some(v) => secs("key_cache_ttl", v)?,
+                    None => Duration::from_secs(5),
+                };
+                Some(bitnet_tenancy::TenancyConfig {
+                    database_url: o
+                        .database_url
+                        .unwrap_or_else(|| bitnet_tenancy::default_database_url(&data_dir)),
+                    redis_url: o.redis_url,
+                    journal_dir: o.journal_dir.unwrap_or_else(|| data_dir.join("journal")),
+                    key_cache_ttl: ttl,
+                    lease_ttl: request_timeout + Duration::from_secs(60),
+                    flush: secs("usage_flush", o.usage_flush.unwrap_or(0.1))?,
+                    max_connections: 8,
+                    webhook: match (o.webhook_url, o.webhook_secret) {
+                        (Some(url), Some(secret)) if !secret.is_empty() => {
+                            bitnet_tenancy::webhooks::parse_url(&url).map_err(|e| {
+                                ConfigError::Invalid {
+                                    name: "webhook_url",
+                                    value: url.clone(),
+                                    reason: if e.to_string().contains("http://") {
+                                        "only http:// URLs (terminate TLS in a proxy)"
+                                    } else {
+                                        "not an http://host[:port]/path URL"
+                                    },
+                                }
+                            })?;
+                            Some(bitnet_tenancy::webhooks::WebhookConfig {
+                                url,
+                                secret: secret.into_bytes(),
+                                timeout: Duration::from_secs(10),
+                            })
+                        }
+                        (Some(url), _) => return Err(ConfigError::Invalid {
+                            name: "webhook_url",
+                            value: url,
+                            reason:
+                                "needs --webhook-secret (BITNET_WEBHOOK_SECRET) to sign the events",
+                        }),
+                        (None, _) => None,
+                    },
+                })
+            } else {
+                None
             };
-            Some(bitnet_tenancy::TenancyConfig {
-                database_url: o
-                    .database_url
-                    .unwrap_or_else(|| bitnet_tenancy::default_database_url(&data_dir)),
-                redis_url: o.redis_url,
-                journal_dir: o.journal_dir.unwrap_or_else(|| data_dir.join("journal")),
-                key_cache_ttl: ttl,
-                lease_ttl: request_timeout + Duration::from_secs(60),
-                flush: secs("usage_flush", o.usage_flush.unwrap_or(0.1))?,
-                max_connections: 8,
-            })
-        } else {
-            None
-        };
         Ok(ServeConfig {
             tenancy,
             model,

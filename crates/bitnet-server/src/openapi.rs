@@ -35,6 +35,7 @@ use utoipa::OpenApi;
         routes::admin::rotate_key,
         routes::admin::usage,
         routes::admin::audit,
+        routes::admin::webhooks,
     ),
     components(schemas(
         ErrorEnvelope,

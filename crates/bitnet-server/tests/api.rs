@@ -546,6 +546,7 @@ async fn openapi_covers_every_route() {
         ("/admin/keys/{id}/rotate", "post"),
         ("/admin/usage", "get"),
         ("/admin/audit", "get"),
+        ("/admin/webhooks", "get"),
     ] {
         assert!(
             paths.get(route).and_then(|p| p.get(method)).is_some(),

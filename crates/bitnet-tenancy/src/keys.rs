@@ -574,6 +574,7 @@ impl Store {
         let mut tx = self.begin("creating a key").await?;
         insert_key(&mut tx, &key, &hash_secret(&secret)).await?;
         audit(&mut tx, actor, "key.create", &key.id, None, Some(&key)).await?;
+        key_event(&mut tx, "key.created", actor, &key).await?;
         tx.commit().await.map_err(Error::db("creating a key"))?;
         Ok((key, secret))
     }
@@ -710,6 +711,11 @@ impl Store {
         .await
         .map_err(Error::db(format!("updating key {id}")))?;
         audit(&mut tx, actor, action, id, Some(&before), Some(&k)).await?;
+        match action {
+            "key.block" => key_event(&mut tx, "key.blocked", actor, &k).await?,
+            "key.unblock" => key_event(&mut tx, "key.unblocked", actor, &k).await?,
+            _ => {}
+        }
         tx.commit().await.map_err(Error::db("updating a key"))?;
         Ok(k)
     }
@@ -756,6 +762,7 @@ impl Store {
             .map_err(Error::db(format!("rotating key {id}")))?;
         audit(&mut tx, actor, "key.rotate", id, Some(&before), Some(&old)).await?;
         audit(&mut tx, actor, "key.create", &new.id, None, Some(&new)).await?;
+        key_event(&mut tx, "key.rotated", actor, &old).await?;
         tx.commit().await.map_err(Error::db("rotating a key"))?;
         Ok((new, secret))
     }
@@ -770,6 +777,7 @@ impl Store {
             .await
             .map_err(Error::db(format!("deleting key {id}")))?;
         audit::<ApiKey>(&mut tx, actor, "key.delete", id, Some(&before), None).await?;
+        key_event(&mut tx, "key.deleted", actor, &before).await?;
         tx.commit().await.map_err(Error::db("deleting a key"))?;
         Ok(before)
     }
@@ -800,6 +808,22 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Queues a key webhook event (never the secret: the stored key only).
+async fn key_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    kind: &str,
+    actor: &str,
+    key: &ApiKey,
+) -> Result<()> {
+    crate::webhooks::enqueue(
+        tx,
+        None,
+        kind,
+        serde_json::json!({"actor": actor, "key": key}),
+    )
+    .await
 }
 
 async fn insert_key(

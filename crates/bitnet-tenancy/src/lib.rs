@@ -9,6 +9,7 @@ pub mod limits;
 pub mod meter;
 pub mod store;
 pub mod usage;
+pub mod webhooks;
 
 pub use error::{Error, Result};
 pub use keys::{ApiKey, AuditEntry, KeyUpdate, NewKey, Period, Role, Tenant};
@@ -53,6 +54,8 @@ pub struct TenancyConfig {
     pub flush: Duration,
     /// Database connections.
     pub max_connections: u32,
+    /// Deliver webhook events here (`None`: events wait in the outbox).
+    pub webhook: Option<webhooks::WebhookConfig>,
 }
 
 /// Why a bearer token was refused (401).
@@ -98,6 +101,8 @@ pub struct Tenancy {
     cache: RwLock<HashMap<String, (Instant, Arc<ApiKey>)>>,
     ttl: Duration,
     lease_ttl_ms: i64,
+    /// `(key, period start)` whose budget event is already queued.
+    budget_events: std::sync::Mutex<std::collections::HashSet<(String, i64)>>,
 }
 
 impl Tenancy {
@@ -109,6 +114,10 @@ impl Tenancy {
             None => Limiter::local(),
         };
         let meter = Meter::open(store.clone(), &c.journal_dir, c.flush).await?;
+        if let Some(w) = &c.webhook {
+            let d = webhooks::Deliverer::new(store.clone(), w.clone())?;
+            tokio::spawn(d.run(Duration::from_millis(500)));
+        }
         Ok(Arc::new(Tenancy {
             store,
             limiter,
@@ -116,6 +125,7 @@ impl Tenancy {
             cache: RwLock::new(HashMap::new()),
             ttl: c.key_cache_ttl,
             lease_ttl_ms: c.lease_ttl.as_millis() as i64,
+            budget_events: Default::default(),
         }))
     }
 
@@ -212,7 +222,10 @@ impl Tenancy {
                 Verdict::Requests(i) => Err(Refusal::Requests(i)),
                 Verdict::Tokens(i) => Err(Refusal::Tokens(i)),
                 Verdict::Parallel(i) => Err(Refusal::Parallel(i, l.max_parallel.unwrap_or(0))),
-                Verdict::Budget(b, s, e) => Err(Refusal::Budget(b, s, e)),
+                Verdict::Budget(b, s, e) => {
+                    self.budget_event(key, &l, b, s);
+                    Err(Refusal::Budget(b, s, e))
+                }
                 Verdict::SeedBudget if !seeded => {
                     let start = l.budget.map(|b| b.1).unwrap_or(0);
                     let spent = self
@@ -233,6 +246,29 @@ impl Tenancy {
                 ))),
             };
         }
+    }
+
+    /// Queues the `budget.exceeded` webhook event once per key and period.
+    fn budget_event(&self, key: &ApiKey, l: &Limits, budget: i64, spent: i64) {
+        let start = l.budget.map(|b| b.1).unwrap_or(0);
+        let first = self
+            .budget_events
+            .lock()
+            .map(|mut s| s.insert((key.id.clone(), start)))
+            .unwrap_or(false);
+        if !first {
+            return;
+        }
+        let store = self.store.clone();
+        let (key_id, tenant_id) = (key.id.clone(), key.tenant_id.clone());
+        tokio::spawn(async move {
+            if let Err(e) = store
+                .budget_exceeded(&key_id, &tenant_id, budget, spent, start)
+                .await
+            {
+                tracing::warn!("queueing the budget event of key {key_id}: {e}");
+            }
+        });
     }
 
     /// Journals a usage row (stored in the background).

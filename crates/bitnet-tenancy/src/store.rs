@@ -17,8 +17,14 @@ pub enum Backend {
 }
 
 /// The migrations, in order: `(version, name, SQL)`.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (
+        2,
+        "webhooks",
+        include_str!("../migrations/0002_webhooks.sql"),
+    ),
+];
 
 /// The tenancy database.
 #[derive(Clone)]
@@ -101,6 +107,15 @@ impl Store {
                 })
             });
         }
+        // One plain connection first: a refused or misconfigured server fails at once, not
+        // after the pool's acquire timeout.
+        let probe = AnyConnection::connect(&url)
+            .await
+            .map_err(|source| Error::Connect {
+                url: redact_url(&url),
+                source,
+            })?;
+        let _ = probe.close().await;
         let pool = opts.connect(&url).await.map_err(|source| Error::Connect {
             url: redact_url(&url),
             source,

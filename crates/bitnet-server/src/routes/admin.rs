@@ -411,3 +411,41 @@ pub async fn audit(State(s): State<Arc<AppState>>, Query(q): Query<HashMap<Strin
     };
     Ok(list(t.store.audit_log(limit).await.map_err(store_error)?))
 }
+
+/// `GET /admin/webhooks[?limit=]`: outbox events, newest first, each with its delivery attempts.
+#[utoipa::path(
+    get,
+    path = "/admin/webhooks",
+    tag = "admin",
+    responses(
+        (status = 200, description = r#"`{"object":"list","data":[{event…, "deliveries":[{ts_ms, url, status_code, error, duration_ms}]}]}`"#),
+        (status = 401, description = "No or bad API key", body = ErrorEnvelope),
+        (status = 403, description = "Not an admin key", body = ErrorEnvelope),
+    )
+)]
+pub async fn webhooks(
+    State(s): State<Arc<AppState>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> R {
+    let t = tenancy(&s)?;
+    let limit = match q.get("limit") {
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|l| *l > 0)
+            .ok_or_else(|| ApiError::param("limit", "`limit` must be a positive integer"))?,
+        None => 100,
+    };
+    let mut out = Vec::new();
+    for e in t.store.webhook_events(limit).await.map_err(store_error)? {
+        let d = t
+            .store
+            .webhook_deliveries(&e.id)
+            .await
+            .map_err(store_error)?;
+        let mut v = serde_json::to_value(&e).map_err(|e| ApiError::internal(e.to_string()))?;
+        v["deliveries"] = serde_json::to_value(d).map_err(|e| ApiError::internal(e.to_string()))?;
+        out.push(v);
+    }
+    Ok(list(out))
+}
