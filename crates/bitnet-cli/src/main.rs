@@ -42,6 +42,8 @@ enum Command {
     Loadtest(commands::loadtest::Args),
     /// Tenants, API keys, usage and audit log of `bitnet serve --auth`, on its database.
     Admin(commands::admin::Args),
+    /// Run an OpenAI Batch JSONL file against a server (metered like any request).
+    Batch(commands::batch::Args),
 }
 
 /// `info` for the server (load and shutdown lines), `warn` elsewhere; `RUST_LOG` overrides.
@@ -83,6 +85,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => commands::serve::run(a),
         Command::Loadtest(a) => commands::loadtest::run(a),
         Command::Admin(a) => commands::admin::run(a),
+        Command::Batch(a) => commands::batch::run(a),
     };
     match result {
         Ok(code) => code,

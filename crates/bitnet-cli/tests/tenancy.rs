@@ -390,3 +390,102 @@ fn sigkill_mid_load_keeps_every_completed_usage_row() {
     let log = log.lock().unwrap().join("\n");
     assert!(log.contains("replayed"), "{log}");
 }
+
+#[test]
+fn batch_jsonl_runs_through_the_server_and_is_metered() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("bitnet.db").display());
+    let journal = dir.path().join("journal");
+    admin(&db, &["tenant", "create", "acme"]);
+    let (key, secret) = new_key(&db, "acme", &[]);
+    let model = fixture();
+    let (mut child, url, _) = spawn_logged(
+        &serve_args(model.to_str().unwrap(), &db, journal.to_str().unwrap(), &[]),
+        &[],
+    );
+    let input = dir.path().join("in.jsonl");
+    let mut lines = Vec::new();
+    for i in 0..6 {
+        let (url, body) = if i % 2 == 0 {
+            (
+                "/v1/chat/completions",
+                serde_json::json!({"model": MODEL, "messages": [{"role": "user", "content": format!("hi {i}")}], "max_tokens": 3, "ignore_eos": true}),
+            )
+        } else {
+            (
+                "/v1/completions",
+                serde_json::json!({"model": MODEL, "prompt": format!("n {i}"), "max_tokens": 2, "ignore_eos": true}),
+            )
+        };
+        lines.push(serde_json::json!({"custom_id": format!("req-{i}"), "method": "POST", "url": url, "body": body}).to_string());
+    }
+    lines.push(serde_json::json!({"custom_id": "bad", "method": "POST", "url": "/v1/completions", "body": {"prompt": "x", "temperature": -1}}).to_string());
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let output = dir.path().join("out.jsonl");
+    let run = |input: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_bitnet"))
+            .args([
+                "batch",
+                "--url",
+                &url,
+                "--api-key",
+                &secret,
+                "--concurrency",
+                "3",
+                "--input",
+            ])
+            .arg(input)
+            .arg("--output")
+            .arg(&output)
+            .output()
+            .unwrap()
+    };
+    let out = run(&input);
+    // One line failed (400): exit status 1, but every line has its answer.
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Vec<Value> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(got.len(), 7);
+    for (i, g) in got.iter().take(6).enumerate() {
+        assert_eq!(g["custom_id"], format!("req-{i}"), "input order");
+        assert_eq!(g["response"]["status_code"], 200);
+        assert!(g["id"].as_str().unwrap().starts_with("batch_req_"));
+        assert!(!g["response"]["request_id"].as_str().unwrap().is_empty());
+        assert!(g["error"].is_null());
+    }
+    assert_eq!(got[6]["response"]["status_code"], 400);
+    assert_eq!(got[6]["response"]["body"]["error"]["param"], "temperature");
+    // Metered like any request: one usage row per success, the same tokens.
+    let rows = wait_rows(&db, &key, 6);
+    assert_eq!(rows.len(), 6);
+    let answered: i64 = got
+        .iter()
+        .take(6)
+        .map(|g| {
+            g["response"]["body"]["usage"]["completion_tokens"]
+                .as_i64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(sum(&rows, "completion_tokens"), answered);
+    // A bad file is refused whole, naming the line; nothing is sent.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, format!("{}\n{}\n", lines[0], lines[0])).unwrap();
+    let out = run(&bad);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("line 2") && err.contains("req-0"),
+        "{err}"
+    );
+    assert_eq!(usage_rows(&db, &key).len(), 6);
+    let _ = child.kill();
+    let _ = child.wait();
+}

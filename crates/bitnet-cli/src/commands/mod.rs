@@ -1,6 +1,7 @@
 //! One module per subcommand, plus the options they share.
 
 pub mod admin;
+pub mod batch;
 pub mod bench;
 pub mod chat;
 pub mod compare;

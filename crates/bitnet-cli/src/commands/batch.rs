@@ -1,0 +1,269 @@
+//! `bitnet batch`: runs an OpenAI Batch JSONL file against `bitnet serve` (so every request is
+//! authenticated, rate-limited and metered like any other) and writes the OpenAI batch output
+//! JSONL, one line per input line, in input order.
+//!
+//! Input lines: `{"custom_id", "method": "POST", "url": "/v1/chat/completions" |
+//! "/v1/completions", "body": {…}}`. Output lines: `{"id", "custom_id", "response":
+//! {"status_code", "request_id", "body"}, "error"}`. The whole file is checked before anything
+//! is sent (a bad line or a repeated `custom_id` is an error naming the line). 429 and 503
+//! answers are retried after their `Retry-After` (up to 8 attempts).
+
+use anyhow::{bail, Context, Result};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `bitnet batch` options.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Batch input (OpenAI Batch JSONL).
+    #[arg(long)]
+    input: PathBuf,
+    /// Batch output (written whole at the end, through a temporary file).
+    #[arg(long)]
+    output: PathBuf,
+    /// Server base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Bearer API key (the requests are metered to it).
+    #[arg(long, env = "BITNET_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    custom_id: String,
+    method: String,
+    url: String,
+    body: Value,
+}
+
+fn parse_input(path: &PathBuf) -> Result<Vec<Line>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut lines = Vec::new();
+    let mut ids = HashSet::new();
+    for (i, raw) in text.lines().enumerate() {
+        if raw.trim().is_empty() {
+            continue;
+        }
+        let n = i + 1;
+        let l: Line = serde_json::from_str(raw)
+            .with_context(|| format!("{} line {n}: not a batch request line", path.display()))?;
+        if l.method != "POST" {
+            bail!(
+                "{} line {n}: method {:?}: only POST is supported",
+                path.display(),
+                l.method
+            );
+        }
+        if l.url != "/v1/chat/completions" && l.url != "/v1/completions" {
+            bail!(
+                "{} line {n}: url {:?}: expected /v1/chat/completions or /v1/completions",
+                path.display(),
+                l.url
+            );
+        }
+        if !l.body.is_object() {
+            bail!("{} line {n}: `body` must be a JSON object", path.display());
+        }
+        if l.body.get("stream").and_then(Value::as_bool) == Some(true) {
+            bail!(
+                "{} line {n}: `stream: true` is not allowed in a batch",
+                path.display()
+            );
+        }
+        if !ids.insert(l.custom_id.clone()) {
+            bail!(
+                "{} line {n}: custom_id {:?} appears twice",
+                path.display(),
+                l.custom_id
+            );
+        }
+        lines.push(l);
+    }
+    if lines.is_empty() {
+        bail!("{}: no requests", path.display());
+    }
+    Ok(lines)
+}
+
+struct Target {
+    host: String,
+    port: u16,
+    prefix: String,
+    auth: Option<String>,
+}
+
+fn target(url: &str, key: Option<String>) -> Result<Target> {
+    let rest = url
+        .trim_end_matches('/')
+        .strip_prefix("http://")
+        .context("--url: expected http://host:port")?;
+    let (hostport, prefix) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].trim_end_matches("/v1").to_string()),
+        None => (rest, String::new()),
+    };
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) => (h.to_string(), p.parse().context("--url: bad port")?),
+        None => (hostport.to_string(), 80),
+    };
+    Ok(Target {
+        host,
+        port,
+        prefix,
+        auth: key.map(|k| format!("Bearer {k}")),
+    })
+}
+
+/// One request, retried on 429/503: `(status, request id, body)`.
+async fn send(t: &Target, path: &str, body: &[u8]) -> Result<(u16, String, Value), String> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let stream = tokio::net::TcpStream::connect((t.host.as_str(), t.port))
+            .await
+            .map_err(|e| format!("connecting to {}:{}: {e}", t.host, t.port))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = hyper::Request::builder()
+            .method("POST")
+            .uri(format!("{}{path}", t.prefix))
+            .header("host", format!("{}:{}", t.host, t.port))
+            .header("content-type", "application/json");
+        if let Some(a) = &t.auth {
+            req = req.header("authorization", a);
+        }
+        let req = req
+            .body(Full::new(Bytes::copy_from_slice(body)))
+            .map_err(|e| e.to_string())?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("sending: {e}"))?;
+        let status = resp.status().as_u16();
+        let h = resp.headers();
+        let rid = h
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let retry = h
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer: {e}"))?
+            .to_bytes();
+        conn.abort();
+        if (status == 429 || status == 503) && attempt < 8 {
+            // A spent budget will not come back by waiting: give up on it at once.
+            let quota = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .is_some_and(|v| v["error"]["code"] == "insufficient_quota");
+            if !quota {
+                tokio::time::sleep(Duration::from_secs(retry.unwrap_or(1).clamp(1, 60))).await;
+                continue;
+            }
+        }
+        let v = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        return Ok((status, rid, v));
+    }
+}
+
+/// Runs the subcommand.
+pub fn run(a: Args) -> Result<ExitCode> {
+    let lines = Arc::new(parse_input(&a.input)?);
+    let t = Arc::new(target(&a.url, a.api_key)?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let results: Vec<Value> = rt.block_on(async {
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut workers = Vec::new();
+        for _ in 0..a.concurrency.clamp(1, 256) {
+            let (lines, t, next) = (lines.clone(), t.clone(), next.clone());
+            workers.push(tokio::spawn(async move {
+                let mut out = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(l) = lines.get(i) else { break };
+                    let body = serde_json::to_vec(&l.body).unwrap_or_default();
+                    let id = format!("batch_req_{}", uuid_like(i));
+                    let v = match send(&t, &l.url, &body).await {
+                        Ok((status, rid, body)) => json!({
+                            "id": id, "custom_id": l.custom_id,
+                            "response": {"status_code": status, "request_id": rid, "body": body},
+                            "error": null}),
+                        Err(m) => json!({
+                            "id": id, "custom_id": l.custom_id, "response": null,
+                            "error": {"code": "request_failed", "message": m}}),
+                    };
+                    out.push((i, v));
+                }
+                out
+            }));
+        }
+        let mut all = Vec::new();
+        for w in workers {
+            all.extend(w.await.unwrap_or_default());
+        }
+        all.sort_by_key(|(i, _)| *i);
+        all.into_iter().map(|(_, v)| v).collect()
+    });
+    let tmp = a.output.with_extension("jsonl.partial");
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+    );
+    let (mut ok, mut failed) = (0, 0);
+    for v in &results {
+        if v["response"]["status_code"] == 200 {
+            ok += 1;
+        } else {
+            failed += 1;
+        }
+        writeln!(f, "{v}").with_context(|| format!("writing {}", tmp.display()))?;
+    }
+    f.flush()?;
+    drop(f);
+    std::fs::rename(&tmp, &a.output).with_context(|| format!("writing {}", a.output.display()))?;
+    eprintln!(
+        "bitnet batch: {} requests, {ok} succeeded, {failed} failed -> {}",
+        results.len(),
+        a.output.display()
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn uuid_like(i: usize) -> String {
+    let mut b = [0u8; 12];
+    let _ = getrandom::fill(&mut b);
+    let mut s: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    s.push_str(&format!("{i:06}"));
+    s
+}
