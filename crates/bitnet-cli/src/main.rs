@@ -37,7 +37,7 @@ enum Command {
     /// Write a random ternary model of a real shape as GGUF (for benchmarks).
     CreateModel(commands::create_model::Args),
     /// OpenAI-compatible HTTP server with continuous batching, streaming and metrics.
-    Serve(commands::serve::Args),
+    Serve(Box<commands::serve::Args>),
     /// Load an OpenAI-compatible server on loopback (TTFT, TPOT, ITL, throughput).
     Loadtest(commands::loadtest::Args),
     /// Tenants, API keys, usage and audit log of `bitnet serve --auth`, on its database.
@@ -82,7 +82,7 @@ fn main() -> ExitCode {
         Command::Perplexity(a) => commands::perplexity::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::CreateModel(a) => commands::create_model::run(a),
-        Command::Serve(a) => commands::serve::run(a),
+        Command::Serve(a) => commands::serve::run(*a),
         Command::Loadtest(a) => commands::loadtest::run(a),
         Command::Admin(a) => commands::admin::run(a),
         Command::Batch(a) => commands::batch::run(a),

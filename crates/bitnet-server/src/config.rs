@@ -247,7 +247,7 @@ impl ServeOptions {
             if tenancy_on {
                 let data_dir = o.data_dir.unwrap_or_else(bitnet_tenancy::default_data_dir);
                 let ttl = match o.key_cache_ttl {
-                    Some(v) if v == 0.0 => Duration::ZERO,
+                    Some(0.0) => Duration::ZERO,
                     Some(v) => secs("key_cache_ttl", v)?,
                     None => Duration::from_secs(5),
                 };

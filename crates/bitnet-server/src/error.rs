@@ -25,8 +25,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for the `Retry-After` header.
     pub retry_after: Option<u64>,
-    /// More headers (`x-ratelimit-*` on a 429).
-    pub headers: Vec<(&'static str, String)>,
+    /// More headers (`x-ratelimit-*` on a 429); boxed to keep the error small.
+    pub headers: Option<Box<Vec<(&'static str, String)>>>,
 }
 
 /// The JSON envelope.
@@ -59,7 +59,7 @@ impl ApiError {
             param: None,
             message: message.into(),
             retry_after: None,
-            headers: Vec::new(),
+            headers: None,
         }
     }
 
@@ -208,7 +208,7 @@ impl IntoResponse for ApiError {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
-        for (name, value) in &self.headers {
+        for (name, value) in self.headers.iter().flat_map(|h| h.iter()) {
             if let Ok(v) = HeaderValue::from_str(value) {
                 r.headers_mut().insert(*name, v);
             }

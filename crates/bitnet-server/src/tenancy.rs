@@ -108,7 +108,7 @@ pub fn refusal(r: Refusal, key: &ApiKey, prompt_tokens: i64) -> ApiError {
                 ),
                 retry_secs(i.reset_ms),
             );
-            e.headers = rate_headers(&i);
+            e.headers = Some(Box::new(rate_headers(&i)));
             e
         }
         Refusal::Tokens(i) => {
@@ -127,7 +127,7 @@ pub fn refusal(r: Refusal, key: &ApiKey, prompt_tokens: i64) -> ApiError {
                 )
             };
             let mut e = ApiError::rate_limited("tokens", msg, retry_secs(i.reset_ms));
-            e.headers = rate_headers(&i);
+            e.headers = Some(Box::new(rate_headers(&i)));
             e
         }
         Refusal::Parallel(i, limit) => {
@@ -136,7 +136,7 @@ pub fn refusal(r: Refusal, key: &ApiKey, prompt_tokens: i64) -> ApiError {
                 format!("Too many requests at once for this API key (limit {limit} in parallel)"),
                 1,
             );
-            e.headers = rate_headers(&i);
+            e.headers = Some(Box::new(rate_headers(&i)));
             e
         }
         Refusal::Budget(budget, spent, end) => {

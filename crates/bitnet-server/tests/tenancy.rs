@@ -64,7 +64,32 @@ async fn keys_limits_admin_and_usage() {
         .unwrap();
     store.close().await;
 
+    // A webhook receiver: records the event header of every POST, answers 200.
+    let hooks = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", hooks.local_addr().unwrap());
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let seen2 = seen.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let (mut c, _) = hooks.accept().await.unwrap();
+            let mut buf = vec![0u8; 65536];
+            let n = c.read(&mut buf).await.unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            if let Some(l) = head
+                .lines()
+                .find(|l| l.to_ascii_lowercase().starts_with("x-bitnet-event:"))
+            {
+                seen2.lock().unwrap().push(l[15..].trim().to_string());
+            }
+            let _ = c
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await;
+        }
+    });
     let mut opts = common::options("tenancy-model");
+    opts.webhook_url = Some(hook_url);
+    opts.webhook_secret = Some("hook-secret".into());
     opts.database_url = Some(db.clone());
     opts.journal_dir = Some(dir.path().join("journal"));
     opts.key_cache_ttl = Some(0.0);
@@ -242,8 +267,7 @@ async fn keys_limits_admin_and_usage() {
         let usage_line = text
             .lines()
             .filter_map(|l| l.strip_prefix("data: "))
-            .filter(|d| d.contains("\"usage\":{"))
-            .last()
+            .rfind(|d| d.contains("\"usage\":{"))
             .unwrap()
             .to_string();
         streamed_usage = Some(serde_json::from_str::<Value>(&usage_line).unwrap());
@@ -390,6 +414,26 @@ async fn keys_limits_admin_and_usage() {
         ),
         (Some(false), Some(true))
     );
+
+    // Webhooks reached the receiver (the admin-created keys, the block, the rotation).
+    for _ in 0..100 {
+        if seen.lock().unwrap().iter().any(|e| e == "key.rotated") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let events = seen.lock().unwrap().clone();
+    for kind in [
+        "key.created",
+        "key.blocked",
+        "key.rotated",
+        "budget.exceeded",
+    ] {
+        assert!(
+            events.iter().any(|e| e == kind),
+            "{kind} not delivered: {events:?}"
+        );
+    }
 
     server.shutdown().await.unwrap();
     // Nothing on disk holds a secret in clear.

@@ -149,6 +149,25 @@ impl Meter {
             source: std::io::Error::other(e),
         })?;
         line.push(b'\n');
+        // The journal write; if it fails (disk full, …) the row still goes to the writer and is
+        // stored unless the process dies first — the failure is returned for logging.
+        let (seq, journaled) = match self.journal_write(&line) {
+            Ok(seq) => (seq, Ok(())),
+            Err(e) => (u64::MAX, Err(e)),
+        };
+        let sent = match self.shared.tx.read() {
+            Ok(tx) => tx.as_ref().map(|tx| tx.send((seq, rec)).is_ok()),
+            Err(_) => None,
+        };
+        if sent != Some(true) {
+            // The writer is gone (shutting down): the row stays in the journal for the next start.
+            tracing::warn!("usage meter closed: the row stays in the journal for replay");
+        }
+        journaled
+    }
+
+    /// Appends one line to the current segment; returns the segment.
+    fn journal_write(&self, line: &[u8]) -> Result<u64> {
         let mut j = self
             .shared
             .journal
@@ -172,22 +191,13 @@ impl Meter {
             .get_mut(&seq)
             .ok_or_else(|| Error::invalid("meter", "no open usage journal segment"))?;
         // One write of the whole line (O_APPEND): after it, the row survives a SIGKILL.
-        seg.file.write_all(&line).map_err(|source| Error::Journal {
+        seg.file.write_all(line).map_err(|source| Error::Journal {
             path: seg.path.clone(),
             source,
         })?;
         seg.bytes += line.len() as u64;
         seg.outstanding += 1;
-        drop(j);
-        let sent = match self.shared.tx.read() {
-            Ok(tx) => tx.as_ref().map(|tx| tx.send((seq, rec)).is_ok()),
-            Err(_) => None,
-        };
-        if sent != Some(true) {
-            // The writer is gone (shutting down): the row stays in the journal for the next start.
-            tracing::warn!("usage meter closed: the row stays in the journal for replay");
-        }
-        Ok(())
+        Ok(seq)
     }
 
     /// Stores everything recorded so far and stops the writer; waits at most `timeout`.

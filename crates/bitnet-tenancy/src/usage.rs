@@ -41,6 +41,9 @@ pub struct UsageRecord {
 /// sqlx's prepared-statement cache, so nothing is parsed twice.
 const INSERT_CHUNK: usize = 32;
 
+/// `(day, tenant, key, model)` of a daily aggregate.
+type DayKey<'a> = (String, &'a str, &'a str, &'a str);
+
 /// A daily aggregate row.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct DailyUsage {
@@ -185,7 +188,7 @@ impl Store {
             .begin()
             .await
             .map_err(Error::db("storing usage"))?;
-        let mut daily: BTreeMap<(String, &str, &str, &str), (i64, i64, i64)> = BTreeMap::new();
+        let mut daily: BTreeMap<DayKey, (i64, i64, i64)> = BTreeMap::new();
         let mut new = 0;
         // Multi-row inserts (one statement per chunk); RETURNING names the rows actually
         // inserted, so repeats (a replayed journal) add nothing to the aggregates.
