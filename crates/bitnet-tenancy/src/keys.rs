@@ -12,6 +12,10 @@ use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 use subtle::ConstantTimeEq;
 
+use crate::audit::audit;
+pub use crate::audit::AuditEntry;
+pub use crate::period::{civil_from_days, days_from_civil, Period};
+
 /// Prefix of every secret (`bn-` then 43 base64url characters: 32 random bytes).
 pub const SECRET_PREFIX: &str = "bn-";
 
@@ -58,94 +62,6 @@ impl Role {
             )),
         }
     }
-}
-
-/// How often a token budget starts again (UTC).
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Period {
-    /// Every day at 00:00 UTC.
-    Daily,
-    /// Every Monday at 00:00 UTC.
-    Weekly,
-    /// The first of every month at 00:00 UTC.
-    Monthly,
-    /// Never: a lifetime budget.
-    Total,
-}
-
-impl Period {
-    /// The name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Period::Daily => "daily",
-            Period::Weekly => "weekly",
-            Period::Monthly => "monthly",
-            Period::Total => "total",
-        }
-    }
-
-    /// Parses `daily|weekly|monthly|total`.
-    pub fn parse(s: &str) -> Result<Period> {
-        match s {
-            "daily" => Ok(Period::Daily),
-            "weekly" => Ok(Period::Weekly),
-            "monthly" => Ok(Period::Monthly),
-            "total" => Ok(Period::Total),
-            other => Err(Error::invalid(
-                "budget_period",
-                format!(
-                    "unknown budget period {other:?}: expected daily, weekly, monthly or total"
-                ),
-            )),
-        }
-    }
-
-    /// `(start, end)` in Unix milliseconds of the period holding `now_ms` (`end` is
-    /// `i64::MAX` for [`Period::Total`]).
-    pub fn window(self, now_ms: i64) -> (i64, i64) {
-        const DAY: i64 = 86_400_000;
-        let day = now_ms.div_euclid(DAY);
-        match self {
-            Period::Daily => (day * DAY, (day + 1) * DAY),
-            Period::Weekly => {
-                // 1970-01-01 was a Thursday: Monday-based weeks start 3 days later.
-                let w = (day - 4).div_euclid(7);
-                ((w * 7 + 4) * DAY, (w * 7 + 11) * DAY)
-            }
-            Period::Monthly => {
-                let (y, m, _) = civil_from_days(day);
-                let start = days_from_civil(y, m, 1);
-                let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-                (start * DAY, days_from_civil(ny, nm, 1) * DAY)
-            }
-            Period::Total => (0, i64::MAX),
-        }
-    }
-}
-
-/// `(year, month, day)` of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-/// Day count since 1970-01-01 of a civil date.
-pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// An API key as stored (never the secret).
@@ -402,65 +318,6 @@ fn tenant_from_row(row: &AnyRow) -> Result<Tenant> {
         metadata: json_col(row, "metadata")?,
         created_at: row.try_get("created_at").map_err(g("created_at"))?,
     })
-}
-
-/// A time-ordered audit id: microseconds, then a per-process sequence (so rows written in the
-/// same microsecond keep their order), then randomness.
-fn audit_id() -> String {
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let us = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros())
-        .unwrap_or(0);
-    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1_000_000;
-    let rand = new_id("");
-    format!("aud_{us:017}_{seq:06}{}", &rand[1..9])
-}
-
-/// Inserts an audit row inside `tx`.
-async fn audit<T: Serialize>(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    actor: &str,
-    action: &str,
-    target: &str,
-    before: Option<&T>,
-    after: Option<&T>,
-) -> Result<()> {
-    let j = |v: Option<&T>| v.and_then(|v| serde_json::to_string(v).ok());
-    sqlx::query(
-        "INSERT INTO audit_log (id, ts_ms, actor, action, target, before_json, after_json) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(audit_id())
-    .bind(now_ms())
-    .bind(actor)
-    .bind(action)
-    .bind(target)
-    .bind(j(before))
-    .bind(j(after))
-    .execute(&mut **tx)
-    .await
-    .map_err(Error::db("writing the audit log"))?;
-    Ok(())
-}
-
-/// One audit row.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct AuditEntry {
-    /// `aud_…`.
-    pub id: String,
-    /// Unix ms.
-    pub ts_ms: i64,
-    /// Who: `key:ID` or `cli:USER`.
-    pub actor: String,
-    /// What: `tenant.create`, `key.update`, …
-    pub action: String,
-    /// The tenant or key id.
-    pub target: String,
-    /// The object before.
-    pub before: Option<serde_json::Value>,
-    /// The object after.
-    pub after: Option<serde_json::Value>,
 }
 
 impl Store {

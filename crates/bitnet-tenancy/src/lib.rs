@@ -3,10 +3,12 @@
 //! Redis, usage metering that survives crashes (append-only journal + batched inserts), daily
 //! aggregates and an audit log — on SQLite or PostgreSQL through sqlx, the same migrations.
 
+pub mod audit;
 pub mod error;
 pub mod keys;
 pub mod limits;
 pub mod meter;
+pub mod period;
 pub mod store;
 pub mod usage;
 pub mod webhooks;
