@@ -222,6 +222,17 @@ async fn keys_limits_admin_and_usage() {
         .await;
     let other = k2["secret"].as_str().unwrap().to_string();
     let other_id = k2["key"]["id"].as_str().unwrap().to_string();
+    let (s, _, v) = a.call(Some(&other), "GET", "/v1/models", Value::Null).await;
+    assert_eq!(
+        (s, v["data"].as_array().map(Vec::len)),
+        (StatusCode::OK, Some(0)),
+        "{v}"
+    );
+    let path = format!("/v1/models/{model}");
+    assert_eq!(
+        a.call(Some(&other), "GET", &path, Value::Null).await.0,
+        StatusCode::FORBIDDEN
+    );
     let (s, _, v) = a
         .call(
             Some(&other),

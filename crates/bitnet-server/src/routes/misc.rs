@@ -2,11 +2,13 @@
 
 use crate::app::AppState;
 use crate::error::{parse_json, ApiError, ErrorEnvelope};
+use crate::tenancy::Caller;
 use crate::types::*;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, Method, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use std::sync::Arc;
 
@@ -25,22 +27,43 @@ fn card(state: &AppState) -> Result<ModelCard, ApiError> {
 #[utoipa::path(get, path = "/v1/models", responses(
     (status = 200, body = ModelList),
     (status = 503, description = "Model loading", body = ErrorEnvelope)))]
-pub async fn models(State(state): State<Arc<AppState>>) -> Response {
+pub async fn models(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
     match card(&state) {
         Ok(c) => Json(ModelList {
             object: "list",
-            data: vec![c],
+            // A key limited to other models sees none.
+            data: if allowed(&caller, &c.id) {
+                vec![c]
+            } else {
+                vec![]
+            },
         })
         .into_response(),
         Err(e) => e.into_response(),
     }
 }
 
+/// Whether `caller` may use `model` (always on an open server).
+fn allowed(caller: &Caller, model: &str) -> bool {
+    caller.0.as_ref().is_none_or(|k| k.allows_model(model))
+}
+
 /// Describes one model.
 #[utoipa::path(get, path = "/v1/models/{model}",
     params(("model" = String, Path, description = "Model id")),
     responses((status = 200, body = ModelCard), (status = 404, body = ErrorEnvelope)))]
-pub async fn model(State(state): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
+pub async fn model(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(model): Path<String>,
+) -> Response {
+    if !allowed(&caller, &model) {
+        return ApiError::forbidden(format!("This API key may not use the model `{model}`"))
+            .into_response();
+    }
     match state.model_for(Some(&model)).and_then(|_| card(&state)) {
         Ok(c) => Json(c).into_response(),
         Err(e) => e.into_response(),
