@@ -198,7 +198,12 @@ fn replicas_share_limits_and_usage_exactly() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let tenant = format!("replicas-{}", std::process::id());
+    // Unique per run: the PostgreSQL database is shared by every run on this machine.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let tenant = format!("replicas-{}-{nanos}", std::process::id());
     admin(&pg, &["tenant", "create", &tenant]);
     let (rpm_key, rpm_secret) = new_key(&pg, &tenant, &["--rpm", "40"]);
     let (tpm_key, tpm_secret) = new_key(&pg, &tenant, &["--tpm", "300"]);
