@@ -219,10 +219,14 @@ pub fn generate_secret() -> Result<String> {
 
 /// Hex SHA-256 of a secret: the only form stored.
 pub fn hash_secret(secret: &str) -> String {
+    hex(&Sha256::digest(secret.as_bytes()))
+}
+
+/// Lower-case hex of `bytes` (no allocation per byte).
+pub fn hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let d = Sha256::digest(secret.as_bytes());
-    let mut s = String::with_capacity(64);
-    for b in d {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
         s.push(HEX[usize::from(b >> 4)] as char);
         s.push(HEX[usize::from(b & 15)] as char);
     }

@@ -146,6 +146,27 @@ pub enum Limiter {
     },
 }
 
+impl LocalState {
+    /// Starts the counters of minute window `win` if it is a new one.
+    fn roll(&mut self, win: i64) {
+        if self.win != win {
+            self.win = win;
+            self.requests = 0;
+            self.tokens = 0;
+        }
+    }
+}
+
+/// How long a Redis budget counter lives: a day past its period (400 days for a total budget).
+fn budget_ttl_ms(l: &Limits) -> i64 {
+    match l.budget {
+        Some((_, _, end)) if end < i64::MAX => {
+            (end - crate::now_ms()).max(0).saturating_add(86_400_000)
+        }
+        _ => 400 * 86_400_000,
+    }
+}
+
 fn info(l: &Limits, used_r: i64, used_t: i64, reset: i64) -> RateInfo {
     RateInfo {
         limit_requests: l.rpm,
@@ -214,11 +235,7 @@ impl Limiter {
                 let Some(s) = map.get_mut(key_id) else {
                     return Err(Error::invalid("limiter", "counter missing"));
                 };
-                if s.win != win {
-                    s.win = win;
-                    s.requests = 0;
-                    s.tokens = 0;
-                }
+                s.roll(win);
                 let i = info(l, s.requests, s.tokens, reset);
                 if l.rpm.is_some_and(|x| s.requests + 1 > x) {
                     return Ok(Verdict::Requests(i));
@@ -257,12 +274,7 @@ impl Limiter {
             } => {
                 let mut conn = conn.clone();
                 let budget_key = Self::budget_key(prefix, key_id, l);
-                let ttl = match l.budget {
-                    Some((_, _, end)) if end < i64::MAX => {
-                        (end - crate::now_ms()).max(0).saturating_add(86_400_000)
-                    }
-                    _ => 400 * 86_400_000,
-                };
+                let ttl = budget_ttl_ms(l);
                 let r: Vec<i64> = admit
                     .key(format!("{prefix}:{key_id}"))
                     .key(&budget_key)
@@ -302,7 +314,7 @@ impl Limiter {
     /// Sets the budget counter of the current period of `key_id` to `spent` unless it is
     /// already set (by another replica).
     pub async fn seed_budget(&self, key_id: &str, l: &Limits, spent: i64) -> Result<()> {
-        let Some((_, start, end)) = l.budget else {
+        let Some((_, start, _)) = l.budget else {
             return Ok(());
         };
         match self {
@@ -318,11 +330,7 @@ impl Limiter {
             }
             Limiter::Redis { conn, prefix, .. } => {
                 let mut conn = conn.clone();
-                let ttl = if end < i64::MAX {
-                    (end - crate::now_ms()).max(0).saturating_add(86_400_000)
-                } else {
-                    400 * 86_400_000
-                };
+                let ttl = budget_ttl_ms(l);
                 let _: Option<String> = redis::cmd("SET")
                     .arg(Self::budget_key(prefix, key_id, l))
                     .arg(spent)
@@ -356,11 +364,7 @@ impl Limiter {
         let Some(s) = map.get_mut(key_id) else {
             return Ok(());
         };
-        if s.win != win {
-            s.win = win;
-            s.requests = 0;
-            s.tokens = 0;
-        }
+        s.roll(win);
         s.tokens += completion_tokens;
         if leased {
             s.parallel = (s.parallel - 1).max(0);

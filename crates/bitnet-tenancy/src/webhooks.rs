@@ -65,12 +65,7 @@ pub struct Event {
 pub fn signature(secret: &[u8], body: &[u8]) -> String {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
     mac.update(body);
-    let tag = mac.finalize().into_bytes();
-    let mut s = String::from("sha256=");
-    for b in tag {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
+    format!("sha256={}", crate::keys::hex(&mac.finalize().into_bytes()))
 }
 
 /// Inserts an event inside `tx` (ignored when `id` exists already).

@@ -263,7 +263,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
 fn uuid_like(i: usize) -> String {
     let mut b = [0u8; 12];
     let _ = getrandom::fill(&mut b);
-    let mut s: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let mut s = bitnet_tenancy::keys::hex(&b);
     s.push_str(&format!("{i:06}"));
     s
 }

@@ -53,6 +53,18 @@ fn created<T: serde::Serialize>(v: T) -> Response {
 
 type R = Result<Response, ApiError>;
 
+/// The `limit` query parameter: a positive integer, if given.
+fn limit_param(q: &HashMap<String, String>) -> Result<Option<i64>, ApiError> {
+    q.get("limit")
+        .map(|v| {
+            v.parse::<i64>()
+                .ok()
+                .filter(|l| *l > 0)
+                .ok_or_else(|| ApiError::param("limit", "`limit` must be a positive integer"))
+        })
+        .transpose()
+}
+
 /// Body of `POST /admin/tenants`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -329,15 +341,7 @@ pub async fn usage(State(s): State<Arc<AppState>>, Query(q): Query<HashMap<Strin
         Some(name) => Some(t.store.tenant(name).await.map_err(store_error)?.id),
         None => None,
     };
-    let limit = match q.get("limit") {
-        Some(v) => Some(
-            v.parse::<i64>()
-                .ok()
-                .filter(|l| *l > 0)
-                .ok_or_else(|| ApiError::param("limit", "`limit` must be a positive integer"))?,
-        ),
-        None => None,
-    };
+    let limit = limit_param(&q)?;
     let f = UsageFilter {
         from_ms: time("from")?,
         to_ms: time("to")?,
@@ -401,14 +405,7 @@ pub async fn usage(State(s): State<Arc<AppState>>, Query(q): Query<HashMap<Strin
 )]
 pub async fn audit(State(s): State<Arc<AppState>>, Query(q): Query<HashMap<String, String>>) -> R {
     let t = tenancy(&s)?;
-    let limit = match q.get("limit") {
-        Some(v) => v
-            .parse::<i64>()
-            .ok()
-            .filter(|l| *l > 0)
-            .ok_or_else(|| ApiError::param("limit", "`limit` must be a positive integer"))?,
-        None => 100,
-    };
+    let limit = limit_param(&q)?.unwrap_or(100);
     Ok(list(t.store.audit_log(limit).await.map_err(store_error)?))
 }
 
@@ -428,14 +425,7 @@ pub async fn webhooks(
     Query(q): Query<HashMap<String, String>>,
 ) -> R {
     let t = tenancy(&s)?;
-    let limit = match q.get("limit") {
-        Some(v) => v
-            .parse::<i64>()
-            .ok()
-            .filter(|l| *l > 0)
-            .ok_or_else(|| ApiError::param("limit", "`limit` must be a positive integer"))?,
-        None => 100,
-    };
+    let limit = limit_param(&q)?.unwrap_or(100);
     let mut out = Vec::new();
     for e in t.store.webhook_events(limit).await.map_err(store_error)? {
         let d = t

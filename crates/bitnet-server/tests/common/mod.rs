@@ -164,14 +164,7 @@ pub async fn request(
     path: &str,
     body: Vec<u8>,
 ) -> (StatusCode, HeaderMap, Bytes) {
-    let (s, h, body, conn) = open(addr, method, path, body).await;
-    let b = body
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    conn.abort();
-    (s, h, b)
+    request_with(addr, method, path, &[], body).await
 }
 
 /// A request with headers, its body read whole.
