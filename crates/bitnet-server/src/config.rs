@@ -119,6 +119,30 @@ pub struct ServeOptions {
     /// HMAC-SHA256 key of the `X-Bitnet-Signature` header (required with --webhook-url).
     #[arg(long, env = "BITNET_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
+    /// Accept OIDC JWT bearer tokens too, verified against this JWKS: a file (re-read when it
+    /// changes) or an `http://` URL (re-fetched every 5 min and on an unknown `kid`).
+    #[arg(long, env = "BITNET_OIDC_JWKS")]
+    pub oidc_jwks: Option<String>,
+    /// The `iss` OIDC tokens must carry (required with --oidc-jwks).
+    #[arg(long, env = "BITNET_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+    /// Accepted `aud` values, comma-separated (required with --oidc-jwks).
+    #[arg(long, env = "BITNET_OIDC_AUDIENCE")]
+    pub oidc_audience: Option<String>,
+    /// The claim naming the caller's tenant; dot paths reach nested claims [default: tenant].
+    #[arg(long, env = "BITNET_OIDC_TENANT_CLAIM")]
+    pub oidc_tenant_claim: Option<String>,
+    /// The claim holding the caller's roles (string or array) [default: roles].
+    #[arg(long, env = "BITNET_OIDC_ROLE_CLAIM")]
+    pub oidc_role_claim: Option<String>,
+    /// The role value that makes a caller an admin (only where the tenant's policy key is an
+    /// admin key too) [default: admin].
+    #[arg(long, env = "BITNET_OIDC_ADMIN_ROLE")]
+    pub oidc_admin_role: Option<String>,
+    /// Alias of the API key whose models and limits a tenant's SSO callers share
+    /// [default: sso].
+    #[arg(long, env = "BITNET_OIDC_POLICY_ALIAS")]
+    pub oidc_policy_alias: Option<String>,
     #[arg(long = "config", env = "BITNET_CONFIG")]
     #[serde(skip)]
     pub config_file: Option<PathBuf>,
@@ -157,6 +181,39 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// API keys, limits and metering (`None`: an open server).
     pub tenancy: Option<bitnet_tenancy::TenancyConfig>,
+}
+
+/// The OIDC settings, when `--oidc-jwks` is given.
+fn oidc_config(o: &ServeOptions) -> Result<Option<bitnet_tenancy::OidcConfig>, ConfigError> {
+    let Some(jwks) = &o.oidc_jwks else {
+        return Ok(None);
+    };
+    let need = |name: &'static str, v: &Option<String>| match v {
+        Some(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
+        _ => Err(ConfigError::Invalid {
+            name,
+            value: String::new(),
+            reason: "required with --oidc-jwks",
+        }),
+    };
+    let issuer = need("oidc_issuer", &o.oidc_issuer)?;
+    let audience = need("oidc_audience", &o.oidc_audience)?;
+    let aud: Vec<&str> = audience
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .collect();
+    let mut c = bitnet_tenancy::OidcConfig::new(jwks, &issuer, &aud);
+    let set = |field: &mut String, v: &Option<String>| {
+        if let Some(v) = v.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+            *field = v.to_string();
+        }
+    };
+    set(&mut c.tenant_claim, &o.oidc_tenant_claim);
+    set(&mut c.role_claim, &o.oidc_role_claim);
+    set(&mut c.admin_role, &o.oidc_admin_role);
+    set(&mut c.policy_alias, &o.oidc_policy_alias);
+    Ok(Some(c))
 }
 
 impl ServeOptions {
@@ -198,6 +255,13 @@ impl ServeOptions {
             usage_flush: self.usage_flush.or(o.usage_flush),
             webhook_url: self.webhook_url.or(o.webhook_url),
             webhook_secret: self.webhook_secret.or(o.webhook_secret),
+            oidc_jwks: self.oidc_jwks.or(o.oidc_jwks),
+            oidc_issuer: self.oidc_issuer.or(o.oidc_issuer),
+            oidc_audience: self.oidc_audience.or(o.oidc_audience),
+            oidc_tenant_claim: self.oidc_tenant_claim.or(o.oidc_tenant_claim),
+            oidc_role_claim: self.oidc_role_claim.or(o.oidc_role_claim),
+            oidc_admin_role: self.oidc_admin_role.or(o.oidc_admin_role),
+            oidc_policy_alias: self.oidc_policy_alias.or(o.oidc_policy_alias),
             config_file: self.config_file.or(o.config_file),
         }
     }
@@ -211,6 +275,7 @@ impl ServeOptions {
             }
             None => self,
         };
+        let oidc = oidc_config(&o)?;
         let model = o.model.ok_or(ConfigError::NoModel)?;
         let model_name = o.model_name.unwrap_or_else(|| {
             model
@@ -241,8 +306,10 @@ impl ServeOptions {
             }
         };
         let request_timeout = secs("request_timeout", o.request_timeout.unwrap_or(600.0))?;
-        let tenancy_on =
-            o.auth.unwrap_or(false) || o.database_url.is_some() || o.redis_url.is_some();
+        let tenancy_on = o.auth.unwrap_or(false)
+            || o.database_url.is_some()
+            || o.redis_url.is_some()
+            || oidc.is_some();
         let tenancy =
             if tenancy_on {
                 let data_dir = o.data_dir.unwrap_or_else(bitnet_tenancy::default_data_dir);
@@ -288,6 +355,7 @@ impl ServeOptions {
                         }),
                         (None, _) => None,
                     },
+                    oidc,
                 })
             } else {
                 None

@@ -13,9 +13,14 @@ use bitnet_tenancy::{Admission, ApiKey, AuthError, RateInfo, Refusal, Role, Tena
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Who sent the request: the key, or `None` on an open server.
+/// Who sent the request.
 #[derive(Clone, Default)]
-pub struct Caller(pub Option<Arc<ApiKey>>);
+pub struct Caller {
+    /// The key whose role, models and limits apply; `None` on an open server.
+    pub key: Option<Arc<ApiKey>>,
+    /// For an OIDC caller, `oidc:SUB` (the audit log's actor).
+    pub subject: Option<String>,
+}
 
 /// Whether `path` needs a key when auth is on (everything but health, readiness, metrics
 /// and the OpenAPI document).
@@ -43,25 +48,34 @@ pub async fn authenticate(
     mut req: Request<Body>,
     next: Next,
 ) -> Response {
-    let mut caller = Caller(None);
+    let mut caller = Caller::default();
     if let Some(t) = &state.tenancy {
         let path = req.uri().path();
         if protected(path) {
             let admin_route = path.starts_with("/admin");
             match t.authenticate(bearer(&req)).await {
-                Ok(key) => {
-                    if admin_route && key.role != Role::Admin {
-                        return ApiError::forbidden(
-                            "This API key is not an admin key: /admin needs role admin",
-                        )
+                Ok(a) => {
+                    if admin_route && a.key.role != Role::Admin {
+                        let who = if a.subject.is_some() {
+                            "caller"
+                        } else {
+                            "API key"
+                        };
+                        return ApiError::forbidden(format!(
+                            "This {who} is not an admin: /admin needs role admin"
+                        ))
                         .into_response();
                     }
-                    caller = Caller(Some(key));
+                    caller = Caller {
+                        key: Some(a.key),
+                        subject: a.subject,
+                    };
                 }
                 Err(AuthError::Store(e)) => {
                     tracing::error!("authenticating a request: {e}");
                     return ApiError::overloaded("The key store is unavailable", 5).into_response();
                 }
+                Err(AuthError::Forbidden(m)) => return ApiError::forbidden(m).into_response(),
                 Err(e) => return ApiError::unauthorized(e.to_string()).into_response(),
             }
         }
@@ -171,7 +185,7 @@ pub async fn admit(
     model: &str,
     prompt_tokens: usize,
 ) -> Result<Option<Admission>, ApiError> {
-    let (Some(t), Some(key)) = (tenancy, &caller.0) else {
+    let (Some(t), Some(key)) = (tenancy, &caller.key) else {
         return Ok(None);
     };
     let p = prompt_tokens as i64;

@@ -5,19 +5,6 @@ use crate::error::{Error, Result};
 use crate::{new_id, now_ms};
 use serde::{Deserialize, Serialize};
 
-/// A time-ordered audit id: microseconds, then a per-process sequence (so rows written in the
-/// same microsecond keep their order), then randomness.
-fn audit_id() -> String {
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let us = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros())
-        .unwrap_or(0);
-    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1_000_000;
-    let rand = new_id("");
-    format!("aud_{us:017}_{seq:06}{}", &rand[1..9])
-}
-
 /// Inserts an audit row inside `tx`.
 pub(crate) async fn audit<T: Serialize>(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
@@ -32,7 +19,7 @@ pub(crate) async fn audit<T: Serialize>(
         "INSERT INTO audit_log (id, ts_ms, actor, action, target, before_json, after_json) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
-    .bind(audit_id())
+    .bind(new_id("aud"))
     .bind(now_ms())
     .bind(actor)
     .bind(action)

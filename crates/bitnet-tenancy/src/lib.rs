@@ -5,9 +5,11 @@
 
 pub mod audit;
 pub mod error;
+pub mod http;
 pub mod keys;
 pub mod limits;
 pub mod meter;
+pub mod oidc;
 pub mod period;
 pub mod store;
 pub mod usage;
@@ -17,6 +19,7 @@ pub use error::{Error, Result};
 pub use keys::{ApiKey, AuditEntry, KeyUpdate, NewKey, Period, Role, Tenant};
 pub use limits::{Limiter, Limits, RateInfo, Verdict};
 pub use meter::Meter;
+pub use oidc::{OidcConfig, OidcVerifier, Principal};
 pub use store::{Backend, Store};
 pub use usage::{DailyUsage, UsageFilter, UsageRecord};
 
@@ -33,9 +36,11 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// A new random id with a prefix (`key_…`).
+/// A new id with a prefix (`key_…`): a UUIDv7, so ids sort in creation order (within a process
+/// strictly, across replicas to the millisecond) and listings ordered by `(ts_ms, id)` are stable
+/// even when two rows share a millisecond.
 pub fn new_id(prefix: &str) -> String {
-    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
 }
 
 /// Settings of [`Tenancy::open`].
@@ -58,6 +63,8 @@ pub struct TenancyConfig {
     pub max_connections: u32,
     /// Deliver webhook events here (`None`: events wait in the outbox).
     pub webhook: Option<webhooks::WebhookConfig>,
+    /// Accept OIDC JWT bearer tokens too (`None`: API keys only).
+    pub oidc: Option<OidcConfig>,
 }
 
 /// Why a bearer token was refused (401).
@@ -72,6 +79,12 @@ pub enum AuthError {
     /// Blocked, expired or rotated out.
     #[error("{0}")]
     Unusable(&'static str),
+    /// An OIDC token that does not verify (the reason).
+    #[error("Invalid bearer token: {0}")]
+    Token(String),
+    /// A valid OIDC token whose tenant or policy key does not allow access (403).
+    #[error("{0}")]
+    Forbidden(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] Error),
@@ -105,6 +118,21 @@ pub struct Tenancy {
     lease_ttl_ms: i64,
     /// `(key, period start)` whose budget event is already queued.
     budget_events: std::sync::Mutex<std::collections::HashSet<(String, i64)>>,
+    oidc: Option<OidcVerifier>,
+    /// Tenant (as named by tokens) → its SSO policy key, or why there is none.
+    sso_cache: SsoCache,
+}
+
+type SsoCache = RwLock<HashMap<String, (Instant, std::result::Result<Arc<ApiKey>, String>)>>;
+
+/// An authenticated caller.
+#[derive(Clone, Debug)]
+pub struct Authenticated {
+    /// The key whose role, models and limits apply (for an OIDC caller: the tenant's policy
+    /// key, with the role the token grants).
+    pub key: Arc<ApiKey>,
+    /// For an OIDC caller: `oidc:SUB`.
+    pub subject: Option<String>,
 }
 
 impl Tenancy {
@@ -114,6 +142,10 @@ impl Tenancy {
         let limiter = match &c.redis_url {
             Some(u) => Limiter::redis(u, "bitnet:rl").await?,
             None => Limiter::local(),
+        };
+        let oidc = match &c.oidc {
+            Some(o) => Some(OidcVerifier::new(o.clone()).await?),
+            None => None,
         };
         let meter = Meter::open(store.clone(), &c.journal_dir, c.flush).await?;
         if let Some(w) = &c.webhook {
@@ -128,15 +160,87 @@ impl Tenancy {
             ttl: c.key_cache_ttl,
             lease_ttl_ms: c.lease_ttl.as_millis() as i64,
             budget_events: Default::default(),
+            oidc,
+            sso_cache: Default::default(),
         }))
     }
 
-    /// The key of a bearer secret, checked usable now.
-    pub async fn authenticate(&self, secret: Option<&str>) -> Result<Arc<ApiKey>, AuthError> {
-        let secret = match secret.map(str::trim) {
+    /// The caller of a bearer token: an API key (checked usable now) or, when OIDC is on, a
+    /// JWT verified against the JWKS and mapped to its tenant's policy key.
+    pub async fn authenticate(&self, token: Option<&str>) -> Result<Authenticated, AuthError> {
+        let token = match token.map(str::trim) {
             Some(s) if !s.is_empty() => s,
             _ => return Err(AuthError::Missing),
         };
+        if let (Some(v), true) = (&self.oidc, oidc::looks_like_jwt(token)) {
+            let p = v.verify(token).await.map_err(AuthError::Token)?;
+            let policy = self.sso_policy(v, &p.tenant).await?;
+            if let Some(why) = policy.unusable(now_ms()) {
+                return Err(AuthError::Forbidden(format!(
+                    "The SSO policy key of tenant `{}` is unusable: {why}",
+                    p.tenant
+                )));
+            }
+            let mut key = (*policy).clone();
+            // The token grants admin only where the policy key is an admin key too.
+            if !(p.admin && key.role == Role::Admin) {
+                key.role = Role::User;
+            }
+            return Ok(Authenticated {
+                key: Arc::new(key),
+                subject: Some(format!("oidc:{}", p.subject)),
+            });
+        }
+        Ok(Authenticated {
+            key: self.key_of_secret(token).await?,
+            subject: None,
+        })
+    }
+
+    /// The policy key of the tenant named by an OIDC token (cached like keys).
+    async fn sso_policy(&self, v: &OidcVerifier, tenant: &str) -> Result<Arc<ApiKey>, AuthError> {
+        let cached = self.sso_cache.read().ok().and_then(|c| {
+            c.get(tenant)
+                .filter(|(at, _)| at.elapsed() < self.ttl)
+                .map(|(_, k)| k.clone())
+        });
+        let found = match cached {
+            Some(k) => k,
+            None => {
+                let alias = &v.config().policy_alias;
+                let found = match self.store.tenant(tenant).await {
+                    Ok(t) => self
+                        .store
+                        .keys(Some(&t.id))
+                        .await?
+                        .into_iter()
+                        .find(|k| k.alias.as_deref() == Some(alias.as_str()))
+                        .map(Arc::new)
+                        .ok_or_else(|| {
+                            format!(
+                                "Tenant `{tenant}` has no SSO policy key: create one with \
+                                 `bitnet admin key create --tenant {tenant} --alias {alias}`"
+                            )
+                        }),
+                    Err(Error::NotFound { .. }) => Err(format!(
+                        "The token's tenant `{tenant}` does not exist on this server"
+                    )),
+                    Err(e) => return Err(e.into()),
+                };
+                if let Ok(mut c) = self.sso_cache.write() {
+                    if c.len() > 10_000 {
+                        c.clear();
+                    }
+                    c.insert(tenant.to_string(), (Instant::now(), found.clone()));
+                }
+                found
+            }
+        };
+        found.map_err(AuthError::Forbidden)
+    }
+
+    /// The key of an API key secret, checked usable now.
+    async fn key_of_secret(&self, secret: &str) -> Result<Arc<ApiKey>, AuthError> {
         let hash = keys::hash_secret(secret);
         let cached = self.cache.read().ok().and_then(|c| {
             c.get(&hash)
@@ -170,6 +274,9 @@ impl Tenancy {
     /// Forgets cached keys (after an admin change through this replica).
     pub fn invalidate(&self) {
         if let Ok(mut c) = self.cache.write() {
+            c.clear();
+        }
+        if let Ok(mut c) = self.sso_cache.write() {
             c.clear();
         }
     }

@@ -8,11 +8,10 @@
 //! `webhook_deliveries`.
 
 use crate::error::{Error, Result};
+use crate::http::HttpUrl;
 use crate::store::Store;
 use crate::{new_id, now_ms};
 use hmac::{Hmac, Mac};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use sqlx::any::AnyRow;
@@ -277,45 +276,22 @@ pub struct WebhookConfig {
 }
 
 /// Checks a webhook URL: plain `http://host[:port][/path]`.
-pub fn parse_url(url: &str) -> Result<(String, u16, String)> {
-    let bad = |m: &str| Error::invalid("webhook-url", format!("{url:?}: {m}"));
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        bad("only http:// URLs are supported (terminate TLS in a proxy for https endpoints)")
-    })?;
-    let (hostport, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], rest[i..].to_string()),
-        None => (rest, "/".to_string()),
-    };
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad("bad port"))?),
-        None => (hostport, 80),
-    };
-    if host.is_empty() {
-        return Err(bad("no host"));
-    }
-    Ok((host.to_string(), port, path))
+pub fn parse_url(url: &str) -> Result<HttpUrl> {
+    HttpUrl::parse("webhook-url", url)
 }
 
 /// Delivers the outbox.
 pub struct Deliverer {
     store: Store,
     cfg: WebhookConfig,
-    host: String,
-    port: u16,
-    path: String,
+    url: HttpUrl,
 }
 
 impl Deliverer {
     /// A deliverer for `cfg` (the URL is checked here).
     pub fn new(store: Store, cfg: WebhookConfig) -> Result<Deliverer> {
-        let (host, port, path) = parse_url(&cfg.url)?;
-        Ok(Deliverer {
-            store,
-            cfg,
-            host,
-            port,
-            path,
-        })
+        let url = parse_url(&cfg.url)?;
+        Ok(Deliverer { store, cfg, url })
     }
 
     /// One pass: delivers what is due; returns how many were attempted.
@@ -364,36 +340,13 @@ impl Deliverer {
     }
 
     async fn post(&self, kind: &str, body: Vec<u8>) -> std::result::Result<u16, String> {
-        let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| format!("connecting: {e}"))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
-        let conn = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let req = hyper::Request::builder()
-            .method("POST")
-            .uri(&self.path)
-            .header("host", format!("{}:{}", self.host, self.port))
-            .header("content-type", "application/json")
-            .header(
-                "user-agent",
-                concat!("bitnet-rust/", env!("CARGO_PKG_VERSION")),
-            )
-            .header("x-bitnet-event", kind)
-            .header("x-bitnet-signature", signature(&self.cfg.secret, &body))
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| format!("building the request: {e}"))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("sending: {e}"))?;
-        let status = resp.status().as_u16();
-        let _ = resp.into_body().collect().await;
-        conn.abort();
+        let sig = signature(&self.cfg.secret, &body);
+        let headers = [
+            ("content-type", "application/json"),
+            ("x-bitnet-event", kind),
+            ("x-bitnet-signature", sig.as_str()),
+        ];
+        let (status, _) = self.url.send("POST", &headers, body).await?;
         Ok(status)
     }
 

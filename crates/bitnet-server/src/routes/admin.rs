@@ -36,11 +36,12 @@ fn tenancy(state: &AppState) -> Result<&Arc<Tenancy>, ApiError> {
 }
 
 fn actor(caller: &Caller) -> String {
-    caller
-        .0
-        .as_ref()
-        .map(|k| format!("key:{}", k.id))
-        .unwrap_or_else(|| "anonymous".into())
+    match (&caller.subject, &caller.key) {
+        (Some(s), Some(k)) => format!("{s} (via key:{})", k.id),
+        (Some(s), None) => s.clone(),
+        (None, Some(k)) => format!("key:{}", k.id),
+        (None, None) => "anonymous".into(),
+    }
 }
 
 fn list<T: serde::Serialize>(data: Vec<T>) -> Response {

@@ -48,7 +48,7 @@ pub async fn models(
 
 /// Whether `caller` may use `model` (always on an open server).
 fn allowed(caller: &Caller, model: &str) -> bool {
-    caller.0.as_ref().is_none_or(|k| k.allows_model(model))
+    caller.key.as_ref().is_none_or(|k| k.allows_model(model))
 }
 
 /// Describes one model.
