@@ -86,7 +86,6 @@ pub struct ServeOptions {
     /// Seconds in-flight requests may run on after SIGTERM/ctrl-c [default: 30].
     #[arg(long, env = "BITNET_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<f64>,
-    /// A TOML file with any of these settings (flags and environment win).
     /// Require API keys (tenants, limits, usage metering); on as well when a database or
     /// Redis URL is given.
     #[arg(long, env = "BITNET_AUTH", num_args = 0..=1, default_missing_value = "true")]
@@ -143,6 +142,7 @@ pub struct ServeOptions {
     /// [default: sso].
     #[arg(long, env = "BITNET_OIDC_POLICY_ALIAS")]
     pub oidc_policy_alias: Option<String>,
+    /// A TOML file with any of these settings (flags and environment win).
     #[arg(long = "config", env = "BITNET_CONFIG")]
     #[serde(skip)]
     pub config_file: Option<PathBuf>,

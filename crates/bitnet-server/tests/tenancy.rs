@@ -467,3 +467,131 @@ async fn keys_limits_admin_and_usage() {
         0
     );
 }
+
+/// An RS256 token for `tenant` with `roles`, audience `aud`, signed with the tenancy tests' key.
+fn oidc_token(tenant: &str, roles: Value, aud: &str) -> String {
+    let pem = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../bitnet-tenancy/tests/data/rsa.pem");
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(pem).unwrap()).unwrap();
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    h.kid = Some("k1".into());
+    let now = bitnet_tenancy::now_ms() / 1000;
+    let claims = json!({"iss": "http://idp.test", "aud": aud, "sub": "alice@acme",
+                        "exp": now + 300, "tenant": tenant, "roles": roles});
+    jsonwebtoken::encode(&h, &claims, &key).unwrap()
+}
+
+#[tokio::test]
+async fn oidc_tokens_use_the_tenants_policy_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let store = bitnet_tenancy::Store::connect(&db, 1).await.unwrap();
+    for (tenant, role, rpm) in [
+        ("root", bitnet_tenancy::Role::Admin, None),
+        ("acme", bitnet_tenancy::Role::User, Some(1)),
+    ] {
+        store.create_tenant("cli:test", tenant, None).await.unwrap();
+        store
+            .create_key(
+                "cli:test",
+                &bitnet_tenancy::NewKey {
+                    tenant: tenant.into(),
+                    alias: Some("sso".into()),
+                    role: Some(role),
+                    rpm,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    store.close().await;
+    // The public half of the signing key as a JWKS file.
+    let pem = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../bitnet-tenancy/tests/data/rsa.pem");
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(pem).unwrap()).unwrap();
+    let mut jwk =
+        jsonwebtoken::jwk::Jwk::from_encoding_key(&key, jsonwebtoken::Algorithm::RS256).unwrap();
+    jwk.common.key_id = Some("k1".into());
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, json!({"keys": [jwk]}).to_string()).unwrap();
+
+    let mut opts = common::options("tenancy-model");
+    opts.database_url = Some(db);
+    opts.journal_dir = Some(dir.path().join("journal"));
+    opts.oidc_jwks = Some(jwks.display().to_string());
+    opts.oidc_issuer = Some("http://idp.test".into());
+    opts.oidc_audience = Some("bitnet, other".into());
+    let mut server = TestServer::start(opts).await;
+    let a = Auth { s: &server };
+    let user = oidc_token("acme", json!(["admin"]), "bitnet");
+    let (s, _, v) = a.call(Some(&user), "GET", "/v1/models", Value::Null).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // The policy key's RPM of 1 holds for the tenant's SSO callers.
+    let body = chat("hi", json!({"max_tokens": 2}));
+    let (s, h, v) = a
+        .call(Some(&user), "POST", "/v1/chat/completions", body.clone())
+        .await;
+    assert_eq!(
+        (s, &h["x-ratelimit-limit-requests"]),
+        (StatusCode::OK, &"1".parse().unwrap()),
+        "{v}"
+    );
+    let (s, _, v) = a
+        .call(Some(&user), "POST", "/v1/chat/completions", body)
+        .await;
+    assert_eq!(
+        (s, err(&v).1),
+        (StatusCode::TOO_MANY_REQUESTS, Some("rate_limit_exceeded"))
+    );
+    // Its role claim says admin, but the policy key is a user key.
+    let (s, _, v) = a.call(Some(&user), "GET", "/admin/keys", Value::Null).await;
+    assert_eq!(
+        (s, err(&v).0),
+        (StatusCode::FORBIDDEN, "permission_error"),
+        "{v}"
+    );
+    // Wrong audience: 401 with the reason; unknown tenant: 403.
+    let (s, _, v) = a
+        .call(
+            Some(&oidc_token("acme", json!([]), "nope")),
+            "GET",
+            "/v1/models",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("audience"),
+        "{v}"
+    );
+    let (s, _, v) = a
+        .call(
+            Some(&oidc_token("zeta", json!([]), "bitnet")),
+            "GET",
+            "/v1/models",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    // An admin of the admin tenant administers; the audit log names the token's subject.
+    let root = oidc_token("root", json!(["admin"]), "other");
+    let (s, _, v) = a
+        .call(
+            Some(&root),
+            "POST",
+            "/admin/tenants",
+            json!({"name": "newco"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (_, _, v) = a
+        .call(Some(&root), "GET", "/admin/audit", Value::Null)
+        .await;
+    let actor = v["data"][0]["actor"].as_str().unwrap();
+    assert!(
+        actor.starts_with("oidc:alice@acme (via key:key_"),
+        "{actor}"
+    );
+    server.shutdown().await.unwrap();
+}
