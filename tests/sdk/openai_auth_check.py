@@ -1,8 +1,12 @@
-"""The official `openai` SDK against `bitnet serve --auth`: the right exception classes.
+"""The official `openai` SDK against `bitnet serve --auth`: the right exception classes,
+and the Files and Batch APIs.
 
 usage: openai_auth_check.py BASE_URL MODEL WRONG_KEY FORBIDDEN_KEY LIMITED_KEY GOOD_KEY
 """
+import io
+import json
 import sys
+import time
 
 import openai
 
@@ -53,4 +57,36 @@ e = expect(openai.RateLimitError, limited, "over the RPM")
 assert e.code == "rate_limit_exceeded", e.body
 assert int(e.response.headers["retry-after"]) >= 1
 assert e.response.headers["x-ratelimit-remaining-requests"] == "0"
+
+# The Files and Batch APIs through the SDK: upload, create, poll, download, list.
+lines = "".join(
+    json.dumps(
+        {
+            "custom_id": f"r{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": model, "messages": [{"role": "user", "content": f"hi {i}"}], "max_tokens": 3},
+        }
+    )
+    + "\n"
+    for i in range(3)
+).encode()
+c = client(good)
+f = c.files.create(file=("in.jsonl", io.BytesIO(lines)), purpose="batch")
+assert f.purpose == "batch" and f.bytes == len(lines), f
+b = c.batches.create(
+    input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h", metadata={"job": "sdk"}
+)
+deadline = time.time() + 60
+while b.status not in ("completed", "failed", "cancelled", "expired"):
+    assert time.time() < deadline, b
+    time.sleep(0.2)
+    b = c.batches.retrieve(b.id)
+assert b.status == "completed" and b.request_counts.completed == 3, b
+out = [json.loads(line) for line in c.files.content(b.output_file_id).text.splitlines()]
+assert sorted(o["custom_id"] for o in out) == ["r0", "r1", "r2"], out
+assert all(o["response"]["status_code"] == 200 for o in out), out
+assert any(x.id == b.id for x in c.batches.list()), "listed"
+assert c.files.retrieve(f.id).filename == "in.jsonl"
+print("ok: Files and Batch APIs through the SDK")
 print("openai SDK auth check passed")

@@ -237,6 +237,24 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/usage", get(routes::admin::usage))
         .route("/admin/audit", get(routes::admin::audit))
         .route("/admin/webhooks", get(routes::admin::webhooks))
+        .route(
+            "/v1/files",
+            get(routes::batches::files).post(routes::batches::upload),
+        )
+        .route(
+            "/v1/files/{id}",
+            get(routes::batches::file).delete(routes::batches::delete_file),
+        )
+        .route("/v1/files/{id}/content", get(routes::batches::file_content))
+        .route(
+            "/v1/batches",
+            get(routes::batches::batches).post(routes::batches::create_batch),
+        )
+        .route("/v1/batches/{id}", get(routes::batches::batch))
+        .route(
+            "/v1/batches/{id}/cancel",
+            post(routes::batches::cancel_batch),
+        )
         .fallback(routes::misc::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -335,10 +353,19 @@ pub async fn serve_on(
         })
     };
     let app = router(state.clone());
+    // Stored batches run in this process (any replica may run any batch, one at a time).
+    let stop_batches = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let runner = state.tenancy.clone().map(|t| {
+        let r =
+            crate::batch::Runner::new(t, app.clone(), state.config.max_batch, stop_batches.clone());
+        tokio::spawn(r.run())
+    });
     let drain_state = state.clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let stop_runner = stop_batches.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
+        stop_runner.store(true, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             "shutting down: draining for up to {:.0} s",
             grace.as_secs_f64()
@@ -362,6 +389,12 @@ pub async fn serve_on(
         }
     }
     let served = server.await;
+    stop_batches.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(r) = runner {
+        // Lines in flight have finished with the drain; the runner records them and lets go
+        // of its batch (an unfinished batch resumes on the next start or another replica).
+        let _ = tokio::time::timeout(Duration::from_secs(10), r).await;
+    }
     if let Some(t) = &state.tenancy {
         // Every finished request's usage row is stored before the process ends.
         t.close(std::time::Duration::from_secs(30)).await;

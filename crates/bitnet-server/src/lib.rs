@@ -7,6 +7,7 @@
 //! OpenAI envelope and status codes of SERVING.md.
 
 pub mod app;
+pub mod batch;
 pub mod config;
 pub mod engine;
 pub mod error;

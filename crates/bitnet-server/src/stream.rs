@@ -116,6 +116,14 @@ impl Session {
         self.meter = Some(m);
     }
 
+    /// The engine refused the request before it started: its usage row carries no tokens
+    /// and the prompt tokens charged at admission are given back.
+    pub fn meter_refused(&mut self, status: u16) {
+        if let Some(m) = self.meter.as_mut() {
+            m.refused(status);
+        }
+    }
+
     fn meter_token(&mut self) {
         if let Some(m) = self.meter.as_mut() {
             m.token();

@@ -48,6 +48,11 @@ pub async fn authenticate(
     mut req: Request<Body>,
     next: Next,
 ) -> Response {
+    // The batch runner's own requests carry their caller (never set from the network).
+    if let Some(crate::batch::InternalCaller(c)) = req.extensions_mut().remove() {
+        req.extensions_mut().insert(c);
+        return next.run(req).await;
+    }
     let mut caller = Caller::default();
     if let Some(t) = &state.tenancy {
         let path = req.uri().path();
@@ -250,6 +255,31 @@ impl Metering {
             finish_reason: finish_reason.to_string(),
         };
         a.finish(rec);
+    }
+}
+
+impl Metering {
+    /// The engine refused the request before generating (queue full, deadline, shutdown):
+    /// a row with no tokens and `status`, and the prompt tokens charged at admission are
+    /// given back.
+    pub fn refused(&mut self, status: u16) {
+        let Some(a) = self.admission.take() else {
+            return;
+        };
+        let rec = UsageRecord {
+            request_id: self.request_id.clone(),
+            ts_ms: bitnet_tenancy::now_ms(),
+            tenant_id: a.key.tenant_id.clone(),
+            key_id: a.key.id.clone(),
+            model: self.model.clone(),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            ttft_ms: None,
+            duration_ms: self.started.elapsed().as_millis() as i64,
+            status: i64::from(status),
+            finish_reason: "refused".into(),
+        };
+        a.refund(rec, self.prompt_tokens);
     }
 }
 

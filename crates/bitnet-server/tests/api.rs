@@ -547,6 +547,15 @@ async fn openapi_covers_every_route() {
         ("/admin/usage", "get"),
         ("/admin/audit", "get"),
         ("/admin/webhooks", "get"),
+        ("/v1/files", "get"),
+        ("/v1/files", "post"),
+        ("/v1/files/{id}", "get"),
+        ("/v1/files/{id}", "delete"),
+        ("/v1/files/{id}/content", "get"),
+        ("/v1/batches", "get"),
+        ("/v1/batches", "post"),
+        ("/v1/batches/{id}", "get"),
+        ("/v1/batches/{id}/cancel", "post"),
     ] {
         assert!(
             paths.get(route).and_then(|p| p.get(method)).is_some(),

@@ -4,6 +4,7 @@
 //! aggregates and an audit log — on SQLite or PostgreSQL through sqlx, the same migrations.
 
 pub mod audit;
+pub mod batches;
 pub mod error;
 pub mod http;
 pub mod keys;
@@ -15,6 +16,7 @@ pub mod store;
 pub mod usage;
 pub mod webhooks;
 
+pub use batches::{Batch, BatchState, StoredFile};
 pub use error::{Error, Result};
 pub use keys::{ApiKey, AuditEntry, KeyUpdate, NewKey, Period, Role, Tenant};
 pub use limits::{Limiter, Limits, RateInfo, Verdict};
@@ -407,13 +409,24 @@ pub struct Admission {
 
 impl Admission {
     /// Records `rec` (journaled before this returns) and charges its completion tokens.
-    pub fn finish(mut self, rec: UsageRecord) {
-        self.done = true;
+    pub fn finish(self, rec: UsageRecord) {
         let completion = rec.completion_tokens;
+        self.settle(rec, completion);
+    }
+
+    /// The engine refused the request after admission (queue full, deadline, shutdown):
+    /// records `rec` (which should carry no tokens) and gives back the `prompt_tokens`
+    /// charged at admission.
+    pub fn refund(self, rec: UsageRecord, prompt_tokens: i64) {
+        self.settle(rec, -prompt_tokens.max(0));
+    }
+
+    fn settle(mut self, rec: UsageRecord, charge: i64) {
+        self.done = true;
         if let Err(e) = self.tenancy.record(rec) {
             tracing::error!("recording usage: {e}");
         }
-        self.release(completion);
+        self.release(charge);
     }
 
     fn release(&mut self, completion_tokens: i64) {

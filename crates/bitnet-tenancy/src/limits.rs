@@ -102,7 +102,7 @@ return {0, used_r + 1, used_t + need, reset, spent + need}
 
 const FINISH_LUA: &str = r#"
 -- KEYS[1]: key prefix; KEYS[2]: budget counter ('' when none)
--- ARGV: completion tokens, lease id ('' when none)
+-- ARGV: completion tokens (negative: a refund of prompt tokens), lease id ('' when none)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local tk = KEYS[1] .. ':t:' .. math.floor(now / 60000)
@@ -110,9 +110,12 @@ local n = tonumber(ARGV[1])
 if n > 0 then
   redis.call('INCRBY', tk, n)
   redis.call('PEXPIRE', tk, 120000)
-  if KEYS[2] ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then
-    redis.call('INCRBY', KEYS[2], n)
-  end
+end
+-- A refund (n < 0: a request the engine refused after admission) goes back to this minute's
+-- window only if it is still the window that was charged.
+if n < 0 and redis.call('EXISTS', tk) == 1 then redis.call('INCRBY', tk, n) end
+if n ~= 0 and KEYS[2] ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('INCRBY', KEYS[2], n)
 end
 if ARGV[2] ~= '' then redis.call('ZREM', KEYS[1] .. ':p', ARGV[2]) end
 return 0
@@ -364,13 +367,18 @@ impl Limiter {
         let Some(s) = map.get_mut(key_id) else {
             return Ok(());
         };
-        s.roll(win);
-        s.tokens += completion_tokens;
+        if completion_tokens >= 0 {
+            s.roll(win);
+            s.tokens += completion_tokens;
+        } else if s.win == win {
+            // A refund counts only in the window that was charged.
+            s.tokens = (s.tokens + completion_tokens).max(0);
+        }
         if leased {
             s.parallel = (s.parallel - 1).max(0);
         }
         if let Some((_, spent)) = s.budget.as_mut() {
-            *spent += completion_tokens;
+            *spent = (*spent + completion_tokens).max(0);
         }
         Ok(())
     }

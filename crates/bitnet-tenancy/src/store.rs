@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "webhooks",
         include_str!("../migrations/0002_webhooks.sql"),
     ),
+    (3, "batches", include_str!("../migrations/0003_batches.sql")),
 ];
 
 /// The tenancy database.

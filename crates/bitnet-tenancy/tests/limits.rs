@@ -50,6 +50,13 @@ async fn exercise(l: &Limiter, key: &str) {
         "{v:?}"
     );
 
+    // A refund (the engine refused the request after admission) gives the prompt back.
+    let k = format!("{key}-refund");
+    assert!(granted(&l.admit(&k, &tpm, 80, "", 1000).await.unwrap()));
+    assert!(!granted(&l.admit(&k, &tpm, 30, "", 1000).await.unwrap()));
+    l.finish(&k, &tpm, -80, None).await.unwrap();
+    assert!(granted(&l.admit(&k, &tpm, 90, "", 1000).await.unwrap()));
+
     // Parallel slots come back when a request finishes.
     let par = Limits {
         max_parallel: Some(2),

@@ -8,12 +8,11 @@
 //! is sent (a bad line or a repeated `custom_id` is an error naming the line). 429 and 503
 //! answers are retried after their `Retry-After` (up to 8 attempts).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use bitnet_server::batch::{parse_jsonl, BatchLine};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use serde::Deserialize;
 use serde_json::{json, Value};
-use std::collections::HashSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,63 +40,10 @@ pub struct Args {
     concurrency: usize,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Line {
-    custom_id: String,
-    method: String,
-    url: String,
-    body: Value,
-}
-
-fn parse_input(path: &PathBuf) -> Result<Vec<Line>> {
+fn parse_input(path: &PathBuf) -> Result<Vec<BatchLine>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut lines = Vec::new();
-    let mut ids = HashSet::new();
-    for (i, raw) in text.lines().enumerate() {
-        if raw.trim().is_empty() {
-            continue;
-        }
-        let n = i + 1;
-        let l: Line = serde_json::from_str(raw)
-            .with_context(|| format!("{} line {n}: not a batch request line", path.display()))?;
-        if l.method != "POST" {
-            bail!(
-                "{} line {n}: method {:?}: only POST is supported",
-                path.display(),
-                l.method
-            );
-        }
-        if l.url != "/v1/chat/completions" && l.url != "/v1/completions" {
-            bail!(
-                "{} line {n}: url {:?}: expected /v1/chat/completions or /v1/completions",
-                path.display(),
-                l.url
-            );
-        }
-        if !l.body.is_object() {
-            bail!("{} line {n}: `body` must be a JSON object", path.display());
-        }
-        if l.body.get("stream").and_then(Value::as_bool) == Some(true) {
-            bail!(
-                "{} line {n}: `stream: true` is not allowed in a batch",
-                path.display()
-            );
-        }
-        if !ids.insert(l.custom_id.clone()) {
-            bail!(
-                "{} line {n}: custom_id {:?} appears twice",
-                path.display(),
-                l.custom_id
-            );
-        }
-        lines.push(l);
-    }
-    if lines.is_empty() {
-        bail!("{}: no requests", path.display());
-    }
-    Ok(lines)
+    parse_jsonl(&text, &path.display().to_string(), None).map_err(anyhow::Error::msg)
 }
 
 struct Target {

@@ -1,6 +1,7 @@
 //! Route handlers, one file per endpoint group.
 
 pub mod admin;
+pub mod batches;
 pub mod chat;
 pub mod completions;
 pub mod misc;
@@ -64,12 +65,18 @@ pub async fn start(state: &AppState, caller: &Caller, p: Prepared) -> Result<Sta
     let id = format!("{}-{}", p.prefix, uuid::Uuid::now_v7().simple());
     let prompt_tokens = p.prompt_tokens;
     let choices = p.seqs.len();
-    p.loaded.engine.submit(Job {
+    let mut metering = admission.map(|a| Metering::new(a, &id, &p.loaded.model_id, prompt_tokens));
+    if let Err(e) = p.loaded.engine.submit(Job {
         id: id.clone(),
         seqs: p.seqs,
         params: p.params,
         events: tx,
-    })?;
+    }) {
+        if let Some(m) = metering.as_mut() {
+            m.refused(e.status.as_u16());
+        }
+        return Err(e);
+    }
     let mut session = Session::new(
         id,
         unix_now(),
@@ -82,17 +89,16 @@ pub async fn start(state: &AppState, caller: &Caller, p: Prepared) -> Result<Sta
         p.loaded.tok.clone(),
         rx,
     );
-    if let Some(a) = admission {
-        session.set_metering(Metering::new(
-            a,
-            &session.id,
-            &p.loaded.model_id,
-            prompt_tokens,
-        ));
+    if let Some(m) = metering {
+        session.set_metering(m);
     }
-    session
+    if let Err(e) = session
         .admitted(queue_timeout + Duration::from_secs(5))
-        .await?;
+        .await
+    {
+        session.meter_refused(e.status.as_u16());
+        return Err(e);
+    }
     Ok(Started {
         session,
         stream: p.stream,

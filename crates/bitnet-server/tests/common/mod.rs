@@ -143,11 +143,16 @@ pub async fn open_with(
     let conn = tokio::spawn(async move {
         let _ = conn.await;
     });
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(method)
         .uri(path)
-        .header("host", "localhost")
-        .header("content-type", "application/json");
+        .header("host", "localhost");
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
+        req = req.header("content-type", "application/json");
+    }
     let req = headers
         .iter()
         .fold(req, |r, (k, v)| r.header(*k, *v))
