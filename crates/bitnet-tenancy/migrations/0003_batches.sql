@@ -49,3 +49,5 @@ CREATE TABLE IF NOT EXISTS batch_results (
     output TEXT NOT NULL,
     PRIMARY KEY (batch_id, line)
 );
+-- Budget counters are seeded from the daily aggregates of one key.
+CREATE INDEX IF NOT EXISTS usage_daily_key ON usage_daily (key_id, day);

@@ -121,6 +121,7 @@ pub struct Tenancy {
     /// `(key, period start)` whose budget event is already queued.
     budget_events: std::sync::Mutex<std::collections::HashSet<(String, i64)>>,
     oidc: Option<OidcVerifier>,
+    seed_lock: tokio::sync::Mutex<()>,
     /// Tenant (as named by tokens) → its SSO policy key, or why there is none.
     sso_cache: SsoCache,
 }
@@ -163,6 +164,7 @@ impl Tenancy {
             lease_ttl_ms: c.lease_ttl.as_millis() as i64,
             budget_events: Default::default(),
             oidc,
+            seed_lock: Default::default(),
             sso_cache: Default::default(),
         }))
     }
@@ -338,6 +340,9 @@ impl Tenancy {
                     Err(Refusal::Budget(b, s, e))
                 }
                 Verdict::SeedBudget if !seeded => {
+                    // One seeding query at a time (a restart meets every key's first requests
+                    // at once); seeding an already seeded counter changes nothing.
+                    let _one = self.seed_lock.lock().await;
                     let start = l.budget.map(|b| b.1).unwrap_or(0);
                     let spent = self
                         .store

@@ -221,12 +221,17 @@ async fn write_loop(
     mut rx: mpsc::UnboundedReceiver<(u64, UsageRecord)>,
     flush: Duration,
 ) {
-    let mut batch: Vec<(u64, UsageRecord)> = Vec::new();
+    // The rows and, beside them, the journal segment of each.
+    let mut batch: Vec<UsageRecord> = Vec::new();
+    let mut segs: Vec<u64> = Vec::new();
     let mut closed = false;
     loop {
         if batch.is_empty() {
             match rx.recv().await {
-                Some(r) => batch.push(r),
+                Some((seq, r)) => {
+                    segs.push(seq);
+                    batch.push(r);
+                }
                 None => break,
             }
             // Let a batch gather.
@@ -236,7 +241,10 @@ async fn write_loop(
         }
         while batch.len() < BATCH {
             match rx.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok((seq, r)) => {
+                    segs.push(seq);
+                    batch.push(r);
+                }
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     closed = true;
@@ -244,15 +252,14 @@ async fn write_loop(
                 }
             }
         }
-        let rows: Vec<UsageRecord> = batch.iter().map(|(_, r)| r.clone()).collect();
         let mut delay = Duration::from_millis(100);
         loop {
-            match store.insert_usage(&rows).await {
+            match store.insert_usage(&batch).await {
                 Ok(_) => break,
                 Err(e) => {
                     tracing::warn!(
                         "storing {} usage rows failed (kept in the journal, retrying in {:.1} s): {e}",
-                        rows.len(),
+                        batch.len(),
                         delay.as_secs_f64()
                     );
                     tokio::time::sleep(delay).await;
@@ -261,7 +268,8 @@ async fn write_loop(
             }
         }
         let mut per_seg: HashMap<u64, usize> = HashMap::new();
-        for (seq, _) in batch.drain(..) {
+        batch.clear();
+        for seq in segs.drain(..) {
             *per_seg.entry(seq).or_default() += 1;
         }
         if let Ok(mut j) = shared.journal.lock() {

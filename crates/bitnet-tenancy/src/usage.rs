@@ -192,27 +192,10 @@ impl Store {
         let mut new = 0;
         // Multi-row inserts (one statement per chunk); RETURNING names the rows actually
         // inserted, so repeats (a replayed journal) add nothing to the aggregates.
+        let sqlite = self.backend() == crate::store::Backend::Sqlite;
         for chunk in batch.chunks(INSERT_CHUNK) {
-            let mut sql = String::from(
-                "INSERT INTO usage_log (request_id, ts_ms, tenant_id, key_id, model, prompt_tokens, \
-                 completion_tokens, ttft_ms, duration_ms, status, finish_reason) VALUES ",
-            );
-            for i in 0..chunk.len() {
-                let b = i * 11;
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push('(');
-                for c in 1..=11 {
-                    if c > 1 {
-                        sql.push_str(", ");
-                    }
-                    sql.push_str(&format!("${}", b + c));
-                }
-                sql.push(')');
-            }
-            sql.push_str(" ON CONFLICT (request_id) DO NOTHING RETURNING request_id");
-            let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
+            let sql = insert_sql(chunk.len(), sqlite);
+            let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql.into_owned()));
             for u in chunk {
                 q = q
                     .bind(&u.request_id)
@@ -313,17 +296,64 @@ impl Store {
     }
 
     /// Prompt + completion tokens of key `key_id` since `since_ms` (seeds budget counters).
+    /// Budget periods start at midnight UTC, so the daily aggregates answer (written in the
+    /// same transaction as the rows: the same sum, read from a row per day and model instead
+    /// of a row per request); other starts sum the rows.
     pub async fn tokens_since(&self, key_id: &str, since_ms: i64) -> Result<i64> {
-        let v: Option<i64> = sqlx::query_scalar(
-            "SELECT CAST(COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS BIGINT) \
-             FROM usage_log WHERE key_id = $1 AND ts_ms >= $2",
-        )
-        .bind(key_id)
-        .bind(since_ms)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(Error::db(format!("summing the usage of key {key_id}")))?;
+        let q = if since_ms.rem_euclid(86_400_000) == 0 {
+            sqlx::query_scalar(
+                "SELECT CAST(COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS BIGINT) \
+                 FROM usage_daily WHERE key_id = $1 AND day >= $2",
+            )
+            .bind(key_id)
+            .bind(day_of(since_ms))
+        } else {
+            sqlx::query_scalar(
+                "SELECT CAST(COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS BIGINT) \
+                 FROM usage_log WHERE key_id = $1 AND ts_ms >= $2",
+            )
+            .bind(key_id)
+            .bind(since_ms)
+        };
+        let v: Option<i64> = q
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(Error::db(format!("summing the usage of key {key_id}")))?;
         Ok(v.unwrap_or(0))
+    }
+}
+
+/// The multi-row usage INSERT for `rows` rows: SQLite gets anonymous `?` parameters (sqlx
+/// resolves `$N` names one by one, quadratic in the 352 parameters of a full chunk),
+/// PostgreSQL `$N`. Full chunks, the common case, are built once.
+fn insert_sql(rows: usize, sqlite: bool) -> std::borrow::Cow<'static, str> {
+    static FULL: [std::sync::OnceLock<String>; 2] = [const { std::sync::OnceLock::new() }; 2];
+    let build = || {
+        let mut sql = String::from(
+            "INSERT INTO usage_log (request_id, ts_ms, tenant_id, key_id, model, prompt_tokens, \
+             completion_tokens, ttft_ms, duration_ms, status, finish_reason) VALUES ",
+        );
+        for i in 0..rows {
+            sql.push_str(if i > 0 { ", (" } else { "(" });
+            for c in 1..=11 {
+                if c > 1 {
+                    sql.push_str(", ");
+                }
+                if sqlite {
+                    sql.push('?');
+                } else {
+                    sql.push_str(&format!("${}", i * 11 + c));
+                }
+            }
+            sql.push(')');
+        }
+        sql.push_str(" ON CONFLICT (request_id) DO NOTHING RETURNING request_id");
+        sql
+    };
+    if rows == INSERT_CHUNK {
+        std::borrow::Cow::Borrowed(FULL[usize::from(sqlite)].get_or_init(build))
+    } else {
+        std::borrow::Cow::Owned(build())
     }
 }
 

@@ -190,6 +190,13 @@ async fn exercise(store: &Store) {
         (2, 17, 8)
     );
     assert_eq!(store.tokens_since(&k.id, day + 1500).await.unwrap(), 10);
+    // From midnight (budget periods) the sum comes from the daily aggregates: the same.
+    assert_eq!(store.tokens_since(&k.id, day).await.unwrap(), 25);
+    assert_eq!(
+        store.tokens_since(&k.id, day + 86_400_000).await.unwrap(),
+        0
+    );
+    assert_eq!(store.tokens_since("key_other", day).await.unwrap(), 2);
     let csv = bitnet_tenancy::usage::usage_csv(&all);
     assert!(
         csv.lines().nth(1).unwrap().contains(",\"m,odel\","),
