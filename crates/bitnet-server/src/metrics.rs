@@ -88,6 +88,19 @@ fn describe() {
     );
 }
 
+/// A request refused before the engine saw it: `unauthorized` (401), `forbidden` (403 on
+/// /admin), and with the key's `tenant` `model_forbidden`, `rate_limited_requests`,
+/// `rate_limited_tokens`, `rate_limited_parallel`, `insufficient_quota`, `store_unavailable`.
+pub fn rejected_by_tenancy(model: &str, tenant: Option<&str>, reason: &'static str) {
+    match tenant {
+        Some(t) => counter!("bitnet_requests_rejected_total", "model" => model.to_string(),
+            "reason" => reason, "tenant" => t.to_string()),
+        None => counter!("bitnet_requests_rejected_total", "model" => model.to_string(),
+            "reason" => reason),
+    }
+    .increment(1);
+}
+
 /// Handles to the engine's metrics, labelled with the model.
 pub struct EngineMetrics {
     model: String,

@@ -61,6 +61,11 @@ pub async fn authenticate(
             match t.authenticate(bearer(&req)).await {
                 Ok(a) => {
                     if admin_route && a.key.role != Role::Admin {
+                        crate::metrics::rejected_by_tenancy(
+                            &state.config.model_name,
+                            Some(&a.key.tenant_id),
+                            "forbidden",
+                        );
                         let who = if a.subject.is_some() {
                             "caller"
                         } else {
@@ -80,8 +85,22 @@ pub async fn authenticate(
                     tracing::error!("authenticating a request: {e}");
                     return ApiError::overloaded("The key store is unavailable", 5).into_response();
                 }
-                Err(AuthError::Forbidden(m)) => return ApiError::forbidden(m).into_response(),
-                Err(e) => return ApiError::unauthorized(e.to_string()).into_response(),
+                Err(AuthError::Forbidden(m)) => {
+                    crate::metrics::rejected_by_tenancy(
+                        &state.config.model_name,
+                        None,
+                        "forbidden",
+                    );
+                    return ApiError::forbidden(m).into_response();
+                }
+                Err(e) => {
+                    crate::metrics::rejected_by_tenancy(
+                        &state.config.model_name,
+                        None,
+                        "unauthorized",
+                    );
+                    return ApiError::unauthorized(e.to_string()).into_response();
+                }
             }
         }
     }
@@ -194,10 +213,18 @@ pub async fn admit(
         return Ok(None);
     };
     let p = prompt_tokens as i64;
-    t.admit(key, model, p)
-        .await
-        .map(Some)
-        .map_err(|r| refusal(r, key, p))
+    t.admit(key, model, p).await.map(Some).map_err(|r| {
+        let reason = match &r {
+            Refusal::Model(_) => "model_forbidden",
+            Refusal::Requests(_) => "rate_limited_requests",
+            Refusal::Tokens(_) => "rate_limited_tokens",
+            Refusal::Parallel(..) => "rate_limited_parallel",
+            Refusal::Budget(..) => "insufficient_quota",
+            Refusal::Store(_) => "store_unavailable",
+        };
+        crate::metrics::rejected_by_tenancy(model, Some(&key.tenant_id), reason);
+        refusal(r, key, p)
+    })
 }
 
 /// The usage row of one admitted request, written when it ends — completed, failed, or

@@ -446,6 +446,23 @@ async fn keys_limits_admin_and_usage() {
         );
     }
 
+    // Refusals are counted by reason (and tenant, where the key is known).
+    let (_, _, m) = server.get("/metrics").await;
+    let m = String::from_utf8_lossy(&m);
+    for reason in [
+        "unauthorized",
+        "rate_limited_requests",
+        "insufficient_quota",
+    ] {
+        assert!(
+            m.lines()
+                .any(|l| l.starts_with("bitnet_requests_rejected_total")
+                    && l.contains(&format!("reason=\"{reason}\""))),
+            "{reason} not counted:\n{m}"
+        );
+    }
+    assert!(m.contains(&format!("tenant=\"{}\"", t["id"].as_str().unwrap())));
+
     server.shutdown().await.unwrap();
     // Nothing on disk holds a secret in clear.
     let mut bytes = Vec::new();
