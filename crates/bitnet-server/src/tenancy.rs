@@ -261,31 +261,40 @@ impl Metering {
         self.tokens_sent += 1;
     }
 
+    /// The row of this request with `tokens` = (prompt, completion).
+    fn row(&self, key: &ApiKey, tokens: (i64, i64), status: u16, reason: &str) -> UsageRecord {
+        UsageRecord {
+            request_id: self.request_id.clone(),
+            ts_ms: bitnet_tenancy::now_ms(),
+            tenant_id: key.tenant_id.clone(),
+            key_id: key.id.clone(),
+            model: self.model.clone(),
+            prompt_tokens: tokens.0,
+            completion_tokens: tokens.1,
+            ttft_ms: self.first_token.map(|d| d.as_millis() as i64),
+            duration_ms: self.started.elapsed().as_millis() as i64,
+            status: i64::from(status),
+            finish_reason: reason.to_string(),
+        }
+    }
+
     /// The request ended: writes its row (once).
     pub fn finish(&mut self, completion_tokens: Option<usize>, status: u16, finish_reason: &str) {
         let Some(a) = self.admission.take() else {
             return;
         };
-        let rec = UsageRecord {
-            request_id: self.request_id.clone(),
-            ts_ms: bitnet_tenancy::now_ms(),
-            tenant_id: a.key.tenant_id.clone(),
-            key_id: a.key.id.clone(),
-            model: self.model.clone(),
-            prompt_tokens: self.prompt_tokens,
-            completion_tokens: completion_tokens
-                .map(|c| c as i64)
-                .unwrap_or(self.tokens_sent),
-            ttft_ms: self.first_token.map(|d| d.as_millis() as i64),
-            duration_ms: self.started.elapsed().as_millis() as i64,
-            status: i64::from(status),
-            finish_reason: finish_reason.to_string(),
-        };
+        let completion = completion_tokens
+            .map(|c| c as i64)
+            .unwrap_or(self.tokens_sent);
+        let rec = self.row(
+            &a.key,
+            (self.prompt_tokens, completion),
+            status,
+            finish_reason,
+        );
         a.finish(rec);
     }
-}
 
-impl Metering {
     /// The engine refused the request before generating (queue full, deadline, shutdown):
     /// a row with no tokens and `status`, and the prompt tokens charged at admission are
     /// given back.
@@ -293,19 +302,7 @@ impl Metering {
         let Some(a) = self.admission.take() else {
             return;
         };
-        let rec = UsageRecord {
-            request_id: self.request_id.clone(),
-            ts_ms: bitnet_tenancy::now_ms(),
-            tenant_id: a.key.tenant_id.clone(),
-            key_id: a.key.id.clone(),
-            model: self.model.clone(),
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            ttft_ms: None,
-            duration_ms: self.started.elapsed().as_millis() as i64,
-            status: i64::from(status),
-            finish_reason: "refused".into(),
-        };
+        let rec = self.row(&a.key, (0, 0), status, "refused");
         a.refund(rec, self.prompt_tokens);
     }
 }

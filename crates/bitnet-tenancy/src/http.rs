@@ -1,13 +1,13 @@
-//! A small one-request HTTP/1.1 client over plain TCP (hyper), for webhook deliveries and JWKS
-//! downloads. Plain `http://` only: this build links no TLS stack (terminate TLS in a proxy or
+//! A small one-request HTTP/1.1 client over plain TCP (hyper), for webhook deliveries, JWKS
+//! downloads and `bitnet batch`. Plain `http://` only: this build links no TLS stack (terminate TLS in a proxy or
 //! sidecar for https endpoints, or give a JWKS file).
 
 use crate::error::{Error, Result};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 
-/// Largest response body read (a JWKS is a few KiB).
-const MAX_BODY: usize = 4 << 20;
+/// Largest response body read.
+const MAX_BODY: usize = 16 << 20;
 
 /// A checked `http://host[:port][/path]` URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,14 +45,14 @@ impl HttpUrl {
         })
     }
 
-    /// Sends one request and returns the status and the body (at most 4 MiB). Errors are
-    /// one-line strings for logs (connect, handshake, send, body).
+    /// Sends one request and returns the status, headers and body (at most 16 MiB). Errors
+    /// are one-line strings for logs (connect, handshake, send, body).
     pub async fn send(
         &self,
         method: &str,
         headers: &[(&str, &str)],
         body: Vec<u8>,
-    ) -> std::result::Result<(u16, Bytes), String> {
+    ) -> std::result::Result<(u16, hyper::HeaderMap, Bytes), String> {
         let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| format!("connecting to {}:{}: {e}", self.host, self.port))?;
@@ -82,13 +82,14 @@ impl HttpUrl {
             .await
             .map_err(|e| format!("sending: {e}"))?;
         let status = resp.status().as_u16();
-        let body = Limited::new(resp.into_body(), MAX_BODY)
+        let (parts, body) = resp.into_parts();
+        let body = Limited::new(body, MAX_BODY)
             .collect()
             .await
             .map(|b| b.to_bytes())
             .map_err(|e| format!("reading the response: {e}"));
         conn.abort();
-        Ok((status, body?))
+        Ok((status, parts.headers, body?))
     }
 }
 

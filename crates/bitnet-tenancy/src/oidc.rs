@@ -178,7 +178,7 @@ impl OidcVerifier {
                 (tokio::fs::read(p).await.map_err(bad)?, mtime, what)
             }
             Source::Url(u) => {
-                let (status, body) = u
+                let (status, _, body) = u
                     .send("GET", &[("accept", "application/json")], Vec::new())
                     .await
                     .map_err(|e| Error::invalid("oidc-jwks", format!("{}: {e}", self.cfg.jwks)))?;

@@ -346,7 +346,7 @@ impl Deliverer {
             ("x-bitnet-event", kind),
             ("x-bitnet-signature", sig.as_str()),
         ];
-        let (status, _) = self.url.send("POST", &headers, body).await?;
+        let (status, _, _) = self.url.send("POST", &headers, body).await?;
         Ok(status)
     }
 

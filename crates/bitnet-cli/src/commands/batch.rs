@@ -10,8 +10,7 @@
 
 use anyhow::{Context, Result};
 use bitnet_server::batch::{parse_jsonl, BatchLine};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
+use bitnet_tenancy::http::HttpUrl;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::PathBuf;
@@ -79,33 +78,16 @@ async fn send(t: &Target, path: &str, body: &[u8]) -> Result<(u16, String, Value
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let stream = tokio::net::TcpStream::connect((t.host.as_str(), t.port))
-            .await
-            .map_err(|e| format!("connecting to {}:{}: {e}", t.host, t.port))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
-        let conn = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let mut req = hyper::Request::builder()
-            .method("POST")
-            .uri(format!("{}{path}", t.prefix))
-            .header("host", format!("{}:{}", t.host, t.port))
-            .header("content-type", "application/json");
+        let url = HttpUrl {
+            host: t.host.clone(),
+            port: t.port,
+            path: format!("{}{path}", t.prefix),
+        };
+        let mut headers = vec![("content-type", "application/json")];
         if let Some(a) = &t.auth {
-            req = req.header("authorization", a);
+            headers.push(("authorization", a.as_str()));
         }
-        let req = req
-            .body(Full::new(Bytes::copy_from_slice(body)))
-            .map_err(|e| e.to_string())?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("sending: {e}"))?;
-        let status = resp.status().as_u16();
-        let h = resp.headers();
+        let (status, h, bytes) = url.send("POST", &headers, body.to_vec()).await?;
         let rid = h
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
@@ -115,13 +97,6 @@ async fn send(t: &Target, path: &str, body: &[u8]) -> Result<(u16, String, Value
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("reading the answer: {e}"))?
-            .to_bytes();
-        conn.abort();
         if (status == 429 || status == 503) && attempt < 8 {
             // A spent budget will not come back by waiting: give up on it at once.
             let quota = serde_json::from_slice::<Value>(&bytes)
