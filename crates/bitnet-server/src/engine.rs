@@ -742,27 +742,31 @@ impl Engine {
         let Some(job) = self.jobs.get_mut(&s.job) else {
             return;
         };
+        job.finish.push(finish);
+        job.live -= 1;
+        let last = job.live == 0;
+        if last {
+            // Counted before the last event goes out: a client that has its answer finds the
+            // request in /metrics.
+            self.metrics
+                .e2e
+                .record(now.duration_since(job.arrived).as_secs_f64());
+            let reason = if job.finish.contains(&Finish::Abort) {
+                Finish::Abort
+            } else if job.finish.contains(&Finish::Length) {
+                Finish::Length
+            } else {
+                Finish::Stop
+            };
+            self.metrics.finished(reason.as_str());
+        }
         let _ = job.events.send(Event::Done {
             index: s.index,
             finish,
             completion_tokens: s.generated,
         });
-        job.finish.push(finish);
-        job.live -= 1;
-        if job.live == 0 {
-            if let Some(job) = self.jobs.remove(&s.job) {
-                self.metrics
-                    .e2e
-                    .record(now.duration_since(job.arrived).as_secs_f64());
-                let reason = if job.finish.contains(&Finish::Abort) {
-                    Finish::Abort
-                } else if job.finish.contains(&Finish::Length) {
-                    Finish::Length
-                } else {
-                    Finish::Stop
-                };
-                self.metrics.finished(reason.as_str());
-            }
+        if last {
+            self.jobs.remove(&s.job);
         }
     }
 }
