@@ -306,6 +306,7 @@ impl Runner {
         if !out.is_empty() {
             let f = store
                 .create_file(
+                    Some(&format!("file-{}-output", b.id)),
                     &b.tenant_id,
                     &b.key_id,
                     &format!("{}_output.jsonl", b.id),
@@ -318,6 +319,7 @@ impl Runner {
         if !err.is_empty() {
             let f = store
                 .create_file(
+                    Some(&format!("file-{}-error", b.id)),
                     &b.tenant_id,
                     &b.key_id,
                     &format!("{}_error.jsonl", b.id),

@@ -223,6 +223,8 @@ async fn batches_run_as_their_key_and_are_metered() {
         json!({"total": 5, "completed": 4, "failed": 1})
     );
     assert_eq!(b["metadata"]["job"], "nightly");
+    // Result files have ids derived from the batch (a resumed finalization cannot duplicate them).
+    assert_eq!(b["output_file_id"], format!("file-{id}-output"));
     let (s, _, out) = c
         .call(
             "GET",

@@ -191,9 +191,11 @@ impl BatchState {
 }
 
 impl Store {
-    /// Stores a file.
+    /// Stores a file under a new id, or under `id` (a batch's result files: storing them
+    /// again after a crash keeps the first copy instead of adding another).
     pub async fn create_file(
         &self,
+        id: Option<&str>,
         tenant_id: &str,
         key_id: &str,
         filename: &str,
@@ -201,7 +203,9 @@ impl Store {
         content: &str,
     ) -> Result<StoredFile> {
         let f = StoredFile {
-            id: new_id("file").replacen('_', "-", 1),
+            id: id
+                .map(str::to_string)
+                .unwrap_or_else(|| new_id("file").replacen('_', "-", 1)),
             tenant_id: tenant_id.into(),
             key_id: key_id.into(),
             filename: filename.into(),
@@ -211,7 +215,7 @@ impl Store {
         };
         sqlx::query(
             "INSERT INTO files (id, tenant_id, key_id, filename, purpose, bytes, created_ms, \
-             content) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             content) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
         )
         .bind(&f.id)
         .bind(&f.tenant_id)
@@ -224,6 +228,9 @@ impl Store {
         .execute(&self.pool)
         .await
         .map_err(Error::db(format!("storing file {}", f.filename)))?;
+        if id.is_some() {
+            return self.file(tenant_id, &f.id).await;
+        }
         Ok(f)
     }
 

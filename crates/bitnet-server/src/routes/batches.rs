@@ -142,7 +142,7 @@ pub async fn upload(
         .map_err(|_| ApiError::param("file", format!("{filename} is not UTF-8 text")))?;
     let f = t
         .store
-        .create_file(&key.tenant_id, &key.id, &filename, "batch", &text)
+        .create_file(None, &key.tenant_id, &key.id, &filename, "batch", &text)
         .await
         .map_err(store_error)?;
     Ok(Json(file_json(&f)).into_response())
