@@ -32,13 +32,25 @@ fn protected(path: &str) -> bool {
         || path.starts_with("/admin")
 }
 
-/// The bearer token of a request (`Authorization: Bearer KEY`).
+/// The WebSocket subprotocol prefix that carries a key where a browser cannot set headers
+/// (`Sec-WebSocket-Protocol: bitnet.v1, openai-insecure-api-key.KEY`, OpenAI's convention).
+pub const WS_KEY_PROTOCOL: &str = "openai-insecure-api-key.";
+
+/// The bearer token of a request: `Authorization: Bearer KEY`, or for a WebSocket upgrade
+/// without that header, a [`WS_KEY_PROTOCOL`] subprotocol.
 pub fn bearer(req: &Request<Body>) -> Option<&str> {
-    let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
+    if let Some(v) = req.headers().get(header::AUTHORIZATION) {
+        let (scheme, token) = v.to_str().ok()?.trim().split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then_some(token.trim());
+    }
+    req.headers()
+        .get(header::SEC_WEBSOCKET_PROTOCOL)?
+        .to_str()
+        .ok()?
+        .split(',')
+        .find_map(|p| p.trim().strip_prefix(WS_KEY_PROTOCOL))
 }
 
 /// Middleware: authenticates protected routes (401), keeps `/admin` for admin keys (403),

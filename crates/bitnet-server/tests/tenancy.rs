@@ -612,3 +612,60 @@ async fn oidc_tokens_use_the_tenants_policy_key() {
     );
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn websocket_takes_the_key_as_a_subprotocol() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let store = bitnet_tenancy::Store::connect(&db, 1).await.unwrap();
+    store.create_tenant("cli:test", "web", None).await.unwrap();
+    let (_, secret) = store
+        .create_key(
+            "cli:test",
+            &bitnet_tenancy::NewKey {
+                tenant: "web".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    store.close().await;
+    let mut opts = common::options("ws-auth-model");
+    opts.database_url = Some(db);
+    opts.journal_dir = Some(dir.path().join("journal"));
+    let mut server = TestServer::start(opts).await;
+    let url = format!("ws://{}/v1/stream", server.addr);
+    let with = |protocols: String| {
+        let mut r = url.clone().into_client_request().unwrap();
+        r.headers_mut()
+            .insert("sec-websocket-protocol", protocols.parse().unwrap());
+        r
+    };
+    // No key: the upgrade is refused with 401.
+    let e = tokio_tungstenite::connect_async(with("bitnet.v1".into()))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("401"), "{e}");
+    let (mut ws, resp) = tokio_tungstenite::connect_async(with(format!(
+        "bitnet.v1, openai-insecure-api-key.{secret}"
+    )))
+    .await
+    .unwrap();
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "bitnet.v1");
+    let req = chat("Hi", json!({"max_tokens": 3}));
+    ws.send(Message::Text(req.to_string().into()))
+        .await
+        .unwrap();
+    let mut last = Value::Null;
+    while let Some(Ok(m)) = ws.next().await {
+        match m {
+            Message::Text(t) => last = serde_json::from_str(&t).unwrap(),
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(last["usage"]["completion_tokens"], 3, "{last}");
+    server.shutdown().await.unwrap();
+}

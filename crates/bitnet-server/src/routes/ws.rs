@@ -14,7 +14,9 @@ use axum::Extension;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Upgrades to a WebSocket streaming one chat completion.
+/// Upgrades to a WebSocket streaming one chat completion. With `--auth`, the key goes in
+/// `Authorization: Bearer KEY`, or — for browsers, which cannot set it — as the subprotocol
+/// `openai-insecure-api-key.KEY` beside `bitnet.v1` (the one the server answers with).
 #[utoipa::path(get, path = "/v1/stream", responses(
     (status = 101, description = "WebSocket: send a chat-completion request as the first text message; \
      receive chat.completion.chunk objects, then a usage chunk, then a close frame")))]
@@ -23,7 +25,10 @@ pub async fn stream(
     Extension(caller): Extension<Caller>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    // A browser that sends its key as a subprotocol must get one of its protocols back (never
+    // the key's): `bitnet.v1` when offered.
     ws.max_message_size(state.config.body_limit)
+        .protocols(["bitnet.v1"])
         .on_upgrade(move |socket| run(state, caller, socket))
 }
 
