@@ -103,7 +103,58 @@ pub fn parse_jsonl(
 #[derive(Clone)]
 pub struct InternalCaller(pub Caller);
 
-const RUN: u8 = 0;
+/// The answer to one batch line, however it was sent (in process or over HTTP).
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// `x-request-id`.
+    pub request_id: String,
+    /// `Retry-After` seconds.
+    pub retry_after: Option<u64>,
+    /// The body: JSON, or the text as a JSON string.
+    pub body: Value,
+}
+
+impl Answer {
+    /// Reads an answer's status, headers and body.
+    pub fn new(status: u16, headers: &axum::http::HeaderMap, bytes: &[u8]) -> Answer {
+        let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        Answer {
+            status,
+            request_id: h("x-request-id").unwrap_or("").to_string(),
+            retry_after: h("retry-after").and_then(|v| v.parse().ok()),
+            body: serde_json::from_slice(bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned())),
+        }
+    }
+
+    /// Whether waiting and sending again can help: a rate limit or a full queue (a spent
+    /// budget does not come back by waiting).
+    pub fn worth_retrying(&self) -> bool {
+        let quota = self.body["error"]["code"] == "insufficient_quota";
+        (self.status == 429 && !quota) || self.status == 503
+    }
+
+    /// How long to wait before sending again (`Retry-After`, 1–60 s).
+    pub fn wait(&self) -> Duration {
+        Duration::from_secs(self.retry_after.unwrap_or(1).clamp(1, 60))
+    }
+
+    /// The OpenAI batch output line of this answer.
+    pub fn output_line(self, custom_id: &str) -> Value {
+        json!({"id": request_id(), "custom_id": custom_id, "response": {"status_code": self.status,
+            "request_id": self.request_id, "body": self.body}, "error": null})
+    }
+}
+
+/// The OpenAI batch output line of a line that got no answer.
+pub fn error_line(custom_id: &str, code: &str, message: &str) -> Value {
+    json!({"id": request_id(), "custom_id": custom_id, "response": null,
+        "error": {"code": code, "message": message}})
+}
+
+/// A new output line id (`batch_req_…`).
+pub const RUN: u8 = 0;
 const CANCEL: u8 = 1;
 const EXPIRE: u8 = 2;
 const STOP: u8 = 3;
@@ -198,9 +249,11 @@ impl Runner {
         if why == EXPIRE {
             for (i, l) in lines.iter().enumerate() {
                 if !done.contains(&(i as i64)) {
-                    let out = json!({"id": request_id(), "custom_id": l.custom_id,
-                        "response": null, "error": {"code": "batch_expired",
-                        "message": "This line was not sent before the batch expired."}});
+                    let out = error_line(
+                        &l.custom_id,
+                        "batch_expired",
+                        "This line was not sent before the batch expired.",
+                    );
                     store
                         .record_batch_result(&b.id, i as i64, false, &out.to_string())
                         .await?;
@@ -380,13 +433,8 @@ async fn send_line(
     line: &BatchLine,
     flag: &AtomicU8,
 ) -> Option<(bool, Value)> {
-    let failed = |code: &str, message: String| {
-        Some((
-            false,
-            json!({"id": request_id(), "custom_id": line.custom_id,
-            "response": null, "error": {"code": code, "message": message}}),
-        ))
-    };
+    let failed =
+        |code: &str, message: String| Some((false, error_line(&line.custom_id, code, &message)));
     let body = serde_json::to_vec(&line.body).unwrap_or_default();
     loop {
         if flag.load(Ordering::Relaxed) != RUN {
@@ -416,28 +464,14 @@ async fn send_line(
             return failed("invalid_request", "could not build the request".into());
         };
         let Ok(resp) = app.clone().oneshot(req).await;
-        let status = resp.status().as_u16();
-        let h = resp.headers();
-        let rid = h
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let retry = h
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let bytes = match axum::body::to_bytes(resp.into_body(), 64 << 20).await {
+        let (parts, body) = resp.into_parts();
+        let bytes = match axum::body::to_bytes(body, 64 << 20).await {
             Ok(b) => b,
             Err(e) => return failed("response_error", format!("reading the answer: {e}")),
         };
-        let v: Value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        let quota = v["error"]["code"] == "insufficient_quota";
-        if (status == 429 && !quota) || status == 503 {
-            // Rate limits and a full queue pass: wait and send again (a spent budget does not).
-            let wait = Duration::from_secs(retry.unwrap_or(1).clamp(1, 60));
-            let until = tokio::time::Instant::now() + wait;
+        let answer = Answer::new(parts.status.as_u16(), &parts.headers, &bytes);
+        if answer.worth_retrying() {
+            let until = tokio::time::Instant::now() + answer.wait();
             while tokio::time::Instant::now() < until {
                 if flag.load(Ordering::Relaxed) != RUN {
                     return None;
@@ -446,8 +480,7 @@ async fn send_line(
             }
             continue;
         }
-        let out = json!({"id": request_id(), "custom_id": line.custom_id,
-            "response": {"status_code": status, "request_id": rid, "body": v}, "error": null});
-        return Some(((200..300).contains(&status), out));
+        let ok = (200..300).contains(&answer.status);
+        return Some((ok, answer.output_line(&line.custom_id)));
     }
 }

@@ -244,13 +244,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await
         .map_err(Error::db("reading a file"))?;
-        match row {
-            Some(r) => file_from_row(&r),
-            None => Err(Error::NotFound {
-                what: "file",
-                id: id.into(),
-            }),
-        }
+        file_from_row(&Error::found(row, "file", id)?)
     }
 
     /// A file's content.
@@ -261,15 +255,9 @@ impl Store {
             .fetch_optional(&self.pool)
             .await
             .map_err(Error::db("reading a file"))?;
-        match row {
-            Some(r) => r
-                .try_get("content")
-                .map_err(Error::db("reading files.content")),
-            None => Err(Error::NotFound {
-                what: "file",
-                id: id.into(),
-            }),
-        }
+        Error::found(row, "file", id)?
+            .try_get("content")
+            .map_err(Error::db("reading files.content"))
     }
 
     /// The files of `tenant_id`, newest first, optionally of one purpose.
@@ -355,13 +343,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await
         .map_err(Error::db("reading a batch"))?;
-        match row {
-            Some(r) => batch_from_row(&r),
-            None => Err(Error::NotFound {
-                what: "batch",
-                id: id.into(),
-            }),
-        }
+        batch_from_row(&Error::found(row, "batch", id)?)
     }
 
     /// The batches of `tenant_id`, newest first, those older than `after` (an id) when given.

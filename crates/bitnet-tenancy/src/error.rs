@@ -80,6 +80,14 @@ impl Error {
         }
     }
 
+    /// The row of `what` `id`, or [`Error::NotFound`].
+    pub(crate) fn found<T>(row: Option<T>, what: &'static str, id: &str) -> Result<T> {
+        row.ok_or_else(|| Error::NotFound {
+            what,
+            id: id.to_string(),
+        })
+    }
+
     pub(crate) fn db(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> Error {
         let what = what.into();
         move |source| Error::Db { what, source }

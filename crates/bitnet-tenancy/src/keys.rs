@@ -378,13 +378,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await
         .map_err(Error::db("reading a tenant"))?;
-        match row {
-            Some(r) => tenant_from_row(&r),
-            None => Err(Error::NotFound {
-                what: "tenant",
-                id: id_or_name.to_string(),
-            }),
-        }
+        tenant_from_row(&Error::found(row, "tenant", id_or_name)?)
     }
 
     /// All tenants, oldest first.
@@ -449,13 +443,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await
         .map_err(Error::db("reading a key"))?;
-        match row {
-            Some(r) => key_from_row(&r),
-            None => Err(Error::NotFound {
-                what: "key",
-                id: id.to_string(),
-            }),
-        }
+        key_from_row(&Error::found(row, "key", id)?)
     }
 
     /// The key whose secret this is, if any (hash lookup, then a constant-time compare).

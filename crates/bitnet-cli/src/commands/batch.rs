@@ -9,15 +9,14 @@
 //! answers are retried after their `Retry-After` (up to 8 attempts).
 
 use anyhow::{Context, Result};
-use bitnet_server::batch::{parse_jsonl, BatchLine};
+use bitnet_server::batch::{error_line, parse_jsonl, Answer, BatchLine};
 use bitnet_tenancy::http::HttpUrl;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// `bitnet batch` options.
 #[derive(clap::Args)]
@@ -73,43 +72,27 @@ fn target(url: &str, key: Option<String>) -> Result<Target> {
     })
 }
 
-/// One request, retried on 429/503: `(status, request id, body)`.
-async fn send(t: &Target, path: &str, body: &[u8]) -> Result<(u16, String, Value), String> {
+/// One request, retried on 429/503 (up to 8 attempts).
+async fn send(t: &Target, path: &str, body: &[u8]) -> Result<Answer, String> {
+    let url = HttpUrl {
+        host: t.host.clone(),
+        port: t.port,
+        path: format!("{}{path}", t.prefix),
+    };
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(a) = &t.auth {
+        headers.push(("authorization", a.as_str()));
+    }
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let url = HttpUrl {
-            host: t.host.clone(),
-            port: t.port,
-            path: format!("{}{path}", t.prefix),
-        };
-        let mut headers = vec![("content-type", "application/json")];
-        if let Some(a) = &t.auth {
-            headers.push(("authorization", a.as_str()));
-        }
         let (status, h, bytes) = url.send("POST", &headers, body.to_vec()).await?;
-        let rid = h
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let retry = h
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if (status == 429 || status == 503) && attempt < 8 {
-            // A spent budget will not come back by waiting: give up on it at once.
-            let quota = serde_json::from_slice::<Value>(&bytes)
-                .ok()
-                .is_some_and(|v| v["error"]["code"] == "insufficient_quota");
-            if !quota {
-                tokio::time::sleep(Duration::from_secs(retry.unwrap_or(1).clamp(1, 60))).await;
-                continue;
-            }
+        let answer = Answer::new(status, &h, &bytes);
+        if answer.worth_retrying() && attempt < 8 {
+            tokio::time::sleep(answer.wait()).await;
+            continue;
         }
-        let v = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        return Ok((status, rid, v));
+        return Ok(answer);
     }
 }
 
@@ -131,15 +114,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(l) = lines.get(i) else { break };
                     let body = serde_json::to_vec(&l.body).unwrap_or_default();
-                    let id = format!("batch_req_{}", uuid_like(i));
                     let v = match send(&t, &l.url, &body).await {
-                        Ok((status, rid, body)) => json!({
-                            "id": id, "custom_id": l.custom_id,
-                            "response": {"status_code": status, "request_id": rid, "body": body},
-                            "error": null}),
-                        Err(m) => json!({
-                            "id": id, "custom_id": l.custom_id, "response": null,
-                            "error": {"code": "request_failed", "message": m}}),
+                        Ok(answer) => answer.output_line(&l.custom_id),
+                        Err(m) => error_line(&l.custom_id, "request_failed", &m),
                     };
                     out.push((i, v));
                 }
@@ -179,12 +156,4 @@ pub fn run(a: Args) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
-}
-
-fn uuid_like(i: usize) -> String {
-    let mut b = [0u8; 12];
-    let _ = getrandom::fill(&mut b);
-    let mut s = bitnet_tenancy::keys::hex(&b);
-    s.push_str(&format!("{i:06}"));
-    s
 }
