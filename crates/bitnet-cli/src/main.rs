@@ -44,6 +44,10 @@ enum Command {
     Admin(commands::admin::Args),
     /// Run an OpenAI Batch JSONL file against a server (metered like any request).
     Batch(commands::batch::Args),
+    /// Quantization-aware training or fine-tuning; exports Hugging Face and GGUF models.
+    Train(Box<commands::train::Args>),
+    /// Train a byte-level BPE tokenizer (tokenizer.json) on text files.
+    TrainTokenizer(commands::train::TokenizerArgs),
 }
 
 /// `info` for the server (load and shutdown lines), `warn` elsewhere; `RUST_LOG` overrides.
@@ -86,6 +90,8 @@ fn main() -> ExitCode {
         Command::Loadtest(a) => commands::loadtest::run(a),
         Command::Admin(a) => commands::admin::run(a),
         Command::Batch(a) => commands::batch::run(a),
+        Command::Train(a) => commands::train::run(*a),
+        Command::TrainTokenizer(a) => commands::train::run_tokenizer(a),
     };
     match result {
         Ok(code) => code,

@@ -11,9 +11,9 @@ use std::process::ExitCode;
 /// Options of `bitnet chat`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Checkpoint directory (Hugging Face layout).
+    /// Checkpoint directory or GGUF file (default: the model bundled in `models/kjv-bitnet`).
     #[arg(long, env = "BITNET_MODEL")]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// System message for the conversation.
     #[arg(long)]
     system: Option<String>,
@@ -27,8 +27,9 @@ pub struct Args {
 /// Runs the subcommand. Each stdin line is one user message; `/reset` clears the conversation,
 /// `/exit` (or end of input) quits.
 pub fn run(a: Args) -> Result<ExitCode> {
-    let sampling = a.sampling.resolve(&a.model)?;
-    let (model, tok) = super::load(&a.model)?;
+    let model_dir = super::model_or_bundled(a.model.clone())?;
+    let sampling = a.sampling.resolve(&model_dir)?;
+    let (model, tok) = super::load(&model_dir)?;
     let template = ChatTemplate::for_model(&model.config, &tok)?;
     let mut gen = Generator::new(&model, &tok, None);
     let interactive = std::io::stdin().is_terminal();
@@ -42,7 +43,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if interactive {
         eprintln!(
             "chatting with {} — /reset starts over, /exit quits",
-            a.model.display()
+            model_dir.display()
         );
     }
     let stdin = std::io::stdin();

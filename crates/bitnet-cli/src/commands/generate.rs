@@ -10,9 +10,9 @@ use std::process::ExitCode;
 /// Options of `bitnet generate`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Checkpoint directory (Hugging Face layout).
+    /// Checkpoint directory or GGUF file (default: the model bundled in `models/kjv-bitnet`).
     #[arg(long, env = "BITNET_MODEL")]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Prompt text (BOS is added as the tokenizer specifies).
     #[arg(long)]
     prompt: String,
@@ -31,8 +31,9 @@ pub struct Args {
 
 /// Runs the subcommand.
 pub fn run(a: Args) -> Result<ExitCode> {
-    let sampling = a.sampling.resolve(&a.model)?;
-    let (model, tok) = super::load(&a.model)?;
+    let model_dir = super::model_or_bundled(a.model.clone())?;
+    let sampling = a.sampling.resolve(&model_dir)?;
+    let (model, tok) = super::load(&model_dir)?;
     let ids = tok.encode(&a.prompt, true)?;
     let params = GenerateParams {
         max_tokens: a.max_tokens,

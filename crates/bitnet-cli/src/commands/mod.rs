@@ -13,6 +13,7 @@ pub mod loadtest;
 pub mod logits;
 pub mod perplexity;
 pub mod serve;
+pub mod train;
 
 use anyhow::{Context, Result};
 use bitnet_engine::{Model, SamplingParams, Tokenizer};
@@ -67,6 +68,27 @@ impl SamplingArgs {
         p.validate()?;
         Ok(p)
     }
+}
+
+/// The small model that ships with the repository (trained by `bitnet train` on the King James
+/// Bible; see `models/README.md`), used by `generate` and `chat` when no `--model` is given.
+pub const BUNDLED_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/kjv-bitnet");
+
+/// `--model` if given, else the bundled model (with an error saying where it was looked for).
+pub fn model_or_bundled(model: Option<std::path::PathBuf>) -> Result<std::path::PathBuf> {
+    if let Some(m) = model {
+        return Ok(m);
+    }
+    let p = std::path::PathBuf::from(BUNDLED_MODEL);
+    if p.join("config.json").is_file() {
+        tracing::info!("no --model given: using the bundled model {}", p.display());
+        return Ok(p);
+    }
+    anyhow::bail!(
+        "no --model given (or BITNET_MODEL), and the bundled model is not at {} (was the binary \
+         moved out of its repository?)",
+        p.display()
+    )
 }
 
 /// Loads model and tokenizer, logging the load time.

@@ -3,7 +3,7 @@
 //! `linear_class: autobitlinear`, `quantization_mode: offline`).
 
 use super::{projection_shape, Parts, PROJECTIONS};
-use crate::config::Activation;
+use crate::config::{Activation, ModelConfig};
 use crate::error::{Error, Result};
 use half::bf16;
 use safetensors::tensor::{Dtype, TensorView};
@@ -127,30 +127,7 @@ pub fn write_hf(parts: &Parts, dir: &Path) -> Result<()> {
             message: e.to_string(),
         },
     )?;
-    let cfg = json!({
-        "architectures": ["BitNetForCausalLM"],
-        "model_type": "bitnet",
-        "vocab_size": vocab,
-        "hidden_size": h,
-        "intermediate_size": c.intermediate_size,
-        "num_hidden_layers": c.num_hidden_layers,
-        "num_attention_heads": c.num_attention_heads,
-        "num_key_value_heads": c.num_key_value_heads,
-        "head_dim": c.head_dim,
-        "hidden_act": match c.hidden_act { Activation::Relu2 => "relu2", Activation::Silu => "silu" },
-        "max_position_embeddings": c.max_position_embeddings,
-        "rms_norm_eps": c.rms_norm_eps,
-        "rope_theta": c.rope_theta,
-        "tie_word_embeddings": c.tie_word_embeddings,
-        "bos_token_id": c.bos_token_id,
-        "eos_token_id": c.eos_token_ids,
-        "torch_dtype": "bfloat16",
-        "quantization_config": {
-            "quant_method": "bitnet",
-            "linear_class": "autobitlinear",
-            "quantization_mode": "offline"
-        }
-    });
+    let cfg = config_json(c, "offline");
     let text = serde_json::to_string_pretty(&cfg).map_err(|e| Error::Json {
         path: dir.join("config.json"),
         source: e,
@@ -169,4 +146,33 @@ pub fn write_hf(parts: &Parts, dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `config.json` of a `BitNetForCausalLM` checkpoint with this shape, `linear_class: autobitlinear`
+/// and the given `quantization_mode` (`offline`: packed weights; `online`: float master weights).
+pub fn config_json(c: &ModelConfig, quantization_mode: &str) -> serde_json::Value {
+    json!({
+        "architectures": ["BitNetForCausalLM"],
+        "model_type": "bitnet",
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.num_hidden_layers,
+        "num_attention_heads": c.num_attention_heads,
+        "num_key_value_heads": c.num_key_value_heads,
+        "head_dim": c.head_dim,
+        "hidden_act": match c.hidden_act { Activation::Relu2 => "relu2", Activation::Silu => "silu" },
+        "max_position_embeddings": c.max_position_embeddings,
+        "rms_norm_eps": c.rms_norm_eps,
+        "rope_theta": c.rope_theta,
+        "tie_word_embeddings": c.tie_word_embeddings,
+        "bos_token_id": c.bos_token_id,
+        "eos_token_id": c.eos_token_ids,
+        "torch_dtype": "bfloat16",
+        "quantization_config": {
+            "quant_method": "bitnet",
+            "linear_class": "autobitlinear",
+            "quantization_mode": quantization_mode
+        }
+    })
 }
