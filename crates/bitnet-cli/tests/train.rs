@@ -54,6 +54,21 @@ fn corpus(dir: &Path) -> PathBuf {
     p
 }
 
+/// The corpus and a 400-token BPE trained on it by `bitnet train-tokenizer`.
+fn corpus_and_tokenizer(dir: &Path) -> (PathBuf, PathBuf) {
+    let data = corpus(dir);
+    let tok = dir.join("tokenizer.json");
+    ok(&bitnet(&[
+        "train-tokenizer",
+        "--vocab",
+        "400",
+        s(&data),
+        "-o",
+        s(&tok),
+    ]));
+    (data, tok)
+}
+
 fn shape(dir: &Path) -> PathBuf {
     let p = dir.join("shape.json");
     std::fs::write(
@@ -157,16 +172,7 @@ fn tokenizer_train_export_generate() {
 fn ctrl_c_saves_a_checkpoint_that_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let data = corpus(d);
-    let tok = d.join("tokenizer.json");
-    ok(&bitnet(&[
-        "train-tokenizer",
-        "--vocab",
-        "400",
-        s(&data),
-        "-o",
-        s(&tok),
-    ]));
+    let (data, tok) = corpus_and_tokenizer(d);
     let ckpt = d.join("ckpt");
     let mut child = Command::new(env!("CARGO_BIN_EXE_bitnet"))
         .args([
@@ -223,16 +229,7 @@ fn ctrl_c_saves_a_checkpoint_that_resumes() {
 fn bad_inputs_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let data = corpus(d);
-    let tok = d.join("tokenizer.json");
-    ok(&bitnet(&[
-        "train-tokenizer",
-        "--vocab",
-        "400",
-        s(&data),
-        "-o",
-        s(&tok),
-    ]));
+    let (data, tok) = corpus_and_tokenizer(d);
     let base = |extra: &[&str]| {
         let mut v = vec![
             "train".to_string(),

@@ -28,15 +28,89 @@ fn contiguous<'a, T>(v: &'a [T], layout: &Layout, op: &'static str) -> Result<&'
     }
 }
 
-/// `mean|W|` accumulated in f64 and rounded to f32, as the engine's loader reduces it.
-fn abs_mean(v: impl Iterator<Item = f64>, n: usize) -> f32 {
-    (v.map(f64::abs).sum::<f64>() / n.max(1) as f64) as f32
+/// The float arithmetic the two quantizers need, in the tensor's own precision (f32 like torch's
+/// float32 quantizers; f64 for gradient checks).
+trait QFloat: Copy + PartialOrd + std::ops::Mul<Output = Self> + std::ops::Div<Output = Self> {
+    fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+    fn abs(self) -> Self;
+    fn round_ties_even(self) -> Self;
+    fn clamp(self, lo: Self, hi: Self) -> Self;
+    fn max(self, o: Self) -> Self;
 }
 
-/// Ternary values `{−1/is, 0, 1/is}` of `vals` given `is = 1 / max(mean, 1e-5)` (f32 throughout,
-/// like torch's float32 `WeightQuant`).
-fn ternary_value(v: f32, is: f32) -> f32 {
-    (v * is).round_ties_even().clamp(-1.0, 1.0) / is
+macro_rules! qfloat {
+    ($t:ty) => {
+        impl QFloat for $t {
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+            fn round_ties_even(self) -> Self {
+                <$t>::round_ties_even(self)
+            }
+            fn clamp(self, lo: Self, hi: Self) -> Self {
+                <$t>::clamp(self, lo, hi)
+            }
+            fn max(self, o: Self) -> Self {
+                <$t>::max(self, o)
+            }
+        }
+    };
+}
+qfloat!(f32);
+qfloat!(f64);
+
+/// Ternary values of `v`: `is = 1 / max(mean|v|, 1e-5)` with the mean accumulated in f64 and
+/// rounded to `T` (as the engine's loader reduces it), `clamp(round_half_even(v·is), −1, 1) / is`.
+fn weight_quant<T: QFloat>(v: &[T]) -> Vec<T> {
+    let mean = T::from_f64(v.iter().map(|x| x.to_f64().abs()).sum::<f64>() / v.len().max(1) as f64);
+    let is = T::from_f64(1.0) / mean.max(T::from_f64(1e-5));
+    let (lo, hi) = (T::from_f64(-1.0), T::from_f64(1.0));
+    v.iter()
+        .map(|&x| (x * is).round_ties_even().clamp(lo, hi) / is)
+        .collect()
+}
+
+/// Per-row absmax int8 fake quantization of rows of length `k`.
+fn act_quant<T: QFloat>(v: &[T], k: usize) -> Vec<T> {
+    let (lo, hi) = (T::from_f64(-128.0), T::from_f64(127.0));
+    let mut out = Vec::with_capacity(v.len());
+    for row in v.chunks(k) {
+        let m = row.iter().fold(T::from_f64(0.0), |m, x| m.max(x.abs()));
+        let s = T::from_f64(127.0) / m.max(T::from_f64(1e-5));
+        out.extend(
+            row.iter()
+                .map(|&x| (x * s).round_ties_even().clamp(lo, hi) / s),
+        );
+    }
+    out
+}
+
+/// Applies `f32_op` / `f64_op` to a contiguous f32 / f64 storage.
+fn map_storage(
+    storage: &CpuStorage,
+    layout: &Layout,
+    op: &'static str,
+    f32_op: impl Fn(&[f32]) -> Vec<f32>,
+    f64_op: impl Fn(&[f64]) -> Vec<f64>,
+) -> Result<(CpuStorage, Shape)> {
+    let out = match storage {
+        CpuStorage::F32(v) => CpuStorage::F32(f32_op(contiguous(v, layout, op)?)),
+        CpuStorage::F64(v) => CpuStorage::F64(f64_op(contiguous(v, layout, op)?)),
+        _ => {
+            return Err(candle_core::Error::UnsupportedDTypeForOp(
+                storage.dtype(),
+                op,
+            ))
+        }
+    };
+    Ok((out, layout.shape().clone()))
 }
 
 impl CustomOp1 for WeightQuant {
@@ -45,32 +119,7 @@ impl CustomOp1 for WeightQuant {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let shape = layout.shape().clone();
-        let out = match storage {
-            CpuStorage::F32(v) => {
-                let v = contiguous(v, layout, self.name())?;
-                let is = 1.0f32 / abs_mean(v.iter().map(|&x| x as f64), v.len()).max(1e-5);
-                CpuStorage::F32(v.iter().map(|&x| ternary_value(x, is)).collect())
-            }
-            CpuStorage::F64(v) => {
-                // Gradient checks run in f64: the same ternarization, in f64.
-                let v = contiguous(v, layout, self.name())?;
-                let mean = v.iter().map(|x| x.abs()).sum::<f64>() / v.len().max(1) as f64;
-                let is = 1.0 / mean.max(1e-5);
-                CpuStorage::F64(
-                    v.iter()
-                        .map(|&x| (x * is).round_ties_even().clamp(-1.0, 1.0) / is)
-                        .collect(),
-                )
-            }
-            _ => {
-                return Err(candle_core::Error::UnsupportedDTypeForOp(
-                    storage.dtype(),
-                    self.name(),
-                ))
-            }
-        };
-        Ok((out, shape))
+        map_storage(storage, layout, self.name(), weight_quant, weight_quant)
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -84,43 +133,14 @@ impl CustomOp1 for ActQuant {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let shape = layout.shape().clone();
-        let k = shape.dims().last().copied().unwrap_or(1).max(1);
-        let out = match storage {
-            CpuStorage::F32(v) => {
-                let v = contiguous(v, layout, self.name())?;
-                let mut out = Vec::with_capacity(v.len());
-                for row in v.chunks(k) {
-                    let m = row.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-                    let s = 127.0f32 / m.max(1e-5);
-                    out.extend(
-                        row.iter()
-                            .map(|&x| (x * s).round_ties_even().clamp(-128.0, 127.0) / s),
-                    );
-                }
-                CpuStorage::F32(out)
-            }
-            CpuStorage::F64(v) => {
-                let v = contiguous(v, layout, self.name())?;
-                let mut out = Vec::with_capacity(v.len());
-                for row in v.chunks(k) {
-                    let m = row.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-                    let s = 127.0 / m.max(1e-5);
-                    out.extend(
-                        row.iter()
-                            .map(|&x| (x * s).round_ties_even().clamp(-128.0, 127.0) / s),
-                    );
-                }
-                CpuStorage::F64(out)
-            }
-            _ => {
-                return Err(candle_core::Error::UnsupportedDTypeForOp(
-                    storage.dtype(),
-                    self.name(),
-                ))
-            }
-        };
-        Ok((out, shape))
+        let k = layout.shape().dims().last().copied().unwrap_or(1).max(1);
+        map_storage(
+            storage,
+            layout,
+            self.name(),
+            |v| act_quant(v, k),
+            |v| act_quant(v, k),
+        )
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {

@@ -266,3 +266,43 @@ fn fine_tuning_starts_from_the_fixture_master_weights() {
     let tok = Tokenizer::load(&out, &m.config).unwrap();
     assert_eq!(tok.bos_id(), Some(507));
 }
+
+#[test]
+fn distillation_moves_the_student_towards_the_teachers_logits() {
+    // Teacher: the fixture model run by the engine (`bitnet logits` writes the same record).
+    let fixture = bitnet_engine::test_support::fixtures_dir().join("bitnet-tiny-master");
+    let teacher = Model::load(&fixture).unwrap();
+    let tok = Tokenizer::load(&fixture, &teacher.config).unwrap();
+    let ids = tok.encode("In the beginning was the word", true).unwrap();
+    let (logits, greedy, greedy_logits) = greedy_with_logits(&teacher, &ids, 16).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let rec_path = tmp.path().join("teacher.safetensors");
+    bitnet_engine::compare::LogitsRecord {
+        ids: ids.iter().map(|&x| x as i64).collect(),
+        logits,
+        vocab: teacher.config.vocab_size,
+        greedy: Some(greedy.iter().map(|&x| x as i64).collect()),
+        greedy_logits: Some(greedy_logits),
+    }
+    .write(&rec_path)
+    .unwrap();
+
+    let data = tmp.path().join("corpus.txt");
+    write_corpus(&data);
+    let student = TrainModel::new_random(teacher.config.clone(), 0.02, 9, DType::F32).unwrap();
+    let mut o = options(data, fixture.join("tokenizer.json"), 30);
+    o.eval_every = 0;
+    o.distill = Some(bitnet_train::distill::DistillOptions {
+        files: vec![rec_path],
+        weight: 1.0,
+        temperature: 1.0,
+    });
+    let mut t = Trainer::new(student, o, &tmp.path().join("student")).unwrap();
+    let report = t.run(&AtomicBool::new(false), false).unwrap();
+    let l = &report.state.losses;
+    eprintln!("KL(teacher ‖ student): {:.4} → {:.4}", l[0], l[l.len() - 1]);
+    assert!(
+        l[l.len() - 1] < 0.5 * l[0],
+        "distillation loss falls: {l:?}"
+    );
+}
