@@ -40,7 +40,7 @@ trait QFloat: Copy + PartialOrd + std::ops::Mul<Output = Self> + std::ops::Div<O
 }
 
 macro_rules! qfloat {
-    ($t:ty) => {
+    ($t:ty, $round:path) => {
         impl QFloat for $t {
             fn from_f64(v: f64) -> Self {
                 v as $t
@@ -52,7 +52,7 @@ macro_rules! qfloat {
                 <$t>::abs(self)
             }
             fn round_ties_even(self) -> Self {
-                <$t>::round_ties_even(self)
+                $round(self)
             }
             fn clamp(self, lo: Self, hi: Self) -> Self {
                 <$t>::clamp(self, lo, hi)
@@ -63,8 +63,10 @@ macro_rules! qfloat {
         }
     };
 }
-qfloat!(f32);
-qfloat!(f64);
+// f32: the kernels' branch-free rounding (identical to `round_ties_even`, without the `rintf`
+// call baseline x86-64 emits).
+qfloat!(f32, bitnet_kernels::act::round_half_even_small);
+qfloat!(f64, f64::round_ties_even);
 
 /// Ternary values of `v`: `is = 1 / max(mean|v|, 1e-5)` with the mean accumulated in f64 and
 /// rounded to `T` (as the engine's loader reduces it), `clamp(round_half_even(v·is), −1, 1) / is`.

@@ -444,7 +444,9 @@ impl Trainer {
             .map_err(|e| Error::Internal(format!("serializing the trainer state: {e}")))?;
         let tmp = path.with_extension("json.tmp");
         std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        tracing::info!("checkpoint {} at step {}", dir.display(), self.state.step);
+        Ok(())
     }
 
     /// Documents in the training and held-out parts, and their token counts.

@@ -24,8 +24,9 @@ pub struct Args {
     /// Fine-tune a checkpoint with float master weights (e.g. a `-bf16` release or one of ours).
     #[arg(long)]
     init_from: Option<PathBuf>,
-    /// Continue the run saved in this checkpoint directory exactly (its options are reused).
-    #[arg(long)]
+    /// Continue the run saved in this checkpoint directory exactly (its saved options, data and
+    /// tokenizer are reused; export flags still apply).
+    #[arg(long, conflicts_with_all = ["data", "tokenizer", "out", "distill"])]
     resume: Option<PathBuf>,
     /// Training text: `.txt` (documents separated by blank lines) or `.jsonl` (`text` fields).
     #[arg(long, num_args = 1..)]
