@@ -14,6 +14,7 @@ pub mod distill;
 pub mod error;
 pub mod export;
 pub mod model;
+pub mod ops;
 pub mod optim;
 pub mod quant;
 pub mod tokenizer_train;

@@ -6,6 +6,7 @@
 //! checkpoint's `model.safetensors` is itself a runnable `quantization_mode: online` model.
 
 use crate::error::{Error, Result};
+use crate::ops::causal_softmax;
 use crate::quant::{bit_linear, QuantMode};
 use bitnet_engine::config::{Activation, Architecture, ModelConfig};
 use bitnet_engine::weights::Checkpoint;
@@ -187,7 +188,6 @@ impl TrainModel {
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, t, h))?;
         let (cos, sin) = self.rope_tables(t)?;
-        let mask = self.causal_mask(t)?;
         let scale = (hd as f64).powf(-0.5);
         for l in 0..c.num_hidden_layers {
             let p = |n: &str| self.param(&format!("model.layers.{l}.{n}"));
@@ -205,8 +205,7 @@ impl TrainModel {
             let q = rope(&q, &cos, &sin)?;
             let k = repeat_kv(&rope(&k, &cos, &sin)?, nh / nkv)?;
             let v = repeat_kv(&v, nh / nkv)?;
-            let att = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&mask)?;
-            let att = candle_nn::ops::softmax(&att, D::Minus1)?;
+            let att = causal_softmax(&q.matmul(&k.t()?.contiguous()?)?, scale)?;
             let o = att
                 .matmul(&v.contiguous()?)?
                 .transpose(1, 2)?
@@ -233,11 +232,10 @@ impl TrainModel {
         Ok(x.broadcast_matmul(&head.t()?)?)
     }
 
-    /// `w · x / sqrt(mean(x²) + eps)` over the last dimension (transformers' `BitNetRMSNorm`).
+    /// `w · x / sqrt(mean(x²) + eps)` over the last dimension (transformers' `BitNetRMSNorm`),
+    /// fused ([`crate::ops::rms_norm`]).
     fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let xn = x.broadcast_div(&(var + self.config.rms_norm_eps as f64)?.sqrt()?)?;
-        Ok(xn.broadcast_mul(w)?)
+        Ok(crate::ops::rms_norm(x, w, self.config.rms_norm_eps as f64)?)
     }
 
     /// `cos`/`sin` of shape `[seq, head_dim]` (each half repeated), computed as the engine's
@@ -262,20 +260,6 @@ impl TrainModel {
             Ok(Tensor::from_vec(v, (t, c.head_dim), &self.device)?.to_dtype(self.dtype)?)
         };
         Ok((mk(cos)?, mk(sin)?))
-    }
-
-    /// `[seq, seq]`: 0 on and below the diagonal, −∞ above.
-    fn causal_mask(&self, t: usize) -> Result<Tensor> {
-        let m: Vec<f32> = (0..t * t)
-            .map(|i| {
-                if i % t > i / t {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        Ok(Tensor::from_vec(m, (t, t), &self.device)?.to_dtype(self.dtype)?)
     }
 
     /// Mean next-token cross-entropy of `tokens` `[batch, seq + 1]`: inputs are all but the last

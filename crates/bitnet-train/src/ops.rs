@@ -1,0 +1,359 @@
+//! Fused ops for training, each replacing a chain of candle broadcast ops (and their backward
+//! graphs) with one pass:
+//!
+//! - attention softmax `softmax(scale · S + causal mask)` over the last dimension of scores `S`
+//!   `[.., t, t]` (row `i` of each `t × t` block sees columns `0..=i`); backward
+//!   `dS = scale · y ⊙ (g − Σ_j g_j y_j)`;
+//! - RMSNorm `y = w ⊙ x · r`, `r = 1 / sqrt(mean(x²) + eps)` over the last dimension; backward
+//!   `dx = r · (g ⊙ w) − x · r³ / h · Σ_j g_j w_j x_j`, `dw = Σ_rows g ⊙ x · r`.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+
+/// Causal, scaled softmax over the last dimension (which must equal the one before it).
+#[derive(Clone, Copy, Debug)]
+pub struct CausalSoftmax {
+    /// Multiplier of the scores (`head_dim^-1/2`).
+    pub scale: f64,
+}
+
+/// One row: `y_j = exp(scale·x_j − m) / Σ` for `j ≤ last`, 0 after (computed in `T`).
+macro_rules! softmax_rows {
+    ($v:expr, $t:expr, $scale:expr, $ty:ty) => {{
+        let t = $t;
+        let scale = $scale as $ty;
+        let mut out = vec![0 as $ty; $v.len()];
+        for (r, (row, o)) in $v.chunks(t).zip(out.chunks_mut(t)).enumerate() {
+            let last = r % t;
+            let m = row[..=last]
+                .iter()
+                .fold(<$ty>::NEG_INFINITY, |m, &x| m.max(x * scale));
+            let mut sum = 0 as $ty;
+            for (y, &x) in o[..=last].iter_mut().zip(&row[..=last]) {
+                *y = (x * scale - m).exp();
+                sum += *y;
+            }
+            let inv = 1 as $ty / sum;
+            for y in &mut o[..=last] {
+                *y *= inv;
+            }
+        }
+        out
+    }};
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "bitnet-causal-softmax"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = layout.shape().dims();
+        let n = dims.len();
+        if n < 2 || dims[n - 1] != dims[n - 2] || dims[n - 1] == 0 {
+            return Err(candle_core::Error::Msg(format!(
+                "{}: expected [.., t, t] scores, got {:?}",
+                self.name(),
+                dims
+            )));
+        }
+        let t = dims[n - 1];
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            return Err(candle_core::Error::RequiresContiguous { op: self.name() });
+        };
+        let out = match storage {
+            CpuStorage::F32(v) => CpuStorage::F32(softmax_rows!(&v[a..b], t, self.scale, f32)),
+            CpuStorage::F64(v) => CpuStorage::F64(softmax_rows!(&v[a..b], t, self.scale, f64)),
+            _ => {
+                return Err(candle_core::Error::UnsupportedDTypeForOp(
+                    storage.dtype(),
+                    self.name(),
+                ))
+            }
+        };
+        Ok((out, layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let dot = (grad_res * res)?.sum_keepdim(D::Minus1)?;
+        let g = (res * grad_res.broadcast_sub(&dot)?)?;
+        Ok(Some((g * self.scale)?))
+    }
+}
+
+/// `softmax(scale · scores + causal mask)` over the last dimension of `[.., t, t]` scores.
+pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
+    scores.contiguous()?.apply_op1(CausalSoftmax { scale })
+}
+
+/// RMSNorm over the last dimension with a weight vector (transformers' `BitNetRMSNorm`).
+#[derive(Clone, Copy, Debug)]
+pub struct RmsNorm {
+    /// ε added to the mean square.
+    pub eps: f64,
+}
+
+/// Forward rows: `y = w ⊙ x · r` (in `T`).
+macro_rules! rms_rows {
+    ($x:expr, $w:expr, $eps:expr, $ty:ty) => {{
+        let h = $w.len();
+        let eps = $eps as $ty;
+        let mut out = Vec::with_capacity($x.len());
+        for row in $x.chunks(h) {
+            let ms = row.iter().map(|v| v * v).sum::<$ty>() / h as $ty;
+            let r = 1 as $ty / (ms + eps).sqrt();
+            out.extend(row.iter().zip($w).map(|(v, w)| w * (v * r)));
+        }
+        out
+    }};
+}
+
+/// Backward rows: `(dx, dw)` from `x`, `w`, `g` (in `T`).
+macro_rules! rms_bwd_rows {
+    ($x:expr, $w:expr, $g:expr, $eps:expr, $ty:ty) => {{
+        let h = $w.len();
+        let eps = $eps as $ty;
+        let mut dx = Vec::with_capacity($x.len());
+        let mut dw = vec![0 as $ty; h];
+        for (row, grow) in $x.chunks(h).zip($g.chunks(h)) {
+            let ms = row.iter().map(|v| v * v).sum::<$ty>() / h as $ty;
+            let r = 1 as $ty / (ms + eps).sqrt();
+            let dot: $ty = row
+                .iter()
+                .zip(grow)
+                .zip($w)
+                .map(|((x, g), w)| g * w * x)
+                .sum();
+            let k = r * r * r * dot / h as $ty;
+            for (((x, g), w), d) in row.iter().zip(grow).zip($w).zip(&mut dw) {
+                dx.push(r * g * w - x * k);
+                *d += g * x * r;
+            }
+        }
+        (dx, dw)
+    }};
+}
+
+/// A tensor's values as a contiguous vector of `T`.
+fn values<T: candle_core::WithDType>(t: &Tensor) -> Result<Vec<T>> {
+    t.flatten_all()?.to_vec1::<T>()
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "bitnet-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let h = xl.shape().dims().last().copied().unwrap_or(0);
+        if wl.shape().dims() != [h] || h == 0 {
+            return Err(candle_core::Error::Msg(format!(
+                "{}: weight {:?} does not fit input {:?}",
+                self.name(),
+                wl.shape(),
+                xl.shape()
+            )));
+        }
+        let (Some((xa, xb)), Some((wa, wb))) = (xl.contiguous_offsets(), wl.contiguous_offsets())
+        else {
+            return Err(candle_core::Error::RequiresContiguous { op: self.name() });
+        };
+        let out = match (xs, ws) {
+            (CpuStorage::F32(x), CpuStorage::F32(w)) => {
+                CpuStorage::F32(rms_rows!(&x[xa..xb], &w[wa..wb], self.eps, f32))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(w)) => {
+                CpuStorage::F64(rms_rows!(&x[xa..xb], &w[wa..wb], self.eps, f64))
+            }
+            _ => {
+                return Err(candle_core::Error::UnsupportedDTypeForOp(
+                    xs.dtype(),
+                    self.name(),
+                ))
+            }
+        };
+        Ok((out, xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = match x.dtype() {
+            DType::F32 => {
+                let (dx, dw) = rms_bwd_rows!(
+                    values::<f32>(x)?,
+                    &values::<f32>(w)?,
+                    values::<f32>(g)?,
+                    self.eps,
+                    f32
+                );
+                (
+                    Tensor::from_vec(dx, x.shape(), x.device())?,
+                    Tensor::from_vec(dw, w.shape(), w.device())?,
+                )
+            }
+            DType::F64 => {
+                let (dx, dw) = rms_bwd_rows!(
+                    values::<f64>(x)?,
+                    &values::<f64>(w)?,
+                    values::<f64>(g)?,
+                    self.eps,
+                    f64
+                );
+                (
+                    Tensor::from_vec(dx, x.shape(), x.device())?,
+                    Tensor::from_vec(dw, w.shape(), w.device())?,
+                )
+            }
+            d => return Err(candle_core::Error::UnsupportedDTypeForOp(d, self.name())),
+        };
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// `w ⊙ x / sqrt(mean(x²) + eps)` over the last dimension.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn matches_candles_masked_softmax_and_its_gradient() {
+        let dev = Device::Cpu;
+        let t = 5;
+        let vals: Vec<f64> = (0..2 * 3 * t * t)
+            .map(|i| ((i * 37 % 17) as f64 - 8.0) * 0.31)
+            .collect();
+        let x = Var::from_tensor(&Tensor::from_vec(vals, (2, 3, t, t), &dev).unwrap()).unwrap();
+        let w = Tensor::from_vec(
+            (0..2 * 3 * t * t)
+                .map(|i| (i % 7) as f64 - 3.0)
+                .collect::<Vec<_>>(),
+            (2, 3, t, t),
+            &dev,
+        )
+        .unwrap();
+        let mask: Vec<f64> = (0..t * t)
+            .map(|i| {
+                if i % t > i / t {
+                    f64::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (t, t), &dev).unwrap();
+        let scale = 0.125;
+
+        let ours = causal_softmax(x.as_tensor(), scale).unwrap();
+        let reference = candle_nn::ops::softmax(
+            &(x.as_tensor() * scale)
+                .unwrap()
+                .broadcast_add(&mask)
+                .unwrap(),
+            D::Minus1,
+        )
+        .unwrap();
+        let diff = (&ours - &reference)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(diff.to_scalar::<f64>().unwrap() < 1e-12);
+
+        let g1 = (ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (reference * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let (a, b) = (
+            g1.get(x.as_tensor()).unwrap(),
+            g2.get(x.as_tensor()).unwrap(),
+        );
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f64>().unwrap() < 1e-12);
+    }
+
+    #[test]
+    fn rms_norm_matches_candles_composite_and_its_gradient() {
+        let dev = Device::Cpu;
+        let (n, h) = (6, 10);
+        let x = Var::from_tensor(
+            &Tensor::from_vec(
+                (0..n * h)
+                    .map(|i| ((i * 13 % 11) as f64 - 5.0) * 0.7)
+                    .collect::<Vec<_>>(),
+                (2, 3, h),
+                &dev,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let w = Var::from_tensor(
+            &Tensor::from_vec(
+                (0..h).map(|i| 0.5 + i as f64 * 0.1).collect::<Vec<_>>(),
+                h,
+                &dev,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let c = Tensor::from_vec(
+            (0..n * h).map(|i| (i % 5) as f64 - 2.0).collect::<Vec<_>>(),
+            (2, 3, h),
+            &dev,
+        )
+        .unwrap();
+        let eps = 1e-5;
+        let ours = rms_norm(x.as_tensor(), w.as_tensor(), eps).unwrap();
+        let ms = x
+            .as_tensor()
+            .sqr()
+            .unwrap()
+            .mean_keepdim(D::Minus1)
+            .unwrap();
+        let reference = x
+            .as_tensor()
+            .broadcast_div(&(ms + eps).unwrap().sqrt().unwrap())
+            .unwrap()
+            .broadcast_mul(w.as_tensor())
+            .unwrap();
+        let close = |a: &Tensor, b: &Tensor| {
+            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(d.to_scalar::<f64>().unwrap() < 1e-12);
+        };
+        close(&ours, &reference);
+        let g1 = (ours * &c).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (reference * &c)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        close(
+            g1.get(x.as_tensor()).unwrap(),
+            g2.get(x.as_tensor()).unwrap(),
+        );
+        close(
+            g1.get(w.as_tensor()).unwrap(),
+            g2.get(w.as_tensor()).unwrap(),
+        );
+    }
+}
