@@ -155,6 +155,9 @@ fn gguf_options(a: &Args) -> Result<GgufOptions> {
 /// Runs `bitnet train`.
 pub fn run(a: Args) -> Result<ExitCode> {
     let gguf_opts = gguf_options(&a)?;
+    // Every training op allocates a fresh tensor: keep freed memory instead of page-faulting it
+    // back in each step.
+    bitnet_kernels::buf::keep_freed_memory();
     let mut trainer = if let Some(dir) = &a.resume {
         Trainer::resume(dir).with_context(|| format!("resuming from {}", dir.display()))?
     } else {
