@@ -188,33 +188,24 @@ impl CustomOp2 for RmsNorm {
         _res: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        macro_rules! grads {
+            ($ty:ty) => {{
+                let (dx, dw) = rms_bwd_rows!(
+                    values::<$ty>(x)?,
+                    &values::<$ty>(w)?,
+                    values::<$ty>(g)?,
+                    self.eps,
+                    $ty
+                );
+                (
+                    Tensor::from_vec(dx, x.shape(), x.device())?,
+                    Tensor::from_vec(dw, w.shape(), w.device())?,
+                )
+            }};
+        }
         let (dx, dw) = match x.dtype() {
-            DType::F32 => {
-                let (dx, dw) = rms_bwd_rows!(
-                    values::<f32>(x)?,
-                    &values::<f32>(w)?,
-                    values::<f32>(g)?,
-                    self.eps,
-                    f32
-                );
-                (
-                    Tensor::from_vec(dx, x.shape(), x.device())?,
-                    Tensor::from_vec(dw, w.shape(), w.device())?,
-                )
-            }
-            DType::F64 => {
-                let (dx, dw) = rms_bwd_rows!(
-                    values::<f64>(x)?,
-                    &values::<f64>(w)?,
-                    values::<f64>(g)?,
-                    self.eps,
-                    f64
-                );
-                (
-                    Tensor::from_vec(dx, x.shape(), x.device())?,
-                    Tensor::from_vec(dw, w.shape(), w.device())?,
-                )
-            }
+            DType::F32 => grads!(f32),
+            DType::F64 => grads!(f64),
             d => return Err(candle_core::Error::UnsupportedDTypeForOp(d, self.name())),
         };
         Ok((Some(dx), Some(dw)))
