@@ -10,7 +10,7 @@ use crate::ops::causal_softmax;
 use crate::quant::{bit_linear, QuantMode};
 use bitnet_engine::config::{Activation, Architecture, ModelConfig};
 use bitnet_engine::weights::Checkpoint;
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::Path;
@@ -44,8 +44,6 @@ pub struct TrainModel {
     pub config: ModelConfig,
     /// Parameters in a fixed order (checkpoints and the optimizer follow it).
     pub params: Vec<Param>,
-    dtype: DType,
-    device: Device,
 }
 
 /// The names and shapes of every parameter of `c`, in [`TrainModel::params`] order.
@@ -110,12 +108,7 @@ impl TrainModel {
                 decay,
             });
         }
-        Ok(TrainModel {
-            config,
-            params,
-            dtype,
-            device,
-        })
+        Ok(TrainModel { config, params })
     }
 
     /// Master weights from a Hugging Face checkpoint with float weights (`quantization_mode:
@@ -147,12 +140,7 @@ impl TrainModel {
         }
         let mut config = config;
         config.architecture = Architecture::BitNet;
-        Ok(TrainModel {
-            config,
-            params,
-            dtype,
-            device,
-        })
+        Ok(TrainModel { config, params })
     }
 
     /// The parameter called `name`.
@@ -187,7 +175,7 @@ impl TrainModel {
         let mut x = emb
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, t, h))?;
-        let (cos, sin) = self.rope_tables(t)?;
+        let rope_op = self.rope_op(t);
         let scale = (hd as f64).powf(-0.5);
         for l in 0..c.num_hidden_layers {
             let p = |n: &str| self.param(&format!("model.layers.{l}.{n}"));
@@ -202,8 +190,8 @@ impl TrainModel {
             let v = bit_linear(&hn, w(PROJ[2])?, mode)?
                 .reshape((b, t, nkv, hd))?
                 .transpose(1, 2)?;
-            let q = rope(&q, &cos, &sin)?;
-            let k = repeat_kv(&rope(&k, &cos, &sin)?, nh / nkv)?;
+            let q = q.contiguous()?.apply_op1(rope_op.clone())?;
+            let k = repeat_kv(&k.contiguous()?.apply_op1(rope_op.clone())?, nh / nkv)?;
             let v = repeat_kv(&v, nh / nkv)?;
             let att = causal_softmax(&q.matmul(&k.t()?.contiguous()?)?, scale)?;
             let o = att
@@ -229,7 +217,7 @@ impl TrainModel {
         } else {
             self.param("lm_head.weight")?
         };
-        Ok(x.broadcast_matmul(&head.t()?)?)
+        Ok(crate::quant::linear(&x, head)?)
     }
 
     /// `w · x / sqrt(mean(x²) + eps)` over the last dimension (transformers' `BitNetRMSNorm`),
@@ -238,9 +226,8 @@ impl TrainModel {
         Ok(crate::ops::rms_norm(x, w, self.config.rms_norm_eps as f64)?)
     }
 
-    /// `cos`/`sin` of shape `[seq, head_dim]` (each half repeated), computed as the engine's
-    /// `RopeTable` (f32 angles).
-    fn rope_tables(&self, t: usize) -> Result<(Tensor, Tensor)> {
+    /// The rotary op for `t` positions, with the engine's `RopeTable` angles (f32).
+    fn rope_op(&self, t: usize) -> crate::ops::Rope {
         let c = &self.config;
         let half = c.head_dim / 2;
         let inv: Vec<f32> = (0..half)
@@ -248,18 +235,17 @@ impl TrainModel {
             .collect();
         let (mut cos, mut sin) = (Vec::new(), Vec::new());
         for p in 0..t {
-            for _ in 0..2 {
-                for &f in &inv {
-                    let a = p as f32 * f;
-                    cos.push(a.cos());
-                    sin.push(a.sin());
-                }
+            for &f in &inv {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
             }
         }
-        let mk = |v: Vec<f32>| -> Result<Tensor> {
-            Ok(Tensor::from_vec(v, (t, c.head_dim), &self.device)?.to_dtype(self.dtype)?)
-        };
-        Ok((mk(cos)?, mk(sin)?))
+        crate::ops::Rope {
+            cos: std::sync::Arc::new(cos),
+            sin: std::sync::Arc::new(sin),
+            t,
+        }
     }
 
     /// Mean next-token cross-entropy of `tokens` `[batch, seq + 1]`: inputs are all but the last
@@ -283,15 +269,6 @@ impl TrainModel {
             .collect::<Result<_>>()?;
         crate::checkpoint::write_safetensors(path, &tensors)
     }
-}
-
-/// Half-split rotation of `x` `[b, heads, seq, d]` with tables `[seq, d]`.
-fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let d = x.dim(D::Minus1)?;
-    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
-    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
 }
 
 /// `[b, kv, t, d]` → `[b, kv·n, t, d]`, each KV head repeated for its `n` query heads.

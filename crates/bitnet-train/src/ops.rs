@@ -4,6 +4,8 @@
 //! - attention softmax `softmax(scale · S + causal mask)` over the last dimension of scores `S`
 //!   `[.., t, t]` (row `i` of each `t × t` block sees columns `0..=i`); backward
 //!   `dS = scale · y ⊙ (g − Σ_j g_j y_j)`;
+//! - half-split RoPE over `[.., t, d]` rows (position = row index mod `t`), `y₁ = x₁cos − x₂sin`,
+//!   `y₂ = x₂cos + x₁sin`; backward: the same rotation with `−sin`;
 //! - RMSNorm `y = w ⊙ x · r`, `r = 1 / sqrt(mean(x²) + eps)` over the last dimension; backward
 //!   `dx = r · (g ⊙ w) − x · r³ / h · Σ_j g_j w_j x_j`, `dw = Σ_rows g ⊙ x · r`.
 
@@ -84,6 +86,87 @@ impl CustomOp1 for CausalSoftmax {
 /// `softmax(scale · scores + causal mask)` over the last dimension of `[.., t, t]` scores.
 pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
     scores.contiguous()?.apply_op1(CausalSoftmax { scale })
+}
+
+/// Half-split rotary embedding with precomputed `[t, d/2]` tables (the engine's f32 angles).
+#[derive(Clone, Debug)]
+pub struct Rope {
+    /// `cos` per position and frequency, `[t · d/2]`.
+    pub cos: std::sync::Arc<Vec<f32>>,
+    /// `sin` per position and frequency (negated for the backward rotation).
+    pub sin: std::sync::Arc<Vec<f32>>,
+    /// Positions.
+    pub t: usize,
+}
+
+macro_rules! rope_rows {
+    ($x:expr, $cos:expr, $sin:expr, $t:expr, $ty:ty) => {{
+        let half = $cos.len() / $t;
+        let d = 2 * half;
+        let mut out = vec![0 as $ty; $x.len()];
+        for (r, (row, o)) in $x.chunks(d).zip(out.chunks_mut(d)).enumerate() {
+            let p = r % $t;
+            let (c, s) = (
+                &$cos[p * half..(p + 1) * half],
+                &$sin[p * half..(p + 1) * half],
+            );
+            for i in 0..half {
+                let (x1, x2) = (row[i], row[i + half]);
+                let (c, s) = (c[i] as $ty, s[i] as $ty);
+                o[i] = x1 * c - x2 * s;
+                o[i + half] = x2 * c + x1 * s;
+            }
+        }
+        out
+    }};
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "bitnet-rope"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = layout.shape().dims();
+        let n = dims.len();
+        let half = self.cos.len() / self.t.max(1);
+        if n < 2 || dims[n - 2] != self.t || dims[n - 1] != 2 * half || half == 0 {
+            return Err(candle_core::Error::Msg(format!(
+                "{}: expected [.., {}, {}], got {:?}",
+                self.name(),
+                self.t,
+                2 * half,
+                dims
+            )));
+        }
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            return Err(candle_core::Error::RequiresContiguous { op: self.name() });
+        };
+        let out = match storage {
+            CpuStorage::F32(v) => {
+                CpuStorage::F32(rope_rows!(&v[a..b], self.cos, self.sin, self.t, f32))
+            }
+            CpuStorage::F64(v) => {
+                CpuStorage::F64(rope_rows!(&v[a..b], self.cos, self.sin, self.t, f64))
+            }
+            _ => {
+                return Err(candle_core::Error::UnsupportedDTypeForOp(
+                    storage.dtype(),
+                    self.name(),
+                ))
+            }
+        };
+        Ok((out, layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let back = Rope {
+            cos: self.cos.clone(),
+            sin: std::sync::Arc::new(self.sin.iter().map(|s| -s).collect()),
+            t: self.t,
+        };
+        Ok(Some(grad_res.contiguous()?.apply_op1(back)?))
+    }
 }
 
 /// RMSNorm over the last dimension with a weight vector (transformers' `BitNetRMSNorm`).
@@ -279,6 +362,75 @@ mod tests {
             g2.get(x.as_tensor()).unwrap(),
         );
         let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f64>().unwrap() < 1e-12);
+    }
+
+    #[test]
+    fn rope_matches_the_composite_rotation_and_its_gradient() {
+        let dev = Device::Cpu;
+        let (t, d) = (4, 6);
+        let cos: Vec<f32> = (0..t * d / 2).map(|i| (i as f32 * 0.3).cos()).collect();
+        let sin: Vec<f32> = (0..t * d / 2).map(|i| (i as f32 * 0.3).sin()).collect();
+        let x = Var::from_tensor(
+            &Tensor::from_vec(
+                (0..2 * t * d)
+                    .map(|i| ((i * 7 % 13) as f64 - 6.0) * 0.2)
+                    .collect::<Vec<_>>(),
+                (2, t, d),
+                &dev,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let full = |v: &[f32]| -> Tensor {
+            let rows: Vec<f64> = (0..t)
+                .flat_map(|p| {
+                    let r = &v[p * d / 2..(p + 1) * d / 2];
+                    r.iter().chain(r).map(|&c| c as f64).collect::<Vec<_>>()
+                })
+                .collect();
+            Tensor::from_vec(rows, (t, d), &dev).unwrap()
+        };
+        let (c, s) = (full(&cos), full(&sin));
+        let xt = x.as_tensor();
+        let x1 = xt.narrow(D::Minus1, 0, d / 2).unwrap();
+        let x2 = xt.narrow(D::Minus1, d / 2, d / 2).unwrap();
+        let rot = Tensor::cat(&[&x2.neg().unwrap(), &x1], D::Minus1).unwrap();
+        let reference = (xt.broadcast_mul(&c).unwrap() + rot.broadcast_mul(&s).unwrap()).unwrap();
+        let op = Rope {
+            cos: std::sync::Arc::new(cos),
+            sin: std::sync::Arc::new(sin),
+            t,
+        };
+        let ours = xt.apply_op1(op).unwrap();
+        let w = Tensor::from_vec(
+            (0..2 * t * d)
+                .map(|i| (i % 5) as f64 - 2.0)
+                .collect::<Vec<_>>(),
+            (2, t, d),
+            &dev,
+        )
+        .unwrap();
+        let diff = (&ours - &reference)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(diff.to_scalar::<f64>().unwrap() < 1e-12);
+        let g1 = (ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (reference * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let diff = (g1.get(xt).unwrap() - g2.get(xt).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
         assert!(diff.to_scalar::<f64>().unwrap() < 1e-12);
     }
 

@@ -169,7 +169,21 @@ pub fn bit_linear(x: &Tensor, w: &Tensor, mode: QuantMode) -> Result<Tensor> {
         ),
         QuantMode::Float => (x.clone(), w.clone()),
     };
-    x.broadcast_matmul(&w.t()?)
+    linear(&x, &w)
+}
+
+/// `x · wᵀ` for `x` `[.., in]`: one 2-D matmul over all rows (a broadcast batched matmul would
+/// also need a reduction of the broadcast weight's gradient in the backward pass).
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let Some((&k, lead)) = dims.split_last() else {
+        return x.broadcast_matmul(&w.t()?);
+    };
+    let rows: usize = lead.iter().product();
+    let y = x.reshape((rows, k))?.matmul(&w.t()?)?;
+    let mut out = lead.to_vec();
+    out.push(w.dim(0)?);
+    y.reshape(out)
 }
 
 #[cfg(test)]
