@@ -75,7 +75,7 @@ fn shape(dir: &Path) -> PathBuf {
         &p,
         r#"{"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
             "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_act": "relu2",
-            "max_position_embeddings": 64, "tie_word_embeddings": true}"#,
+            "max_position_embeddings": 256, "tie_word_embeddings": true}"#,
     )
     .unwrap();
     p
@@ -247,7 +247,7 @@ fn bad_inputs_are_clear_errors() {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         bitnet(&refs)
     };
-    let cases: Vec<(Vec<String>, &[&str])> = vec![
+    let mut cases: Vec<(Vec<String>, &[&str])> = vec![
         (base(&["--data", "/nonexistent.txt"]), &["/nonexistent.txt"]),
         (base(&["--data", s(&data), "--lr", "0"]), &["--lr"]),
         (
@@ -266,9 +266,14 @@ fn bad_inputs_are_clear_errors() {
             &["--vocab"],
         ),
     ];
+    let tiny = d.join("tiny.txt");
+    std::fs::write(&tiny, "Amen.\n").unwrap();
+    cases.push((
+        base(&["--data", s(&tiny), "--seq-len", "32"]),
+        &["--seq-len", "fewer than one window"],
+    ));
     let bad_jsonl = d.join("bad.jsonl");
     std::fs::write(&bad_jsonl, "{\"text\": \"ok\"}\n{\"body\": 3}\n").unwrap();
-    let mut cases = cases;
     cases.push((
         base(&["--data", s(&bad_jsonl)]),
         &["bad.jsonl", "line 2", "text"],

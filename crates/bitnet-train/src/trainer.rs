@@ -163,6 +163,15 @@ impl Trainer {
     /// A new run of `model` (fresh or fine-tuned) writing checkpoints to `out_dir`.
     pub fn new(model: TrainModel, options: TrainOptions, out_dir: &Path) -> Result<Self> {
         options.validate()?;
+        if options.seq_len > model.config.max_position_embeddings {
+            return Err(Error::Option {
+                option: "seq-len",
+                message: format!(
+                    "{} is longer than the model's context (max_position_embeddings {} tokens)",
+                    options.seq_len, model.config.max_position_embeddings
+                ),
+            });
+        }
         let tok = load_tokenizer(&options.tokenizer)?;
         let corpus = build_corpus(
             &options.data,
