@@ -392,6 +392,16 @@ impl RopeTable {
         RopeTable { half, cos, sin }
     }
 
+    /// `cos` of every angle, `[max_pos · head_dim/2]` (position-major).
+    pub fn cos(&self) -> &[f32] {
+        &self.cos
+    }
+
+    /// `sin` of every angle, laid out as [`RopeTable::cos`].
+    pub fn sin(&self) -> &[f32] {
+        &self.sin
+    }
+
     /// Positions covered.
     pub fn max_pos(&self) -> usize {
         self.cos.len() / self.half.max(1)

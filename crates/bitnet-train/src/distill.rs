@@ -22,11 +22,13 @@ pub struct DistillOptions {
     pub temperature: f32,
 }
 
-/// One teacher sequence: tokens and the teacher's logits after each of them.
+/// One teacher sequence: its tokens `[1, t]` and, computed once at load, the teacher's
+/// temperature-softened distribution after each token and its log (`[t, vocab]`).
 #[derive(Clone, Debug)]
 struct Sequence {
-    ids: Vec<u32>,
-    logits: Vec<f32>,
+    ids: Tensor,
+    p: Tensor,
+    log_p: Tensor,
 }
 
 /// Loaded teacher sequences.
@@ -86,7 +88,14 @@ impl Teacher {
                     message: "a teacher sequence needs at least two tokens".into(),
                 });
             }
-            seqs.push(Sequence { ids, logits });
+            let t = ids.len();
+            let scaled =
+                (Tensor::from_vec(logits, (t, vocab), &Device::Cpu)? / o.temperature as f64)?;
+            seqs.push(Sequence {
+                ids: Tensor::from_vec(ids, (1, t), &Device::Cpu)?,
+                p: candle_nn::ops::softmax(&scaled, D::Minus1)?,
+                log_p: candle_nn::ops::log_softmax(&scaled, D::Minus1)?,
+            });
         }
         Ok(Teacher {
             seqs,
@@ -103,17 +112,13 @@ impl Teacher {
             .wrapping_add(seed as usize))
             % self.seqs.len();
         let s = &self.seqs[i];
-        let t = s.ids.len();
-        let ids = Tensor::from_vec(s.ids.clone(), (1, t), &Device::Cpu)?;
-        let student = model
-            .forward(&ids, QuantMode::Ternary)?
-            .reshape((t, self.vocab))?;
+        let t = s.ids.dim(1)?;
         let temp = self.temperature as f64;
-        let teacher = (Tensor::from_vec(s.logits.clone(), (t, self.vocab), &Device::Cpu)? / temp)?;
-        let p = candle_nn::ops::softmax(&teacher, D::Minus1)?;
-        let log_p = candle_nn::ops::log_softmax(&teacher, D::Minus1)?;
+        let student = model
+            .forward(&s.ids, QuantMode::Ternary)?
+            .reshape((t, self.vocab))?;
         let log_q = candle_nn::ops::log_softmax(&(student / temp)?, D::Minus1)?;
-        let kl = (p * (log_p - log_q)?)?.sum(D::Minus1)?.mean_all()?;
+        let kl = (&s.p * (&s.log_p - log_q)?)?.sum(D::Minus1)?.mean_all()?;
         Ok((kl * (temp * temp))?)
     }
 }

@@ -226,24 +226,13 @@ impl TrainModel {
         Ok(crate::ops::rms_norm(x, w, self.config.rms_norm_eps as f64)?)
     }
 
-    /// The rotary op for `t` positions, with the engine's `RopeTable` angles (f32).
+    /// The rotary op for `t` positions, on the engine's own tables (`RopeTable`: f32 angles).
     fn rope_op(&self, t: usize) -> crate::ops::Rope {
         let c = &self.config;
-        let half = c.head_dim / 2;
-        let inv: Vec<f32> = (0..half)
-            .map(|i| 1.0f32 / c.rope_theta.powf((2 * i) as f32 / c.head_dim as f32))
-            .collect();
-        let (mut cos, mut sin) = (Vec::new(), Vec::new());
-        for p in 0..t {
-            for &f in &inv {
-                let a = p as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
-            }
-        }
+        let table = bitnet_kernels::ops::RopeTable::new(c.head_dim, c.rope_theta, t);
         crate::ops::Rope {
-            cos: std::sync::Arc::new(cos),
-            sin: std::sync::Arc::new(sin),
+            cos: std::sync::Arc::new(table.cos().to_vec()),
+            sin: std::sync::Arc::new(table.sin().to_vec()),
             t,
         }
     }

@@ -305,6 +305,26 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
+    /// Asserts `ours` equals `reference` and that `Σ w ⊙ ·` of both has the same gradient with
+    /// respect to each of `vars` (all within 1e-12, f64).
+    fn assert_same_value_and_grads(ours: Tensor, reference: Tensor, w: &Tensor, vars: &[&Tensor]) {
+        let close = |a: &Tensor, b: &Tensor| {
+            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(d.to_scalar::<f64>().unwrap() < 1e-12);
+        };
+        close(&ours, &reference);
+        let g1 = (ours * w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (reference * w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in vars {
+            close(g1.get(v).unwrap(), g2.get(v).unwrap());
+        }
+    }
+
     #[test]
     fn matches_candles_masked_softmax_and_its_gradient() {
         let dev = Device::Cpu;
@@ -342,27 +362,7 @@ mod tests {
             D::Minus1,
         )
         .unwrap();
-        let diff = (&ours - &reference)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap();
-        assert!(diff.to_scalar::<f64>().unwrap() < 1e-12);
-
-        let g1 = (ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (reference * &w)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let (a, b) = (
-            g1.get(x.as_tensor()).unwrap(),
-            g2.get(x.as_tensor()).unwrap(),
-        );
-        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-        assert!(diff.to_scalar::<f64>().unwrap() < 1e-12);
+        assert_same_value_and_grads(ours, reference, &w, &[x.as_tensor()]);
     }
 
     #[test]
@@ -411,27 +411,7 @@ mod tests {
             &dev,
         )
         .unwrap();
-        let diff = (&ours - &reference)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap();
-        assert!(diff.to_scalar::<f64>().unwrap() < 1e-12);
-        let g1 = (ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (reference * &w)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let diff = (g1.get(xt).unwrap() - g2.get(xt).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap();
-        assert!(diff.to_scalar::<f64>().unwrap() < 1e-12);
+        assert_same_value_and_grads(ours, reference, &w, &[xt]);
     }
 
     #[test]
@@ -478,25 +458,6 @@ mod tests {
             .unwrap()
             .broadcast_mul(w.as_tensor())
             .unwrap();
-        let close = |a: &Tensor, b: &Tensor| {
-            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-            assert!(d.to_scalar::<f64>().unwrap() < 1e-12);
-        };
-        close(&ours, &reference);
-        let g1 = (ours * &c).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (reference * &c)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        close(
-            g1.get(x.as_tensor()).unwrap(),
-            g2.get(x.as_tensor()).unwrap(),
-        );
-        close(
-            g1.get(w.as_tensor()).unwrap(),
-            g2.get(w.as_tensor()).unwrap(),
-        );
+        assert_same_value_and_grads(ours, reference, &c, &[x.as_tensor(), w.as_tensor()]);
     }
 }
