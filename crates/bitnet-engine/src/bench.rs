@@ -38,6 +38,35 @@ pub fn time_generation(model: &Model, n: usize, seed: u64) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
+/// Seconds for `streams` sequences to generate `n` tokens each, decoding together (one
+/// [`Model::forward_batch`] step per token: continuous batching's decode), from empty caches.
+pub fn time_generation_streams(model: &Model, n: usize, streams: usize, seed: u64) -> Result<f64> {
+    if streams <= 1 {
+        return time_generation(model, n, seed);
+    }
+    let c = &model.config;
+    let ids: Vec<Vec<u32>> = (0..streams as u64)
+        .map(|s| tokens(model, n, seed.wrapping_mul(1000) + s))
+        .collect();
+    let mut caches: Vec<KvCache> = (0..streams).map(|_| KvCache::new(c, n)).collect();
+    let mut state = RunState::new(c, streams, n);
+    let mut logits = Vec::new();
+    let t = Instant::now();
+    for i in 0..n {
+        let mut steps: Vec<crate::forward::SeqStep> = caches
+            .iter_mut()
+            .zip(&ids)
+            .map(|(cache, seq)| crate::forward::SeqStep {
+                cache,
+                tokens: std::slice::from_ref(&seq[i]),
+                want_logits: true,
+            })
+            .collect();
+        model.forward_batch(&mut steps, &mut state, &mut logits)?;
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
 /// Weight bytes one decode step reads: every projection, the output head and the norms.
 pub fn bytes_per_token(model: &Model) -> usize {
     let (ternary, _) = model.weight_bytes();

@@ -159,6 +159,9 @@ pub enum Error {
     /// The prompt is empty (no tokens to run).
     #[error("the prompt is empty: at least one token is needed")]
     EmptyPrompt,
+    /// The requested device cannot be used, or a GPU operation failed (with the reason).
+    #[error("device: {0}")]
+    Device(String),
     /// A batched step was given more tokens than its buffers hold.
     #[error("batched step of {tokens} tokens exceeds the run state's {max} tokens per step")]
     BatchTooLarge {

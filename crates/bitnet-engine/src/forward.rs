@@ -22,9 +22,13 @@ pub struct KvCache {
     n_kv: usize,
     hd: usize,
     capacity: usize,
-    len: usize,
+    pub(crate) len: usize,
     k: Vec<f32>,
     v: Vec<f32>,
+    /// The cache on the GPU, when the model runs there (allocated at first use; the host
+    /// vectors are then never touched, and their zeroed pages are never committed).
+    #[cfg(feature = "cuda")]
+    pub(crate) dev: Option<crate::cuda::DevCache>,
 }
 
 impl KvCache {
@@ -39,6 +43,8 @@ impl KvCache {
             len: 0,
             k: vec![0.0; n],
             v: vec![0.0; n],
+            #[cfg(feature = "cuda")]
+            dev: None,
         }
     }
     /// Positions filled.
@@ -85,7 +91,7 @@ impl KvCache {
 /// Scratch buffers for up to `max_batch` tokens per step.
 pub struct RunState {
     max_batch: usize,
-    x: Vec<f32>,
+    pub(crate) x: Vec<f32>,
     xn: Vec<f32>,
     q: Vec<f32>,
     k: Vec<f32>,
@@ -99,6 +105,9 @@ pub struct RunState {
     logits: Vec<f32>,
     /// Per token of the current chunk: (index of its sequence's cache, position).
     slots: Vec<(usize, usize)>,
+    /// Device buffers, when the model runs on a GPU (allocated at first use).
+    #[cfg(feature = "cuda")]
+    pub(crate) dev: Option<crate::cuda::DevState>,
 }
 
 impl RunState {
@@ -122,6 +131,8 @@ impl RunState {
             acts: QuantizedActs::new(),
             logits: vec![0.0; c.vocab_size],
             slots: Vec::with_capacity(b),
+            #[cfg(feature = "cuda")]
+            dev: None,
         }
     }
     /// Logits of the last token of the last [`Model::forward_last`] call.
@@ -200,8 +211,32 @@ impl Model {
             let pos0 = cache.len;
             state.slots.clear();
             state.slots.extend((0..chunk.len()).map(|t| (0, pos0 + t)));
-            self.forward_chunk(chunk, std::slice::from_mut(&mut &mut *cache), state);
             let n = chunk.len();
+            #[cfg(feature = "cuda")]
+            if let Some(gpu) = &self.cuda {
+                let slots = std::mem::take(&mut state.slots);
+                let mut one = &mut *cache;
+                let caches = std::slice::from_mut(&mut one);
+                let done = match all.as_deref_mut() {
+                    Some(out) => {
+                        let start = out.len();
+                        out.resize(start + n * vocab, 0.0);
+                        let rows: Vec<usize> = (0..n).collect();
+                        gpu.step(self, chunk, &slots, caches, state, &rows, &mut out[start..])
+                    }
+                    None if ci + 1 == n_chunks => {
+                        let mut logits = std::mem::take(&mut state.logits);
+                        let r = gpu.step(self, chunk, &slots, caches, state, &[n - 1], &mut logits);
+                        state.logits = logits;
+                        r
+                    }
+                    None => gpu.step(self, chunk, &slots, caches, state, &[], &mut []),
+                };
+                state.slots = slots;
+                done?;
+                continue;
+            }
+            self.forward_chunk(chunk, std::slice::from_mut(&mut &mut *cache), state);
             let h = self.config.hidden_size;
             match all.as_deref_mut() {
                 Some(out) => {
@@ -285,6 +320,24 @@ impl Model {
             state
                 .slots
                 .extend((0..s.tokens.len()).map(|j| (i, pos0 + j)));
+        }
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = &self.cuda {
+            // Logits of each wanted sequence's last token, in order.
+            let mut rows = Vec::with_capacity(seqs.len());
+            let mut end = 0;
+            for s in seqs.iter() {
+                end += s.tokens.len();
+                if s.want_logits {
+                    rows.push(end - 1);
+                }
+            }
+            let mut caches: Vec<&mut KvCache> = seqs.iter_mut().map(|s| &mut *s.cache).collect();
+            logits.resize(rows.len() * vocab, 0.0);
+            let slots = std::mem::take(&mut state.slots);
+            let r = gpu.step(self, &tokens, &slots, &mut caches, state, &rows, logits);
+            state.slots = slots;
+            return r;
         }
         let mut caches: Vec<&mut KvCache> = seqs.iter_mut().map(|s| &mut *s.cache).collect();
         self.forward_chunk(&tokens, &mut caches, state);

@@ -5,12 +5,17 @@
 pub mod compare;
 pub mod config;
 pub mod convert;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+mod cuda_layout;
+pub mod device;
 pub mod error;
 pub mod forward;
 pub mod model;
 pub mod weights;
 
 pub use config::{Activation, Architecture, ModelConfig, WeightFormat};
+pub use device::{Device, Placement};
 pub use error::{Error, Result};
 pub use forward::{KvCache, RunState, SeqStep};
 pub use model::Model;

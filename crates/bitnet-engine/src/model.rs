@@ -35,6 +35,9 @@ pub struct Model {
     /// Separate output head; `None` when tied to the embedding.
     pub(crate) lm_head: Option<DenseMatrix>,
     pub(crate) rope: RopeTable,
+    /// The GPU copy and kernels when the model runs on CUDA ([`Model::use_device`]).
+    #[cfg(feature = "cuda")]
+    pub(crate) cuda: Option<std::sync::Arc<crate::cuda::CudaRunner>>,
 }
 
 impl Model {
@@ -119,6 +122,8 @@ impl Model {
             norm,
             lm_head,
             rope,
+            #[cfg(feature = "cuda")]
+            cuda: None,
         }
     }
 

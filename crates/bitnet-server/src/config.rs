@@ -74,6 +74,10 @@ pub struct ServeOptions {
     /// ctx, capped at half the machine's memory].
     #[arg(long, env = "BITNET_KV_TOKENS")]
     pub kv_tokens: Option<usize>,
+    /// Where the model runs: auto (a CUDA GPU when this build has the `cuda` feature and one
+    /// is usable, else the CPU), cpu, or cuda[:N] [default: auto].
+    #[arg(long, env = "BITNET_DEVICE")]
+    pub device: Option<String>,
     /// Tokens per batched step (decode tokens plus prompt pieces) [default: 512].
     #[arg(long, env = "BITNET_STEP_TOKENS")]
     pub step_tokens: Option<usize>,
@@ -171,6 +175,8 @@ pub struct ServeConfig {
     pub ctx: Option<usize>,
     /// KV budget override.
     pub kv_tokens: Option<usize>,
+    /// Device for the forward pass.
+    pub device: bitnet_engine::Device,
     /// Tokens per step.
     pub step_tokens: usize,
     /// Non-streaming request timeout.
@@ -242,6 +248,7 @@ impl ServeOptions {
             queue_timeout: self.queue_timeout.or(o.queue_timeout),
             ctx: self.ctx.or(o.ctx),
             kv_tokens: self.kv_tokens.or(o.kv_tokens),
+            device: self.device.or(o.device),
             step_tokens: self.step_tokens.or(o.step_tokens),
             request_timeout: self.request_timeout.or(o.request_timeout),
             body_limit: self.body_limit.or(o.body_limit),
@@ -372,6 +379,14 @@ impl ServeOptions {
             queue_timeout: secs("queue_timeout", o.queue_timeout.unwrap_or(30.0))?,
             ctx: o.ctx.map(|c| positive("ctx", c)).transpose()?,
             kv_tokens: o.kv_tokens.map(|c| positive("kv_tokens", c)).transpose()?,
+            device: match o.device.as_deref() {
+                None => bitnet_engine::Device::Auto,
+                Some(d) => d.parse().map_err(|_| ConfigError::Invalid {
+                    name: "device",
+                    value: d.to_string(),
+                    reason: "expected auto, cpu, cuda or cuda:N",
+                })?,
+            },
             step_tokens: positive("step_tokens", o.step_tokens.unwrap_or(512))?,
             request_timeout,
             body_limit: positive("body_limit", o.body_limit.unwrap_or(4 << 20))?,

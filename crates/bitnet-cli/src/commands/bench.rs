@@ -2,7 +2,7 @@
 //! per generated token and the bandwidth that implies. `--json` uses llama-bench's field names.
 
 use anyhow::{bail, Context, Result};
-use bitnet_engine::bench::{bytes_per_token, mean_sd, time_generation, time_prompt};
+use bitnet_engine::bench::{bytes_per_token, mean_sd, time_generation_streams, time_prompt};
 use bitnet_engine::Model;
 use serde_json::json;
 use std::path::PathBuf;
@@ -28,12 +28,18 @@ pub struct Args {
         default_value = "1,2"
     )]
     threads: String,
+    /// Sequences decoding together in the tg test, comma-separated (continuous batching's
+    /// decode; t/s is then the aggregate over all of them).
+    #[arg(long, default_value = "1")]
+    streams: String,
     /// Repetitions per test.
     #[arg(short = 'r', long, default_value_t = 3)]
     reps: usize,
     /// Print a JSON array (llama-bench's field names) instead of the table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 /// Runs the subcommand.
@@ -47,10 +53,24 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 .with_context(|| format!("-t: {t:?} is not a thread count"))
         })
         .collect::<Result<_>>()?;
+    let streams: Vec<usize> = a
+        .streams
+        .split(',')
+        .map(|t| {
+            t.trim()
+                .parse::<usize>()
+                .with_context(|| format!("--streams: {t:?} is not a count"))
+        })
+        .collect::<Result<_>>()?;
+    if streams.contains(&0) {
+        bail!("--streams must be positive");
+    }
     if threads.contains(&0) || a.reps == 0 {
         bail!("-t and -r must be positive");
     }
-    let model = Model::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    let mut model =
+        Model::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    let placement = super::place(&mut model, a.device)?;
     let ctx = model.config.max_position_embeddings;
     if a.n_prompt > ctx || a.n_gen > ctx {
         bail!(
@@ -61,11 +81,17 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     let size = std::fs::metadata(&a.model).map(|m| m.len()).unwrap_or(0);
     let bpt = bytes_per_token(&model);
-    let kernel = bitnet_kernels::dispatch::active().name();
+    let kernel = if placement.gpu {
+        placement.description.clone()
+    } else {
+        bitnet_kernels::dispatch::active().name().to_string()
+    };
     let mut rows = Vec::new();
     for &t in &threads {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
-        for (n_prompt, n_gen) in [(a.n_prompt, 0), (0, a.n_gen)] {
+        let tests =
+            std::iter::once((a.n_prompt, 0, 1)).chain(streams.iter().map(|&np| (0, a.n_gen, np)));
+        for (n_prompt, n_gen, np) in tests {
             if n_prompt + n_gen == 0 {
                 continue;
             }
@@ -73,19 +99,19 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 Ok(if n_prompt > 0 {
                     time_prompt(&model, n_prompt, seed)?
                 } else {
-                    time_generation(&model, n_gen, seed)?
+                    time_generation_streams(&model, n_gen, np, seed)?
                 })
             };
             pool.install(|| run(0))?; // warm-up, as llama-bench
             let secs: Vec<f64> = (1..=a.reps as u64)
                 .map(|s| pool.install(|| run(s)))
                 .collect::<Result<_>>()?;
-            let n = (n_prompt + n_gen) as f64;
+            let n = (n_prompt + n_gen * np) as f64;
             let ts: Vec<f64> = secs.iter().map(|s| n / s).collect();
             let (avg_ts, sd_ts) = mean_sd(&ts);
             let (avg_s, sd_s) = mean_sd(&secs);
             let gbps = if n_gen > 0 {
-                Some(bpt as f64 * avg_ts / 1e9)
+                Some(bpt as f64 * avg_ts / np as f64 / 1e9)
             } else {
                 None
             };
@@ -97,6 +123,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 "n_threads": t,
                 "n_prompt": n_prompt,
                 "n_gen": n_gen,
+                "n_streams": np,
                 "avg_ns": (avg_s * 1e9) as u64,
                 "stddev_ns": (sd_s * 1e9) as u64,
                 "avg_ts": avg_ts,
@@ -118,6 +145,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
     for r in &rows {
         let test = if r["n_prompt"].as_u64().unwrap_or(0) > 0 {
             format!("pp{}", r["n_prompt"])
+        } else if r["n_streams"].as_u64().unwrap_or(1) > 1 {
+            format!("tg{} x{}", r["n_gen"], r["n_streams"])
         } else {
             format!("tg{}", r["n_gen"])
         };

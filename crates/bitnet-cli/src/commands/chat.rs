@@ -22,6 +22,8 @@ pub struct Args {
     max_tokens: usize,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 /// Runs the subcommand. Each stdin line is one user message; `/reset` clears the conversation,
@@ -29,7 +31,7 @@ pub struct Args {
 pub fn run(a: Args) -> Result<ExitCode> {
     let model_dir = super::model_or_bundled(a.model.clone())?;
     let sampling = a.sampling.resolve(&model_dir)?;
-    let (model, tok) = super::load(&model_dir)?;
+    let (model, tok) = super::load(&model_dir, a.device)?;
     let template = ChatTemplate::for_model(&model.config, &tok)?;
     let mut gen = Generator::new(&model, &tok, None);
     let interactive = std::io::stdin().is_terminal();

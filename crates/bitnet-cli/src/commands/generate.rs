@@ -27,13 +27,15 @@ pub struct Args {
     /// Keep generating through end-of-sequence tokens.
     #[arg(long)]
     ignore_eos: bool,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 /// Runs the subcommand.
 pub fn run(a: Args) -> Result<ExitCode> {
     let model_dir = super::model_or_bundled(a.model.clone())?;
     let sampling = a.sampling.resolve(&model_dir)?;
-    let (model, tok) = super::load(&model_dir)?;
+    let (model, tok) = super::load(&model_dir, a.device)?;
     let ids = tok.encode(&a.prompt, true)?;
     let params = GenerateParams {
         max_tokens: a.max_tokens,

@@ -25,6 +25,8 @@ pub struct Args {
     /// Output safetensors file: `ids`, `logits`, and with --generate `greedy`, `greedy_logits`.
     #[arg(long, short)]
     output: PathBuf,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 /// Parses `1, 2,3` into ids, naming the offending element.
@@ -50,13 +52,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
         (_, Some(t)) => {
             let ids = parse_tokens(t)?;
             // The model alone suffices; the tokenizer is not needed for ids.
-            let model = bitnet_engine::Model::load(&a.model)?;
+            let mut model = bitnet_engine::Model::load(&a.model)?;
+            super::place(&mut model, a.device)?;
             return write(&model, &ids, a.generate, &a.output);
         }
         (Some(p), None) => p.clone(),
         (None, None) => unreachable!("clap requires --prompt or --tokens"),
     };
-    let (model, tok) = super::load(&a.model)?;
+    let (model, tok) = super::load(&a.model, a.device)?;
     let ids = tok.encode(&ids, true)?;
     write(&model, &ids, a.generate, &a.output)
 }

@@ -91,10 +91,37 @@ pub fn model_or_bundled(model: Option<std::path::PathBuf>) -> Result<std::path::
     )
 }
 
-/// Loads model and tokenizer, logging the load time.
-pub fn load(dir: &Path) -> Result<(Model, Tokenizer)> {
+/// `--device`, shared by the commands that run a model.
+#[derive(clap::Args, Clone, Copy, Debug, Default)]
+pub struct DeviceArgs {
+    /// Where the model runs: auto (a CUDA GPU when this build has the `cuda` feature and one is
+    /// usable, else the CPU, saying why), cpu, cuda or cuda:N [default: auto].
+    #[arg(long, env = "BITNET_DEVICE")]
+    pub device: Option<bitnet_engine::Device>,
+}
+
+/// Puts `model` on the chosen device. A fall-back to the CPU is said on stderr when the user
+/// asked for `auto` or the build could have used a GPU; an unusable `cuda` is an error.
+pub fn place(model: &mut Model, d: DeviceArgs) -> Result<bitnet_engine::Placement> {
+    let device = d.device.unwrap_or_default();
+    // The error names the device and the reason.
+    let p = model.use_device(device)?;
+    if !p.gpu
+        && device == bitnet_engine::Device::Auto
+        && (d.device.is_some() || cfg!(feature = "cuda"))
+    {
+        tracing::warn!("device: {}", p.description);
+    } else {
+        tracing::info!("device: {}", p.description);
+    }
+    Ok(p)
+}
+
+/// Loads model and tokenizer on the chosen device, logging the load time.
+pub fn load(dir: &Path, device: DeviceArgs) -> Result<(Model, Tokenizer)> {
     let t = Instant::now();
-    let model = Model::load(dir).with_context(|| format!("loading model {}", dir.display()))?;
+    let mut model = Model::load(dir).with_context(|| format!("loading model {}", dir.display()))?;
+    place(&mut model, device)?;
     let tok = Tokenizer::load(dir, &model.config)?;
     tracing::info!(
         "loaded {} in {:.2} s",

@@ -23,13 +23,15 @@ pub struct Args {
     /// Score at most this many chunks.
     #[arg(long)]
     chunks: Option<usize>,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 /// Runs the subcommand.
 pub fn run(a: Args) -> Result<ExitCode> {
     let text = std::fs::read_to_string(&a.file)
         .with_context(|| format!("reading {}", a.file.display()))?;
-    let (model, tok) = super::load(&a.model)?;
+    let (model, tok) = super::load(&a.model, a.device)?;
     let t0 = Instant::now();
     let tokens = tok.encode(&text, true)?;
     let bos = tok.bos_id().filter(|b| tokens.first() == Some(b));
