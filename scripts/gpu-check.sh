@@ -11,6 +11,8 @@
 #   3. transformers' BitNetForCausalLM in bf16 on the same GPU (scripts/bench_transformers_gpu.py)
 #      and the ratios;
 #   4. `--device auto` with the GPU hidden: runs on the CPU and says why.
+# Dry runs elsewhere (e.g. through scripts/cuda-emu): BITNET_GPU_CHECK_SHAPE=tiny makes the
+# models small, BITNET_GPU_CHECK_FILTER picks tests, BITNET_GPU_CHECK_SKIP_PEER=1 skips PyTorch.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bin=target-gpu/bitnet
@@ -55,28 +57,35 @@ log '```'
 status=0
 log ""
 log "## 1. Tests (fixture criteria on the GPU, batches, GPU vs CPU on 2B-4T)"
-model=$work/2b4t-tq2_0.gguf
-[ -f "$model" ] || "$bin" create-model --shape 2b4t --type tq2_0 --out "$model" >"$work/create.log" 2>&1 \
+shape=${BITNET_GPU_CHECK_SHAPE:-2b4t}
+model=$work/$shape-tq2_0.gguf
+[ -f "$model" ] || "$bin" create-model --shape "$shape" --type tq2_0 --out "$model" >"$work/create.log" 2>&1 \
   || { log "create-model failed:"; tail -5 "$work/create.log" | tee -a "$report"; status=1; }
 log '```'
 BITNET_TEST_CUDA=1 BITNET_REQUIRE_NVRTC=1 BITNET_2B4T_GGUF=$model timeout 300 "$tests" \
-  --include-ignored --test-threads 1 --nocapture 2>&1 | grep -E "GPU|2B-4T|^test |test result|panicked|cuda:" | tee -a "$report"
+  --include-ignored --test-threads 1 --nocapture ${BITNET_GPU_CHECK_FILTER:-} 2>&1 | grep -E "GPU|2B-4T|^test |test result|panicked|cuda:" | tee -a "$report"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 log '```'
 
 log ""
-log "## 2. bitnet bench --device cuda (2B-4T shape, TQ2_0)"
+log "## 2. bitnet bench --device cuda ($shape shape, TQ2_0)"
 log '```'
 timeout 150 "$bin" bench --device cuda -m "$model" -p 128 -n 64 -t 1 -r 3 --streams 1,16 --json \
-  > "$report_dir/bench-cuda.json" 2> "$work/bench.err" || { status=1; tail -5 "$work/bench.err" | tee -a "$report"; }
+  > "$report_dir/bench-cuda.json" 2> "$work/bench.err"
+rc=$?; [ $rc = 0 ] || { status=1; log "bench failed (exit $rc; 124 = timed out after 150 s)"; tail -5 "$work/bench.err" | tee -a "$report"; }
 BITNET_CUDA_GRAPHS=0 timeout 60 "$bin" bench --device cuda -m "$model" -p 0 -n 64 -t 1 -r 3 --json \
-  > "$report_dir/bench-cuda-nographs.json" 2>> "$work/bench.err" || status=1
+  > "$report_dir/bench-cuda-nographs.json" 2>> "$work/bench.err"
+rc=$?; [ $rc = 0 ] || { status=1; log "bench without graphs failed (exit $rc; 124 = timed out after 60 s)"; }
 log '```'
 
 log ""
 log "## 3. transformers BitNetForCausalLM, bf16, same GPU"
-timeout 240 python3 scripts/bench_transformers_gpu.py --shape 2b4t --n-gen 64 --streams 1,16 --reps 3 \
-  > "$report_dir/bench-transformers.jsonl" 2> "$work/hf.err" || { status=1; tail -5 "$work/hf.err" | tee -a "$report"; }
+if [ "${BITNET_GPU_CHECK_SKIP_PEER:-0}" = 1 ]; then
+  log "(skipped: BITNET_GPU_CHECK_SKIP_PEER=1)"; : > "$report_dir/bench-transformers.jsonl"
+else
+  timeout 240 python3 scripts/bench_transformers_gpu.py --shape 2b4t --n-gen 64 --streams 1,16 --reps 3 \
+    > "$report_dir/bench-transformers.jsonl" 2> "$work/hf.err" || { status=1; tail -5 "$work/hf.err" | tee -a "$report"; }
+fi
 python3 - "$report_dir" <<'PY' | tee -a "$report"
 import json, sys, os
 d = sys.argv[1]
@@ -108,7 +117,7 @@ log ""
 log "## 4. --device auto with the GPU hidden (CUDA_VISIBLE_DEVICES='')"
 log '```'
 CUDA_VISIBLE_DEVICES= timeout 60 "$bin" generate --device auto --model "$BITNET_FIXTURES/bitnet-tiny-packed" \
-  --prompt hello --max-tokens 4 2>&1 | tail -3 | tee -a "$report"
+  --prompt hello --max-tokens 4 2>&1 | grep -E "device|tokens/s|error" | tee -a "$report"
 log '```'
 log ""
 log "exit status: $status"

@@ -80,7 +80,19 @@ pub fn bytes_per_token(model: &Model) -> usize {
                 + l.ffn_sub_norm.len())
         })
         .sum();
-    ternary + model.head().nbytes() + norms + 4 * model.norm.len()
+    // On a GPU, block-quantized heads are held expanded to f32 (crate::cuda).
+    let h = model.head();
+    let head = match h.data() {
+        bitnet_kernels::DenseData::Q8_0(_)
+        | bitnet_kernels::DenseData::Q6K(_)
+        | bitnet_kernels::DenseData::Q4K(_)
+            if model.on_gpu() =>
+        {
+            4 * h.rows() * h.cols()
+        }
+        _ => h.nbytes(),
+    };
+    ternary + head + norms + 4 * model.norm.len()
 }
 
 /// Mean and sample standard deviation.

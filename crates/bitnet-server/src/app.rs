@@ -199,7 +199,11 @@ pub fn load(config: &ServeConfig) -> Result<Loaded, ServeError> {
         fingerprint: format!(
             "fp_bitnet_rust_{}_{}",
             env!("CARGO_PKG_VERSION"),
-            bitnet_kernels::dispatch::active().name()
+            if placement.gpu {
+                "cuda"
+            } else {
+                bitnet_kernels::dispatch::active().name()
+            }
         ),
     })
 }

@@ -330,7 +330,7 @@ extern "C" __global__ void act_mul(const float* __restrict__ gu, float* __restri
     }
 }
 
-#define HEAD_TOKENS 4
+#define HEAD_TOKENS 16
 
 // The output head in its stored float type: out[j][r] = Σ_c W[r][c] · x[j][c] for m rows of x.
 // One warp per vocabulary row, tokens in tiles of HEAD_TOKENS (a weight row is read once per
