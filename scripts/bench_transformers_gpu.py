@@ -24,7 +24,7 @@ SHAPES = {
     "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, vocab_size=1000,
                  max_position_embeddings=256, rope_theta=10000.0, rms_norm_eps=1e-5,
-                 hidden_act="relu2", tie_word_embeddings=True),
+                 hidden_act="relu2", tie_word_embeddings=True, bos_token_id=1, eos_token_id=2),
 }
 
 

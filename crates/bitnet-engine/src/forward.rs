@@ -193,6 +193,7 @@ impl Model {
         if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(Error::TokenOutOfRange { id, vocab });
         }
+        self.check_cache_device(cache)?;
         let end = cache.len + tokens.len();
         let limit = cache
             .capacity
@@ -215,6 +216,11 @@ impl Model {
             #[cfg(feature = "cuda")]
             if let Some(gpu) = &self.cuda {
                 let slots = std::mem::take(&mut state.slots);
+                let req = |slots, logit_rows| crate::cuda::StepRequest {
+                    tokens: chunk,
+                    slots,
+                    logit_rows,
+                };
                 let mut one = &mut *cache;
                 let caches = std::slice::from_mut(&mut one);
                 let done = match all.as_deref_mut() {
@@ -222,15 +228,15 @@ impl Model {
                         let start = out.len();
                         out.resize(start + n * vocab, 0.0);
                         let rows: Vec<usize> = (0..n).collect();
-                        gpu.step(self, chunk, &slots, caches, state, &rows, &mut out[start..])
+                        gpu.step(self, req(&slots, &rows), caches, state, &mut out[start..])
                     }
                     None if ci + 1 == n_chunks => {
                         let mut logits = std::mem::take(&mut state.logits);
-                        let r = gpu.step(self, chunk, &slots, caches, state, &[n - 1], &mut logits);
+                        let r = gpu.step(self, req(&slots, &[n - 1]), caches, state, &mut logits);
                         state.logits = logits;
                         r
                     }
-                    None => gpu.step(self, chunk, &slots, caches, state, &[], &mut []),
+                    None => gpu.step(self, req(&slots, &[]), caches, state, &mut []),
                 };
                 state.slots = slots;
                 done?;
@@ -294,6 +300,7 @@ impl Model {
             if let Some(&id) = s.tokens.iter().find(|&&t| t as usize >= vocab) {
                 return Err(Error::TokenOutOfRange { id, vocab });
             }
+            self.check_cache_device(s.cache)?;
             let end = s.cache.len + s.tokens.len();
             let limit = s
                 .cache
@@ -335,7 +342,12 @@ impl Model {
             let mut caches: Vec<&mut KvCache> = seqs.iter_mut().map(|s| &mut *s.cache).collect();
             logits.resize(rows.len() * vocab, 0.0);
             let slots = std::mem::take(&mut state.slots);
-            let r = gpu.step(self, &tokens, &slots, &mut caches, state, &rows, logits);
+            let req = crate::cuda::StepRequest {
+                tokens: &tokens,
+                slots: &slots,
+                logit_rows: &rows,
+            };
+            let r = gpu.step(self, req, &mut caches, state, logits);
             state.slots = slots;
             return r;
         }
@@ -360,6 +372,27 @@ impl Model {
             logits.resize(wanted * vocab, 0.0);
             dense_matmul(self.head(), &state.xn[..wanted * h], wanted, logits);
         }
+        Ok(())
+    }
+
+    /// A cache's contents live where they were computed (host vectors or GPU memory): one
+    /// filled on the other device cannot be continued.
+    fn check_cache_device(&self, cache: &KvCache) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if cache.len > 0 && cache.dev.is_some() != self.on_gpu() {
+            let (had, now) = if self.on_gpu() {
+                ("the CPU", "a GPU")
+            } else {
+                ("a GPU", "the CPU")
+            };
+            return Err(Error::Device(format!(
+                "this KV cache holds {} positions computed on {had}, but the model now runs on \
+                 {now}: start a new cache after Model::use_device",
+                cache.len
+            )));
+        }
+        #[cfg(not(feature = "cuda"))]
+        let _ = cache;
         Ok(())
     }
 

@@ -247,3 +247,25 @@ fn gpu_matches_cpu_on_the_2b4t_shape() {
     assert!(st.passes(), "{st:?}");
     assert!(rep.passes(), "{rep:?}");
 }
+
+/// A cache filled on the CPU cannot silently continue on the GPU (its positions are not there).
+#[test]
+#[ignore = "needs a CUDA GPU: BITNET_TEST_CUDA=1 … -- --include-ignored"]
+fn gpu_refuses_a_cache_filled_on_the_cpu() {
+    assert!(want_gpu(), "set BITNET_TEST_CUDA=1 to run the GPU tests");
+    let mut model = Model::load(&tiny()).unwrap();
+    let c = model.config.clone();
+    let mut cache = KvCache::new(&c, 16);
+    let mut st = RunState::new(&c, 8, 16);
+    model.forward_last(&[1, 2, 3], &mut cache, &mut st).unwrap();
+    model.use_device(Device::Cuda(0)).unwrap();
+    let e = model
+        .forward_last(&[4], &mut cache, &mut st)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("3 positions computed on the CPU"), "{e}");
+    cache.truncate(0);
+    model
+        .forward_last(&[1, 2, 3, 4], &mut cache, &mut st)
+        .unwrap();
+}

@@ -12,7 +12,7 @@
 
 mod step;
 
-pub(crate) use step::{DevCache, DevState};
+pub(crate) use step::{DevCache, DevState, StepRequest};
 
 use crate::config::Activation;
 use crate::cuda_layout::{pack_rows, words};
@@ -92,7 +92,7 @@ impl CudaRunner {
     /// the GPU cannot be used (no driver, no device, no NVRTC, an unsupported shape, …).
     pub fn new(model: &Model, ordinal: usize) -> Result<Self, String> {
         let c = &model.config;
-        if c.head_dim % 2 != 0 || c.head_dim > 256 {
+        if !c.head_dim.is_multiple_of(2) || c.head_dim > 256 {
             return Err(format!(
                 "head_dim {} is not supported by the CUDA kernels (even, at most 256)",
                 c.head_dim

@@ -13,6 +13,14 @@ use std::collections::HashMap;
 /// replayed as a CUDA graph (one launch instead of ~11 per layer).
 const GRAPH_MAX_TOKENS: usize = 64;
 
+/// What one [`CudaRunner::step`] runs: token `t` of sequence `caches[slots[t].0]` at position
+/// `slots[t].1`, and the token rows whose logits are wanted.
+pub(crate) struct StepRequest<'a> {
+    pub tokens: &'a [u32],
+    pub slots: &'a [(usize, usize)],
+    pub logit_rows: &'a [usize],
+}
+
 /// One sequence's keys and values on the device, `[layer][kv_head][capacity][head_dim]` in
 /// the runner's KV precision (bytes here: the kernels address them by element).
 pub(crate) struct DevCache {
@@ -136,19 +144,21 @@ impl CudaRunner {
         Ok(())
     }
 
-    /// Runs `tokens` (token `t` of sequence `caches[slots[t].0]` at position `slots[t].1`) and
-    /// writes the logits of the token rows `logit_rows` to `out` (`logit_rows.len() × vocab`).
-    /// The caller has validated ids, positions and `tokens.len() ≤ state.max_batch()`.
+    /// Runs `req` and writes the logits of its `logit_rows` to `out` (`rows × vocab`). The
+    /// caller has validated ids, positions and `tokens.len() ≤ state.max_batch()`.
     pub(crate) fn step(
         &self,
         model: &Model,
-        tokens: &[u32],
-        slots: &[(usize, usize)],
+        req: StepRequest<'_>,
         caches: &mut [&mut KvCache],
         state: &mut RunState,
-        logit_rows: &[usize],
         out: &mut [f32],
     ) -> Result<()> {
+        let StepRequest {
+            tokens,
+            slots,
+            logit_rows,
+        } = req;
         let c = &model.config;
         let (n, m, h, vocab) = (tokens.len(), logit_rows.len(), c.hidden_size, c.vocab_size);
         if state
