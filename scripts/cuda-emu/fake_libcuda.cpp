@@ -33,7 +33,7 @@ static std::map<std::string, Maker>& kernels() {
         {"ternary_gemm", reg(ternary_gemm)},   {"rope_store", reg(rope_store)},
         {"attention", reg(attention)},         {"act_mul", reg(act_mul)},
         {"head_f32", reg(head_f32)},           {"head_f16", reg(head_f16)},
-        {"head_bf16", reg(head_bf16)},
+        {"head_bf16", reg(head_bf16)},         {"head_q6k", reg(head_q6k)},
     };
     return m;
 }

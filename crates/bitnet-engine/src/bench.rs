@@ -80,12 +80,10 @@ pub fn bytes_per_token(model: &Model) -> usize {
                 + l.ffn_sub_norm.len())
         })
         .sum();
-    // On a GPU, block-quantized heads are held expanded to f32 (crate::cuda).
+    // On a GPU, Q8_0 and Q4_K heads are held expanded to f32 (crate::cuda).
     let h = model.head();
     let head = match h.data() {
-        bitnet_kernels::DenseData::Q8_0(_)
-        | bitnet_kernels::DenseData::Q6K(_)
-        | bitnet_kernels::DenseData::Q4K(_)
+        bitnet_kernels::DenseData::Q8_0(_) | bitnet_kernels::DenseData::Q4K(_)
             if model.on_gpu() =>
         {
             4 * h.rows() * h.cols()

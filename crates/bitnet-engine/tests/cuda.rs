@@ -85,6 +85,7 @@ fn kernels_compile_with_nvrtc() {
             "head_f32",
             "head_f16",
             "head_bf16",
+            "head_q6k",
         ] {
             assert!(
                 src.contains(&format!(".entry {k}(")),

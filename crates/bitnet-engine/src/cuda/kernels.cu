@@ -365,3 +365,52 @@ __device__ __forceinline__ float load_bf16(u16 v) { return bf2f(v); }
 HEAD_KERNEL(head_f32, float, load_f32)
 HEAD_KERNEL(head_f16, u16, load_f16)
 HEAD_KERNEL(head_bf16, u16, load_bf16)
+
+// The output head stored as GGUF Q6_K (the default embedding of llama.cpp's TQ2_0 files), read
+// in place: 210-byte blocks of 256 weights (ql[128] low 4 bits, qh[64] high 2 bits, scales[16]
+// int8, d f16), w = d · scale · (q − 32), exactly as the CPU's dequantization (same products,
+// so the weights are bit-identical to an f32 expansion) at 6.56 bits instead of 32 per weight.
+// One warp per row; lane l decodes positions l, l+32, l+64, l+96 of each 128-half of a block.
+extern "C" __global__ void head_q6k(const unsigned char* __restrict__ W, const float* __restrict__ x,
+                                    float* __restrict__ out, int rows, int cols, int m) {
+    int warp = threadIdx.x >> 5, l = threadIdx.x & 31;
+    int r = blockIdx.x * 8 + warp;
+    if (r >= rows) return;
+    int nb = cols / 256;
+    const unsigned char* wr = W + (size_t)r * nb * 210;
+    int is = l / 16;
+    for (int j0 = 0; j0 < m; j0 += HEAD_TOKENS) {
+        float acc[HEAD_TOKENS];
+        for (int i = 0; i < HEAD_TOKENS; i++) acc[i] = 0.0f;
+        for (int b = 0; b < nb; b++) {
+            const unsigned char* blk = wr + (size_t)b * 210;
+            float d = h2f((u16)(blk[208] | (blk[209] << 8)));
+            for (int half = 0; half < 2; half++) {
+                const unsigned char* ql = blk + 64 * half;
+                int qh = blk[128 + 32 * half + l];
+                const signed char* sc = (const signed char*)(blk + 192 + 8 * half);
+                int qa = ql[l], qb = ql[l + 32];
+                float w0 = d * (float)sc[is] * (float)(((qa & 0xF) | ((qh & 3) << 4)) - 32);
+                float w1 = d * (float)sc[is + 2] * (float)(((qb & 0xF) | (((qh >> 2) & 3) << 4)) - 32);
+                float w2 = d * (float)sc[is + 4] * (float)(((qa >> 4) | (((qh >> 4) & 3) << 4)) - 32);
+                float w3 = d * (float)sc[is + 6] * (float)(((qb >> 4) | (((qh >> 6) & 3) << 4)) - 32);
+                int c0 = b * 256 + 128 * half + l;
+                for (int i = 0; i < HEAD_TOKENS; i++) {
+                    if (j0 + i < m) {
+                        const float* xr = x + (size_t)(j0 + i) * cols + c0;
+                        acc[i] += w0 * xr[0];
+                        acc[i] += w1 * xr[32];
+                        acc[i] += w2 * xr[64];
+                        acc[i] += w3 * xr[96];
+                    }
+                }
+            }
+        }
+        for (int i = 0; i < HEAD_TOKENS; i++) {
+            if (j0 + i < m) {
+                float s = warp_sum_f(acc[i]);
+                if (l == 0) out[(size_t)(j0 + i) * rows + r] = s;
+            }
+        }
+    }
+}

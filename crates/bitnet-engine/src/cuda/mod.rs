@@ -4,8 +4,8 @@
 //! needs no CUDA toolkit. At [`CudaRunner::new`] the kernels of `kernels.cu` are compiled for
 //! the device's compute capability and the weights are uploaded once: ternary projections in
 //! the dp4a layout of [`crate::cuda_layout`] (q|k|v and gate|up fused into one matrix each,
-//! with a scale per row), norms in f32, the output head in its stored float type (quantized
-//! heads are expanded to f32 once, exactly). Per step the host only looks up the embedding
+//! with a scale per row), norms in f32, the output head in its stored type (F32/F16/BF16, and
+//! Q6_K read in place; Q8_0/Q4_K heads are expanded to f32 once, exactly). Per step the host only looks up the embedding
 //! rows and uploads them with a small token table (cache addresses and positions); every layer
 //! then runs as 11 kernel launches on one stream, replayed from a CUDA graph for decode-sized
 //! steps, and the wanted logits come back.
@@ -51,6 +51,8 @@ pub(crate) enum DevHead {
     F32(CudaSlice<f32>),
     F16(CudaSlice<u16>),
     Bf16(CudaSlice<u16>),
+    /// GGUF Q6_K blocks, read in place.
+    Q6K(CudaSlice<u8>),
 }
 
 /// The compiled kernels.
@@ -64,6 +66,7 @@ pub(crate) struct Kernels {
     pub head_f32: CudaFunction,
     pub head_f16: CudaFunction,
     pub head_bf16: CudaFunction,
+    pub head_q6k: CudaFunction,
 }
 
 /// A model's weights on one GPU, its compiled kernels and its stream.
@@ -172,7 +175,12 @@ impl CudaRunner {
                     .clone_htod(bytemuck::cast_slice::<_, u16>(v))
                     .map_err(ctx_err("uploading the output head"))?,
             ),
-            // Block-quantized heads (GGUF Q8_0/Q6_K/Q4_K): expanded to f32 once, exactly.
+            DenseData::Q6K(v) => DevHead::Q6K(
+                stream
+                    .clone_htod(bytemuck::cast_slice::<_, u8>(v))
+                    .map_err(ctx_err("uploading the output head"))?,
+            ),
+            // Other block-quantized heads (GGUF Q8_0/Q4_K): expanded to f32 once, exactly.
             _ => {
                 let cols = hm.cols();
                 let mut f = vec![0f32; hm.rows() * cols];
@@ -255,5 +263,6 @@ fn compile(
         head_f32: f("head_f32")?,
         head_f16: f("head_f16")?,
         head_bf16: f("head_bf16")?,
+        head_q6k: f("head_q6k")?,
     })
 }

@@ -411,6 +411,11 @@ impl CudaRunner {
                 b.arg(w);
                 b
             }
+            DevHead::Q6K(w) => {
+                let mut b = s.launch_builder(&k.head_q6k);
+                b.arg(w);
+                b
+            }
         };
         b.arg(&ds.xn).arg(&mut ds.logits).arg(&vi).arg(&hh).arg(&mi);
         unsafe { b.launch(cfg) }.map_err(&e)?;
