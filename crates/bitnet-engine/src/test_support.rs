@@ -133,3 +133,39 @@ pub fn edit_config(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Val
     let _ = std::fs::remove_file(&p);
     std::fs::write(&p, serde_json::to_string_pretty(&v).expect("json")).expect("write config");
 }
+
+/// Asserts the fixtures README's criteria 2 and 3 for prompts 0..3 of `reference` (a
+/// `reference*.safetensors`): prompt logits from one forward pass, and the 24-step greedy decode
+/// through the KV cache. Prints one line per prompt, prefixed with `label`.
+///
+/// # Panics
+/// When a criterion fails (the message names the label, prompt and statistics).
+pub fn assert_meets_reference(model: &crate::Model, reference: &std::path::Path, label: &str) {
+    use crate::compare::{std_dev, GreedyReport, LogitStats, LogitsRecord};
+    for i in 0..3 {
+        let r = LogitsRecord::read(reference, &format!("p{i}."))
+            .unwrap_or_else(|e| panic!("{}: {e}", reference.display()));
+        let ids: Vec<u32> = r.ids.iter().map(|&x| x as u32).collect();
+        let ref_greedy = r.greedy.as_ref().expect("reference greedy tokens");
+        let s = std_dev(&r.logits);
+        let (logits, greedy, gl) =
+            crate::generate::greedy_with_logits(model, &ids, ref_greedy.len())
+                .unwrap_or_else(|e| panic!("{label} p{i}: {e}"));
+        let st = LogitStats::compute(&r.logits, &logits, r.vocab, s);
+        let g: Vec<i64> = greedy.iter().map(|&x| x as i64).collect();
+        let rep = GreedyReport::compute(
+            ref_greedy,
+            r.greedy_logits.as_ref().expect("reference greedy logits"),
+            &g,
+            &gl,
+            r.vocab,
+            s,
+        );
+        eprintln!(
+            "{label} p{i}: prompt mean {:.2e}·s max {:.2e}·s top1 {}/{}; greedy steps {} part {:?}",
+            st.mean_rel, st.max_rel, st.top1_agree, st.positions, rep.steps, rep.first_divergence
+        );
+        assert!(st.passes(), "{label} p{i}: {st:?}");
+        assert!(rep.passes(), "{label} p{i}: {rep:?}");
+    }
+}

@@ -7,9 +7,9 @@
 //! sequences, and GPU against CPU on the 2B-4T-shaped model (`BITNET_2B4T_GGUF`).
 #![cfg(feature = "cuda")]
 
-use bitnet_engine::compare::{std_dev, GreedyReport, LogitStats, LogitsRecord};
+use bitnet_engine::compare::{std_dev, GreedyReport, LogitStats};
 use bitnet_engine::generate::greedy_with_logits;
-use bitnet_engine::test_support::fixtures_dir;
+use bitnet_engine::test_support::{assert_meets_reference, fixtures_dir};
 use bitnet_engine::{Device, KvCache, Model, RunState, SeqStep};
 use std::path::PathBuf;
 
@@ -109,34 +109,7 @@ fn gpu_model(path: &std::path::Path) -> Model {
 
 /// Prompt logits and the 24-token greedy decode of every prompt against `reference`.
 fn check_reference(model: &Model, reference: &std::path::Path, label: &str) {
-    for i in 0..3 {
-        let r = LogitsRecord::read(reference, &format!("p{i}.")).unwrap();
-        let ids: Vec<u32> = r.ids.iter().map(|&x| x as u32).collect();
-        let ref_greedy = r.greedy.as_ref().unwrap();
-        let s = std_dev(&r.logits);
-        let (logits, greedy, gl) = greedy_with_logits(model, &ids, ref_greedy.len()).unwrap();
-        let st = LogitStats::compute(&r.logits, &logits, r.vocab, s);
-        let g: Vec<i64> = greedy.iter().map(|&x| x as i64).collect();
-        let rep = GreedyReport::compute(
-            ref_greedy,
-            r.greedy_logits.as_ref().unwrap(),
-            &g,
-            &gl,
-            r.vocab,
-            s,
-        );
-        eprintln!(
-            "GPU {label} p{i}: prompt mean {:.2e}·s max {:.2e}·s top1 {}/{}; greedy steps {} part {:?}",
-            st.mean_rel,
-            st.max_rel,
-            st.top1_agree,
-            st.positions,
-            rep.steps,
-            rep.first_divergence
-        );
-        assert!(st.passes(), "GPU {label} p{i}: {st:?}");
-        assert!(rep.passes(), "GPU {label} p{i}: {rep:?}");
-    }
+    assert_meets_reference(model, reference, &format!("GPU {label}"));
 }
 
 #[test]

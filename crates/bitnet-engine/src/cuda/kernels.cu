@@ -46,52 +46,34 @@ __device__ __forceinline__ u16 kv_store(float v) { return f2h(v); }
 #endif
 __device__ __forceinline__ float bf2f(u16 b) { return __uint_as_float(((u32)b) << 16); }
 
-__device__ __forceinline__ double warp_sum_d(double v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ float warp_sum_f(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ int warp_sum_i(int v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ float warp_max_f(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
+struct Add {
+    template <class T>
+    __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
+};
+struct Max {
+    __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
 
-// Block-wide reductions for blockDim.x == 256 (8 warps); every thread gets the result.
-__device__ double block_sum_d(double v, double* sh) {
-    v = warp_sum_d(v);
-    int w = threadIdx.x >> 5, l = threadIdx.x & 31;
-    __syncthreads();
-    if (l == 0) sh[w] = v;
-    __syncthreads();
-    double r = 0.0;
-    for (int i = 0; i < 8; i++) r += sh[i];
-    return r;
+// Butterfly reduction over a warp; every lane gets the result.
+template <class T, class Op>
+__device__ __forceinline__ T warp_reduce(T v, Op op) {
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
 }
-__device__ float block_max_f(float v, float* sh) {
-    v = warp_max_f(v);
+__device__ __forceinline__ float warp_sum_f(float v) { return warp_reduce(v, Add()); }
+__device__ __forceinline__ int warp_sum_i(int v) { return warp_reduce(v, Add()); }
+
+// Block-wide reduction for blockDim.x == 256 (8 warps) through `sh` (8 values of shared
+// memory); every thread gets the result.
+template <class T, class Op>
+__device__ T block_reduce(T v, T* sh, Op op) {
+    v = warp_reduce(v, op);
     int w = threadIdx.x >> 5, l = threadIdx.x & 31;
     __syncthreads();
     if (l == 0) sh[w] = v;
     __syncthreads();
-    float r = sh[0];
-    for (int i = 1; i < 8; i++) r = fmaxf(r, sh[i]);
-    return r;
-}
-__device__ int block_sum_i(int v, int* sh) {
-    v = warp_sum_i(v);
-    int w = threadIdx.x >> 5, l = threadIdx.x & 31;
-    __syncthreads();
-    if (l == 0) sh[w] = v;
-    __syncthreads();
-    int r = 0;
-    for (int i = 0; i < 8; i++) r += sh[i];
+    T r = sh[0];
+    for (int i = 1; i < 8; i++) r = op(r, sh[i]);
     return r;
 }
 
@@ -111,12 +93,12 @@ extern "C" __global__ void rmsnorm_quant(const float* __restrict__ x, const floa
         double v = (double)xr[i];
         ss += v * v;
     }
-    ss = block_sum_d(ss, shd);
+    ss = block_reduce(ss, shd, Add());
     float var = (float)(ss / (double)k);
     float inv = 1.0f / sqrtf(var + eps);
     float amax = 0.0f;
     for (int i = threadIdx.x; i < k; i += 256) amax = fmaxf(amax, fabsf(w[i] * (xr[i] * inv)));
-    amax = block_max_f(amax, shf);
+    amax = block_reduce(amax, shf, Max());
     float s = 127.0f / fmaxf(amax, 1e-5f);
     signed char* qr = q + (size_t)t * kp;
     int sum = 0;
@@ -129,7 +111,7 @@ extern "C" __global__ void rmsnorm_quant(const float* __restrict__ x, const floa
         qr[i] = (signed char)v;
         sum += v;
     }
-    sum = block_sum_i(sum, shi);
+    sum = block_reduce(sum, shi, Add());
     if (threadIdx.x == 0) {
         sx[t] = s;
         sumx[t] = sum;
@@ -149,7 +131,7 @@ extern "C" __global__ void rmsnorm_rows(const float* __restrict__ x, const int* 
         double v = (double)xr[i];
         ss += v * v;
     }
-    ss = block_sum_d(ss, shd);
+    ss = block_reduce(ss, shd, Add());
     float var = (float)(ss / (double)k);
     float inv = 1.0f / sqrtf(var + eps);
     for (int i = threadIdx.x; i < k; i += 256) out[(size_t)j * k + i] = w[i] * (xr[i] * inv);
