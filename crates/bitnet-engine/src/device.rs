@@ -106,6 +106,29 @@ impl Model {
         }
     }
 
+    /// Free and total bytes of the GPU's memory when the model runs on one.
+    pub fn gpu_memory(&self) -> Option<(usize, usize)> {
+        #[cfg(feature = "cuda")]
+        {
+            self.cuda.as_ref().and_then(|c| c.memory())
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            None
+        }
+    }
+
+    /// Bytes one cached position takes (keys and values of every layer) on the model's device:
+    /// f32 on the CPU, the GPU cache's precision on a GPU.
+    pub fn kv_bytes_per_position(&self) -> usize {
+        let c = &self.config;
+        #[cfg(feature = "cuda")]
+        let elem = self.cuda.as_ref().map_or(4, |g| g.kv_bytes);
+        #[cfg(not(feature = "cuda"))]
+        let elem = 4;
+        2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * elem
+    }
+
     fn drop_gpu(&mut self) {
         #[cfg(feature = "cuda")]
         {

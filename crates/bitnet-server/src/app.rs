@@ -126,13 +126,18 @@ pub fn load(config: &ServeConfig) -> Result<Loaded, ServeError> {
             "--ctx {ctx} exceeds the model's context of {max_ctx} tokens"
         )));
     }
-    let c = &model.config;
-    let bytes_per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4;
+    let bytes_per_token = model.kv_bytes_per_position();
     let kv_tokens = match config.kv_tokens {
         Some(k) => k,
         None => {
             let want = config.max_batch * ctx;
-            let cap = total_memory()
+            // The cache lives on the device that runs the model: half of what is free there
+            // (on a GPU, after the weights), or half the machine's memory.
+            let budget = match model.gpu_memory() {
+                Some((free, _)) => Some(free as u64),
+                None => total_memory(),
+            };
+            let cap = budget
                 .map(|m| (m / 2 / bytes_per_token as u64) as usize)
                 .unwrap_or(want);
             want.min(cap).max(ctx)
@@ -186,7 +191,11 @@ pub fn load(config: &ServeConfig) -> Result<Loaded, ServeError> {
         t.elapsed().as_secs_f64(),
         (kv_tokens * bytes_per_token) as f64 / (1u64 << 30) as f64,
         config.max_batch,
-        bitnet_kernels::dispatch::active().name()
+        if placement.gpu {
+            placement.description.as_str()
+        } else {
+            bitnet_kernels::dispatch::active().name()
+        }
     );
     Ok(Loaded {
         model_id: config.model_name.clone(),

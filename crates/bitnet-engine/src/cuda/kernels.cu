@@ -230,11 +230,13 @@ extern "C" __global__ void rope_store(float* __restrict__ qkv, const float* __re
     }
 }
 
-#define ATT_WARPS 4
+#ifndef ATT_WARPS  // set by the host (cuda/step.rs ATT_WARPS), which launches 32·ATT_WARPS threads
+#define ATT_WARPS 8
+#endif
 #define ATT_MAX_E 8
 
 // Causal attention of one (head, token) pair over its sequence's cached positions 0..=pos
-// (GQA: kv head = head / group), out = softmax(q·Kᵀ·scale)·V. Four warps split the positions;
+// (GQA: kv head = head / group), out = softmax(q·Kᵀ·scale)·V. ATT_WARPS warps split the positions;
 // each keeps a running max, sum and value accumulator (online softmax), combined at the end.
 // Lane l holds dimensions l, l+32, … below head_dim (head_dim ≤ 256).
 extern "C" __global__ void attention(const float* __restrict__ qkv, const u64* __restrict__ info,

@@ -211,6 +211,11 @@ impl CudaRunner {
         Ok(runner)
     }
 
+    /// Free and total device memory in bytes.
+    pub fn memory(&self) -> Option<(usize, usize)> {
+        self.stream.context().mem_get_info().ok()
+    }
+
     /// E.g. `cuda:0 (NVIDIA H200, compute 9.0)`.
     pub fn description(&self) -> &str {
         &self.description
@@ -226,7 +231,11 @@ fn compile(
     kv_f16: bool,
 ) -> Result<Kernels, String> {
     let opts = |arch: String| {
-        let mut options = vec![format!("--gpu-architecture={arch}"), "-std=c++17".into()];
+        let mut options = vec![
+            format!("--gpu-architecture={arch}"),
+            "-std=c++17".into(),
+            format!("-DATT_WARPS={}", step::ATT_WARPS),
+        ];
         if !kv_f16 {
             options.push("-DBITNET_KV_F32".into());
         }

@@ -13,6 +13,9 @@ use std::collections::HashMap;
 /// replayed as a CUDA graph (one launch instead of ~11 per layer).
 const GRAPH_MAX_TOKENS: usize = 64;
 
+/// Warps per attention block (passed to kernels.cu as `-DATT_WARPS`).
+pub(crate) const ATT_WARPS: u32 = 8;
+
 /// What one [`CudaRunner::step`] runs: token `t` of sequence `caches[slots[t].0]` at position
 /// `slots[t].1`, and the token rows whose logits are wanted.
 pub(crate) struct StepRequest<'a> {
@@ -344,7 +347,7 @@ impl CudaRunner {
                     .arg(&kvi)
                     .arg(&hdi)
                     .arg(&scale)
-                    .launch(grid(heads, n, 128))
+                    .launch(grid(heads, n, 32 * ATT_WARPS))
             }
             .map_err(&e)?;
             norm_quant(
