@@ -42,26 +42,21 @@ pub struct Args {
     device: super::DeviceArgs,
 }
 
+/// A comma-separated list of counts (`1,2`), the error naming `flag`.
+fn counts(list: &str, flag: &str) -> Result<Vec<usize>> {
+    list.split(',')
+        .map(|t| {
+            t.trim()
+                .parse::<usize>()
+                .with_context(|| format!("{flag}: {t:?} is not a count"))
+        })
+        .collect()
+}
+
 /// Runs the subcommand.
 pub fn run(a: Args) -> Result<ExitCode> {
-    let threads: Vec<usize> = a
-        .threads
-        .split(',')
-        .map(|t| {
-            t.trim()
-                .parse::<usize>()
-                .with_context(|| format!("-t: {t:?} is not a thread count"))
-        })
-        .collect::<Result<_>>()?;
-    let streams: Vec<usize> = a
-        .streams
-        .split(',')
-        .map(|t| {
-            t.trim()
-                .parse::<usize>()
-                .with_context(|| format!("--streams: {t:?} is not a count"))
-        })
-        .collect::<Result<_>>()?;
+    let threads = counts(&a.threads, "-t")?;
+    let streams = counts(&a.streams, "--streams")?;
     if streams.contains(&0) {
         bail!("--streams must be positive");
     }

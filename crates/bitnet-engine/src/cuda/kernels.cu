@@ -77,6 +77,19 @@ __device__ T block_reduce(T v, T* sh, Op op) {
     return r;
 }
 
+// 1 / sqrt(mean(x²) + eps) of one row, the sum of squares in f64 as ops::rmsnorm; a block of
+// 256 threads, every thread gets the result.
+__device__ float rms_inv(const float* xr, int k, float eps, double* shd) {
+    double ss = 0.0;
+    for (int i = threadIdx.x; i < k; i += 256) {
+        double v = (double)xr[i];
+        ss += v * v;
+    }
+    ss = block_reduce(ss, shd, Add());
+    float var = (float)(ss / (double)k);
+    return 1.0f / sqrtf(var + eps);
+}
+
 // RMSNorm (sum of squares in f64, as ops::rmsnorm) fused with per-token absmax int8
 // quantization (act.rs): s = 127 / max(max|y|, 1e-5), q = clamp(rint(y * s), -128, 127)
 // (rint rounds half to even, like torch). One block of 256 threads per token row.
@@ -88,14 +101,7 @@ extern "C" __global__ void rmsnorm_quant(const float* __restrict__ x, const floa
     __shared__ int shi[8];
     int t = blockIdx.x;
     const float* xr = x + (size_t)t * k;
-    double ss = 0.0;
-    for (int i = threadIdx.x; i < k; i += 256) {
-        double v = (double)xr[i];
-        ss += v * v;
-    }
-    ss = block_reduce(ss, shd, Add());
-    float var = (float)(ss / (double)k);
-    float inv = 1.0f / sqrtf(var + eps);
+    float inv = rms_inv(xr, k, eps, shd);
     float amax = 0.0f;
     for (int i = threadIdx.x; i < k; i += 256) amax = fmaxf(amax, fabsf(w[i] * (xr[i] * inv)));
     amax = block_reduce(amax, shf, Max());
@@ -126,14 +132,7 @@ extern "C" __global__ void rmsnorm_rows(const float* __restrict__ x, const int* 
     __shared__ double shd[8];
     int j = blockIdx.x;
     const float* xr = x + (size_t)rows[j] * k;
-    double ss = 0.0;
-    for (int i = threadIdx.x; i < k; i += 256) {
-        double v = (double)xr[i];
-        ss += v * v;
-    }
-    ss = block_reduce(ss, shd, Add());
-    float var = (float)(ss / (double)k);
-    float inv = 1.0f / sqrtf(var + eps);
+    float inv = rms_inv(xr, k, eps, shd);
     for (int i = threadIdx.x; i < k; i += 256) out[(size_t)j * k + i] = w[i] * (xr[i] * inv);
 }
 
