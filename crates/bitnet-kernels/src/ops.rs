@@ -260,8 +260,10 @@ fn q6k_int16(
                     // SAFETY: `q6k_vnni` checked AVX-512 F/BW/VNNI (active kernel) and
                     // AVX2/FMA; |x16| ≤ 32767 by construction above; shapes asserted inside.
                     unsafe { crate::x86::q6k_i16_vnni_rows(rows_blocks, bpr, xs, chunk) };
-                    for (i, o) in chunk.iter_mut().enumerate() {
-                        *o *= inv[i % n];
+                    for row in chunk.chunks_exact_mut(n) {
+                        for (o, s) in row.iter_mut().zip(&inv) {
+                            *o *= s;
+                        }
                     }
                     continue;
                 }

@@ -627,6 +627,14 @@ pub unsafe fn q6k_i16_vnni_rows(
                 _mm512_set1_epi16(2 * j as i16 + 1),
             )
         });
+        let (mut w, mut d) = if n > 1 {
+            (
+                vec![_mm512_setzero_si512(); 8 * bpr],
+                vec![_mm512_setzero_ps(); bpr],
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
         for (r, o) in out.chunks_exact_mut(n).enumerate() {
             let row = &blocks[r * bpr..(r + 1) * bpr];
             if n == 1 {
@@ -640,19 +648,71 @@ pub unsafe fn q6k_i16_vnni_rows(
                 o[0] = _mm512_reduce_add_ps(acc);
                 continue;
             }
-            let mut acc = [_mm512_setzero_ps(); 16];
+            // Batch: the row's quants are unpacked and scale-folded once into `w`, then the
+            // tokens go through in register blocks of 8/4/2/1.
             for (bi, b) in row.iter().enumerate() {
-                let (w, d) = q6k_scaled(b, &sel);
-                for (x, a) in xs.iter().zip(acc.iter_mut()) {
-                    let isum = q6k_block_dot(&w, x.as_ptr().add(bi * 256));
-                    *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, *a);
-                }
+                let (wb, db) = q6k_scaled(b, &sel);
+                w[8 * bi..8 * bi + 8].copy_from_slice(&wb);
+                d[bi] = db;
             }
-            for (o, a) in o.iter_mut().zip(&acc) {
-                *o = _mm512_reduce_add_ps(*a);
+            let mut t = 0;
+            while t < n {
+                let (xt, ot) = (&xs[t..], &mut o[t..]);
+                t += match n - t {
+                    8.. => q6k_tokens::<8>(&w, &d, xt, ot),
+                    4..=7 => q6k_tokens::<4>(&w, &d, xt, ot),
+                    2..=3 => q6k_tokens::<2>(&w, &d, xt, ot),
+                    _ => q6k_tokens::<1>(&w, &d, xt, ot),
+                };
             }
         }
     }
+}
+
+/// `G` tokens against one row whose quants `w` (eight vectors per block) and block scales `d`
+/// were unpacked by [`q6k_scaled`]: per block, `G` independent `vpdpwssd` chains (one per
+/// token, in group order), then `acc += f32(isum) · d` in block order and a final
+/// `_mm512_reduce_add_ps` — the operations of the one-token path in the same order, so a
+/// token's result is bit-identical to its decode logit. Returns `G`.
+///
+/// `vpdpwssd` is written as inline assembly: without a CPU tuning that marks it fast, LLVM
+/// splits the intrinsic into `vpmaddwd` + `vpaddd` (twice the µops on the busy vector ports).
+#[inline]
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vnni")]
+unsafe fn q6k_tokens<const G: usize>(
+    w: &[__m512i],
+    d: &[__m512],
+    xs: &[&[i16]],
+    out: &mut [f32],
+) -> usize {
+    // SAFETY: the caller (`q6k_i16_vnni_rows`) enables AVX-512 F/BW/VNNI and checked that every
+    // `xs[k]` holds `d.len()·256` values; the loads read `xs[k][256·bi + 32·j ..][..32]`.
+    unsafe {
+        let mut acc = [_mm512_setzero_ps(); G];
+        for (bi, &db) in d.iter().enumerate() {
+            let mut isum = [_mm512_setzero_si512(); G];
+            for j in 0..8 {
+                let wj = w[8 * bi + j];
+                for k in 0..G {
+                    let p = xs[k].as_ptr().add(256 * bi + 32 * j);
+                    std::arch::asm!(
+                        "vpdpwssd {acc}, {w}, zmmword ptr [{p}]",
+                        acc = inout(zmm_reg) isum[k],
+                        w = in(zmm_reg) wj,
+                        p = in(reg) p,
+                        options(pure, readonly, nostack, preserves_flags)
+                    );
+                }
+            }
+            for k in 0..G {
+                acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[k]), db, acc[k]);
+            }
+        }
+        for k in 0..G {
+            out[k] = _mm512_reduce_add_ps(acc[k]);
+        }
+    }
+    G
 }
 
 /// A Q6_K block's quants as eight vectors of 32 i16 already multiplied by their sub-block
@@ -805,18 +865,41 @@ pub unsafe fn attend(
     );
     let (scores, out) = (&mut scores[..npos], &mut out[..hd]);
     for (p, s) in scores.iter_mut().enumerate() {
+        // The key row goes first: `dot_f32` prefetches its first argument 8 KiB ahead (the
+        // keys of later positions); `fma(k, q)` = `fma(q, k)`, so the sum is unchanged.
         // SAFETY: AVX2/FMA enabled; the key row has `hd` values (asserted above).
-        *s = unsafe { dot_f32(q, &keys[p * hd..(p + 1) * hd]) } * scale;
+        *s = unsafe { dot_f32(&keys[p * hd..(p + 1) * hd], q) } * scale;
     }
     crate::ops::softmax(scores);
-    out.fill(0.0);
+    // The value sum 64 lanes at a time with the running sums in eight registers (no store and
+    // reload per position); each lane still takes `+= p·v` position by position.
+    let h64 = hd / 64 * 64;
+    for c in (0..h64).step_by(64) {
+        // SAFETY: AVX2 enabled; the loads read values[p·hd + c ..][..64] with c + 64 ≤ hd, and
+        // the stores write out[c..c + 64].
+        unsafe {
+            let mut o = [_mm256_setzero_ps(); 8];
+            for (p, &w) in scores.iter().enumerate() {
+                let wv = _mm256_set1_ps(w);
+                let v = values.as_ptr().add(p * hd + c);
+                prefetch_ahead(v, 4);
+                for (i, oi) in o.iter_mut().enumerate() {
+                    *oi = _mm256_add_ps(*oi, _mm256_mul_ps(wv, _mm256_loadu_ps(v.add(8 * i))));
+                }
+            }
+            for (i, oi) in o.iter().enumerate() {
+                _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * i), *oi);
+            }
+        }
+    }
+    out[h64..].fill(0.0);
     let h8 = hd / 8 * 8;
     for (p, &w) in scores.iter().enumerate() {
         let v = &values[p * hd..(p + 1) * hd];
         // SAFETY: AVX2 enabled; loads/stores read i..i+8 ≤ h8 ≤ hd = len of `v` and `out`.
         unsafe {
             let wv = _mm256_set1_ps(w);
-            let mut i = 0;
+            let mut i = h64;
             while i < h8 {
                 let o = out.as_mut_ptr().add(i);
                 let x = _mm256_mul_ps(wv, _mm256_loadu_ps(v.as_ptr().add(i)));

@@ -394,9 +394,19 @@ fn q6k_dequant_simd_is_bit_identical() {
 
 #[test]
 fn attention_simd_is_bit_identical_to_its_twin() {
-    // Head sizes with and without an 8-lane tail, one to many positions, large and tiny scores.
+    // Head sizes with and without 64-lane blocks and 8-lane tails, one to many positions, large
+    // and tiny scores.
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
-    for (hd, npos) in [(64usize, 1usize), (64, 130), (100, 7), (8, 33), (5, 3)] {
+    for (hd, npos) in [
+        (64usize, 1usize),
+        (64, 130),
+        (128, 40),
+        (136, 9),
+        (70, 5),
+        (100, 7),
+        (8, 33),
+        (5, 3),
+    ] {
         for spread in [0.01f32, 1.0, 30.0] {
             let q: Vec<f32> = (0..hd).map(|_| rng.random_range(-spread..spread)).collect();
             let k: Vec<f32> = (0..npos * hd)
