@@ -627,7 +627,11 @@ pub unsafe fn q6k_i16_vnni_rows(
                 _mm512_set1_epi16(2 * j as i16 + 1),
             )
         });
-        let (mut w, mut d) = if n > 1 {
+        // Register-blocked tokens pay when every token's activations stay in L1 (the small
+        // model's 512 columns); on wide rows (2B-4T's 2560) they stream from L2 per token
+        // block and the block-by-block order measured at least as fast.
+        let narrow = n > 1 && n * bpr * 512 <= 32 * 1024;
+        let (mut w, mut d) = if narrow {
             (
                 vec![_mm512_setzero_si512(); 8 * bpr],
                 vec![_mm512_setzero_ps(); bpr],
@@ -648,8 +652,24 @@ pub unsafe fn q6k_i16_vnni_rows(
                 o[0] = _mm512_reduce_add_ps(acc);
                 continue;
             }
-            // Batch: the row's quants are unpacked and scale-folded once into `w`, then the
-            // tokens go through in register blocks of 8/4/2/1.
+            if !narrow {
+                // Wide rows: block by block, every token's slice of the block while it is hot.
+                let mut acc = [_mm512_setzero_ps(); 16];
+                for (bi, b) in row.iter().enumerate() {
+                    let (w, d) = q6k_scaled(b, &sel);
+                    for (x, a) in xs.iter().zip(acc.iter_mut()) {
+                        let isum = q6k_block_dot(&w, x.as_ptr().add(bi * 256));
+                        *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, *a);
+                    }
+                }
+                for (o, a) in o.iter_mut().zip(&acc) {
+                    *o = _mm512_reduce_add_ps(*a);
+                }
+                continue;
+            }
+            // Narrow rows (all tokens' activations fit in L1): the row's quants are unpacked
+            // and scale-folded once into `w`, then the tokens go through in register blocks of
+            // 8/4/2/1.
             for (bi, b) in row.iter().enumerate() {
                 let (wb, db) = q6k_scaled(b, &sel);
                 w[8 * bi..8 * bi + 8].copy_from_slice(&wb);
@@ -677,7 +697,8 @@ pub unsafe fn q6k_i16_vnni_rows(
 ///
 /// `vpdpwssd` is written as inline assembly: without a CPU tuning that marks it fast, LLVM
 /// splits the intrinsic into `vpmaddwd` + `vpaddd` (twice the µops on the busy vector ports).
-#[inline]
+/// Not inlined: the decode loop of the caller keeps its own code and registers.
+#[inline(never)]
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vnni")]
 unsafe fn q6k_tokens<const G: usize>(
     w: &[__m512i],

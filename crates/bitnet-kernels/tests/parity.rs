@@ -269,50 +269,54 @@ fn batched_dense_head_matches_per_row_dots() {
     use bitnet_kernels::quant::quantize_row;
     use bitnet_kernels::{DenseData, DenseMatrix};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-    let (rows, cols, n) = (301usize, 512usize, 19usize);
-    let vals: Vec<f32> = (0..rows * cols)
-        .map(|_| rng.random_range(-2.0..2.0))
-        .collect();
-    let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-5.0..5.0)).collect();
-    // Q6_K on AVX-512 VNNI runs on int16 activations: its error bound is relative to Σ|w·x|
-    // (as for the decode head), and a token's logits are bit-identical to its one-token run.
-    let int16 = cfg!(target_arch = "x86_64")
-        && matches!(
-            bitnet_kernels::dispatch::active(),
-            Kernel::Avx512Vnni | Kernel::Amx
-        );
-    for data in [
-        DenseData::Q6K(quantize_row::<BlockQ6K>(&vals).into()),
-        DenseData::Q8_0(quantize_row::<BlockQ8_0>(&vals).into()),
-        DenseData::F32(vals.clone().into()),
-    ] {
-        let q6k = matches!(data, DenseData::Q6K(_));
-        let m = DenseMatrix::new(rows, cols, data);
-        let mut out = vec![0f32; n * rows];
-        dense_matmul(&m, &x, n, &mut out);
-        for t in 0..n {
-            let xt = &x[t * cols..(t + 1) * cols];
-            let mut alone = vec![0f32; rows];
-            dense_matmul(&m, xt, 1, &mut alone);
-            for r in 0..rows {
-                let want = m.row_dot_scalar(r, xt);
-                let got = out[t * rows + r];
-                let tol = if q6k && int16 {
-                    let bound: f32 = vals[r * cols..(r + 1) * cols]
-                        .iter()
-                        .zip(xt)
-                        .map(|(w, x)| (w * x).abs())
-                        .sum();
-                    assert_eq!(
-                        got.to_bits(),
-                        alone[r].to_bits(),
-                        "t {t} r {r}: batch vs alone"
-                    );
-                    1e-4 * bound
-                } else {
-                    1e-3 * (1.0 + want.abs())
-                };
-                assert!((got - want).abs() <= tol, "t {t} r {r}: {got} vs {want}");
+    // 512 columns: the Q6_K kernel's register-blocked path (activations in L1); 2560: its
+    // block-by-block path.
+    for cols in [512usize, 2560] {
+        let (rows, n) = (301usize, 19usize);
+        let vals: Vec<f32> = (0..rows * cols)
+            .map(|_| rng.random_range(-2.0..2.0))
+            .collect();
+        let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-5.0..5.0)).collect();
+        // Q6_K on AVX-512 VNNI runs on int16 activations: its error bound is relative to Σ|w·x|
+        // (as for the decode head), and a token's logits are bit-identical to its one-token run.
+        let int16 = cfg!(target_arch = "x86_64")
+            && matches!(
+                bitnet_kernels::dispatch::active(),
+                Kernel::Avx512Vnni | Kernel::Amx
+            );
+        for data in [
+            DenseData::Q6K(quantize_row::<BlockQ6K>(&vals).into()),
+            DenseData::Q8_0(quantize_row::<BlockQ8_0>(&vals).into()),
+            DenseData::F32(vals.clone().into()),
+        ] {
+            let q6k = matches!(data, DenseData::Q6K(_));
+            let m = DenseMatrix::new(rows, cols, data);
+            let mut out = vec![0f32; n * rows];
+            dense_matmul(&m, &x, n, &mut out);
+            for t in 0..n {
+                let xt = &x[t * cols..(t + 1) * cols];
+                let mut alone = vec![0f32; rows];
+                dense_matmul(&m, xt, 1, &mut alone);
+                for r in 0..rows {
+                    let want = m.row_dot_scalar(r, xt);
+                    let got = out[t * rows + r];
+                    let tol = if q6k && int16 {
+                        let bound: f32 = vals[r * cols..(r + 1) * cols]
+                            .iter()
+                            .zip(xt)
+                            .map(|(w, x)| (w * x).abs())
+                            .sum();
+                        assert_eq!(
+                            got.to_bits(),
+                            alone[r].to_bits(),
+                            "t {t} r {r}: batch vs alone"
+                        );
+                        1e-4 * bound
+                    } else {
+                        1e-3 * (1.0 + want.abs())
+                    };
+                    assert!((got - want).abs() <= tol, "t {t} r {r}: {got} vs {want}");
+                }
             }
         }
     }
