@@ -246,19 +246,27 @@ pub struct Metering {
     request_id: String,
     model: String,
     prompt_tokens: i64,
+    subject: Option<String>,
     started: Instant,
     first_token: Option<Duration>,
     tokens_sent: i64,
 }
 
 impl Metering {
-    /// Starts metering `admission` for the response `request_id`.
-    pub fn new(admission: Admission, request_id: &str, model: &str, prompt_tokens: usize) -> Self {
+    /// Starts metering `admission` for the response `request_id` of `caller`.
+    pub fn new(
+        admission: Admission,
+        caller: &Caller,
+        request_id: &str,
+        model: &str,
+        prompt_tokens: usize,
+    ) -> Self {
         Metering {
             admission: Some(admission),
             request_id: request_id.to_string(),
             model: model.to_string(),
             prompt_tokens: prompt_tokens as i64,
+            subject: caller.subject.clone(),
             started: Instant::now(),
             first_token: None,
             tokens_sent: 0,
@@ -287,6 +295,7 @@ impl Metering {
             duration_ms: self.started.elapsed().as_millis() as i64,
             status: i64::from(status),
             finish_reason: reason.to_string(),
+            subject: self.subject.clone(),
         }
     }
 

@@ -554,6 +554,7 @@ async fn oidc_tokens_use_the_tenants_policy_key() {
         (StatusCode::OK, &"1".parse().unwrap()),
         "{v}"
     );
+    let alice_tokens = v["usage"]["completion_tokens"].clone();
     let (s, _, v) = a
         .call(Some(&user), "POST", "/v1/chat/completions", body)
         .await;
@@ -610,6 +611,41 @@ async fn oidc_tokens_use_the_tenants_policy_key() {
         actor.starts_with("oidc:alice@acme (via key:key_"),
         "{actor}"
     );
+    // The completion's usage row names the SSO caller (its key is the shared policy key);
+    // the refused second request left none.
+    let mut rows = Vec::new();
+    for _ in 0..100 {
+        let (s, _, v) = a
+            .call(
+                Some(&root),
+                "GET",
+                "/admin/usage?subject=oidc:alice@acme",
+                Value::Null,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        rows = v["data"].as_array().cloned().unwrap_or_default();
+        if !rows.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (&rows[0]["subject"], &rows[0]["completion_tokens"]),
+        (&json!("oidc:alice@acme"), &alice_tokens),
+        "{rows:?}"
+    );
+    let (s, _, v) = a
+        .call(
+            Some(&root),
+            "GET",
+            "/admin/usage?group=daily&subject=oidc:alice@acme",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["param"], "subject", "{v}");
     server.shutdown().await.unwrap();
 }
 

@@ -25,6 +25,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0002_webhooks.sql"),
     ),
     (3, "batches", include_str!("../migrations/0003_batches.sql")),
+    (
+        4,
+        "usage_subject",
+        include_str!("../migrations/0004_usage_subject.sql"),
+    ),
 ];
 
 /// The tenancy database.

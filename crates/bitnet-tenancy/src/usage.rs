@@ -34,6 +34,10 @@ pub struct UsageRecord {
     pub status: i64,
     /// `stop`, `length`, `abort`, `cancelled` (client went away), `error`.
     pub finish_reason: String,
+    /// Who called, when not the key's own holder: `oidc:SUB` for an SSO caller (SSO callers
+    /// of a tenant share its policy key, so the key alone does not say who it was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
 }
 
 /// Rows per INSERT statement. Few enough that binding stays cheap (SQLite looks parameter
@@ -76,6 +80,8 @@ pub struct UsageFilter {
     pub key_id: Option<String>,
     /// Model.
     pub model: Option<String>,
+    /// Caller subject (`oidc:SUB`); rows only (the daily aggregates are per key).
+    pub subject: Option<String>,
     /// At most this many rows (default 10 000).
     pub limit: Option<i64>,
 }
@@ -126,6 +132,7 @@ fn usage_from_row(r: &AnyRow) -> Result<UsageRecord> {
         duration_ms: r.try_get("duration_ms").map_err(g("duration_ms"))?,
         status: r.try_get("status").map_err(g("status"))?,
         finish_reason: r.try_get("finish_reason").map_err(g("finish_reason"))?,
+        subject: r.try_get("subject").map_err(g("subject"))?,
     })
 }
 
@@ -158,6 +165,9 @@ fn where_clause(f: &UsageFilter, time_col: &str, time: impl Fn(i64) -> Arg) -> (
     }
     if let Some(m) = &f.model {
         push("model = ?".into(), Arg::Text(m.clone()));
+    }
+    if let Some(s) = &f.subject {
+        push("subject = ?".into(), Arg::Text(s.clone()));
     }
     (conds.join(" AND "), args)
 }
@@ -208,7 +218,8 @@ impl Store {
                     .bind(u.ttft_ms)
                     .bind(u.duration_ms)
                     .bind(u.status)
-                    .bind(&u.finish_reason);
+                    .bind(&u.finish_reason)
+                    .bind(&u.subject);
             }
             let inserted: std::collections::HashSet<String> = q
                 .fetch_all(&mut *tx)
@@ -255,7 +266,7 @@ impl Store {
         let (w, args) = where_clause(f, "ts_ms", Arg::Int);
         let sql = format!(
             "SELECT request_id, ts_ms, tenant_id, key_id, model, prompt_tokens, completion_tokens, \
-             ttft_ms, duration_ms, status, finish_reason FROM usage_log WHERE {w} \
+             ttft_ms, duration_ms, status, finish_reason, subject FROM usage_log WHERE {w} \
              ORDER BY ts_ms, request_id LIMIT {}",
             f.limit.unwrap_or(10_000).clamp(1, 1_000_000)
         );
@@ -268,6 +279,12 @@ impl Store {
 
     /// Daily aggregates matching `f` (the times select whole days).
     pub async fn daily_usage(&self, f: &UsageFilter) -> Result<Vec<DailyUsage>> {
+        if f.subject.is_some() {
+            return Err(Error::invalid(
+                "subject",
+                "the daily aggregates are per key, not per caller subject: filter the rows",
+            ));
+        }
         let (w, args) = where_clause(f, "day", |t| Arg::Text(day_of(t)));
         let sql = format!(
             "SELECT day, tenant_id, key_id, model, requests, prompt_tokens, completion_tokens \
@@ -324,25 +341,26 @@ impl Store {
 }
 
 /// The multi-row usage INSERT for `rows` rows: SQLite gets anonymous `?` parameters (sqlx
-/// resolves `$N` names one by one, quadratic in the 352 parameters of a full chunk),
+/// resolves `$N` names one by one, quadratic in the 384 parameters of a full chunk),
 /// PostgreSQL `$N`. Full chunks, the common case, are built once.
 fn insert_sql(rows: usize, sqlite: bool) -> std::borrow::Cow<'static, str> {
+    const COLUMNS: usize = 12;
     static FULL: [std::sync::OnceLock<String>; 2] = [const { std::sync::OnceLock::new() }; 2];
     let build = || {
         let mut sql = String::from(
             "INSERT INTO usage_log (request_id, ts_ms, tenant_id, key_id, model, prompt_tokens, \
-             completion_tokens, ttft_ms, duration_ms, status, finish_reason) VALUES ",
+             completion_tokens, ttft_ms, duration_ms, status, finish_reason, subject) VALUES ",
         );
         for i in 0..rows {
             sql.push_str(if i > 0 { ", (" } else { "(" });
-            for c in 1..=11 {
+            for c in 1..=COLUMNS {
                 if c > 1 {
                     sql.push_str(", ");
                 }
                 if sqlite {
                     sql.push('?');
                 } else {
-                    sql.push_str(&format!("${}", i * 11 + c));
+                    sql.push_str(&format!("${}", i * COLUMNS + c));
                 }
             }
             sql.push(')');
@@ -368,7 +386,7 @@ fn csv_field(s: &str) -> String {
 /// Usage rows as CSV (RFC 4180, with a header line).
 pub fn usage_csv(rows: &[UsageRecord]) -> String {
     let mut out = String::from(
-        "request_id,time,tenant_id,key_id,model,prompt_tokens,completion_tokens,ttft_ms,duration_ms,status,finish_reason\n",
+        "request_id,time,tenant_id,key_id,model,prompt_tokens,completion_tokens,ttft_ms,duration_ms,status,finish_reason,subject\n",
     );
     for u in rows {
         let fields = [
@@ -383,6 +401,7 @@ pub fn usage_csv(rows: &[UsageRecord]) -> String {
             u.duration_ms.to_string(),
             u.status.to_string(),
             csv_field(&u.finish_reason),
+            csv_field(u.subject.as_deref().unwrap_or("")),
         ];
         out.push_str(&fields.join(","));
         out.push('\n');

@@ -18,6 +18,8 @@ fn rec(i: usize) -> UsageRecord {
         duration_ms: 1,
         status: 200,
         finish_reason: "length".into(),
+        // Odd rows come from an SSO caller: the subject goes through the journal too.
+        subject: (i % 2 == 1).then(|| format!("oidc:user-{i}")),
     }
 }
 

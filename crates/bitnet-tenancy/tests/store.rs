@@ -18,6 +18,7 @@ fn row(id: &str, key: &str, tenant: &str, ts: i64, p: i64, c: i64) -> UsageRecor
         duration_ms: 20,
         status: 200,
         finish_reason: "stop".into(),
+        subject: None,
     }
 }
 
@@ -155,11 +156,13 @@ async fn exercise(store: &Store) {
 
     // Usage: inserts skip repeats; aggregates count each request once.
     let day = 20_000 * 86_400_000i64; // 2024-10-04
-    let rows = vec![
+    let mut rows = vec![
         row("r1", &k.id, &t.id, day + 1000, 10, 5),
         row("r2", &k.id, &t.id, day + 2000, 7, 3),
         row("r3", "key_other", &t.id, day + 86_400_000, 1, 1),
     ];
+    // An SSO caller's row names the subject (the key is the tenant's shared policy key).
+    rows[1].subject = Some("oidc:alice".into());
     assert_eq!(store.insert_usage(&rows).await.unwrap(), 3);
     assert_eq!(
         store.insert_usage(&rows).await.unwrap(),
@@ -178,6 +181,22 @@ async fn exercise(store: &Store) {
         .await
         .unwrap();
     assert_eq!(mine, rows[..1]);
+    let alice = store
+        .usage(&UsageFilter {
+            subject: Some("oidc:alice".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(alice, rows[1..2]);
+    let e = store
+        .daily_usage(&UsageFilter {
+            subject: Some("oidc:alice".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("subject"), "{e}");
     let daily = store.daily_usage(&UsageFilter::default()).await.unwrap();
     assert_eq!(daily.len(), 2);
     assert_eq!(daily[0].day, "2024-10-04");
@@ -203,6 +222,12 @@ async fn exercise(store: &Store) {
         "{csv}"
     );
     assert_eq!(csv.lines().count(), 4);
+    assert!(csv.lines().next().unwrap().ends_with(",subject"), "{csv}");
+    assert!(
+        csv.lines().nth(2).unwrap().ends_with(",oidc:alice"),
+        "{csv}"
+    );
+    assert!(csv.lines().nth(1).unwrap().ends_with(",stop,"), "{csv}");
 }
 
 fn pool_of(store: &Store) -> sqlx::AnyPool {

@@ -143,6 +143,9 @@ struct UsageArgs {
     /// Model.
     #[arg(long)]
     model: Option<String>,
+    /// Caller subject of SSO requests (`oidc:SUB`); rows only, not with --daily.
+    #[arg(long, conflicts_with = "daily")]
+    subject: Option<String>,
     /// CSV instead of JSON lines.
     #[arg(long)]
     csv: bool,
@@ -288,6 +291,7 @@ async fn run_async(a: Args) -> Result<ExitCode> {
                 tenant_id,
                 key_id: u.key,
                 model: u.model,
+                subject: u.subject,
                 limit: Some(1_000_000),
             };
             if u.daily {

@@ -305,13 +305,13 @@ pub async fn rotate_key(
     Ok(created(json!({"key": key, "secret": secret})))
 }
 
-/// `GET /admin/usage?from=&to=&tenant=&key=&model=&limit=&format=json|csv&group=request|daily`.
+/// `GET /admin/usage?from=&to=&tenant=&key=&model=&subject=&limit=&format=json|csv&group=request|daily`.
 #[utoipa::path(
     get,
     path = "/admin/usage",
     tag = "admin",
     responses(
-        (status = 200, description = r#"Usage rows (`format=json|csv`) or daily aggregates (`group=daily`), filtered by `from`, `to` (YYYY-MM-DD or Unix ms), `tenant`, `key`, `model`, `limit`"#),
+        (status = 200, description = r#"Usage rows (`format=json|csv`) or daily aggregates (`group=daily`), filtered by `from`, `to` (YYYY-MM-DD or Unix ms), `tenant`, `key`, `model`, `subject` (an SSO caller, `oidc:SUB`; rows only), `limit`"#),
         (status = 400, description = "Bad field or parameter (named in `param`)", body = ErrorEnvelope),
         (status = 401, description = "No or bad API key", body = ErrorEnvelope),
         (status = 403, description = "Not an admin key", body = ErrorEnvelope),
@@ -322,7 +322,7 @@ pub async fn usage(State(s): State<Arc<AppState>>, Query(q): Query<HashMap<Strin
     let t = tenancy(&s)?;
     for k in q.keys() {
         if ![
-            "from", "to", "tenant", "key", "model", "limit", "format", "group",
+            "from", "to", "tenant", "key", "model", "subject", "limit", "format", "group",
         ]
         .contains(&k.as_str())
         {
@@ -349,6 +349,7 @@ pub async fn usage(State(s): State<Arc<AppState>>, Query(q): Query<HashMap<Strin
         tenant_id,
         key_id: q.get("key").cloned(),
         model: q.get("model").cloned(),
+        subject: q.get("subject").cloned(),
         limit,
     };
     let csv = match q.get("format").map(String::as_str) {

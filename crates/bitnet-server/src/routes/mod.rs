@@ -65,7 +65,8 @@ pub async fn start(state: &AppState, caller: &Caller, p: Prepared) -> Result<Sta
     let id = format!("{}-{}", p.prefix, uuid::Uuid::now_v7().simple());
     let prompt_tokens = p.prompt_tokens;
     let choices = p.seqs.len();
-    let mut metering = admission.map(|a| Metering::new(a, &id, &p.loaded.model_id, prompt_tokens));
+    let mut metering =
+        admission.map(|a| Metering::new(a, caller, &id, &p.loaded.model_id, prompt_tokens));
     if let Err(e) = p.loaded.engine.submit(Job {
         id: id.clone(),
         seqs: p.seqs,
