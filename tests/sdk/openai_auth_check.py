@@ -88,5 +88,18 @@ assert sorted(o["custom_id"] for o in out) == ["r0", "r1", "r2"], out
 assert all(o["response"]["status_code"] == 200 for o in out), out
 assert any(x.id == b.id for x in c.batches.list()), "listed"
 assert c.files.retrieve(f.id).filename == "in.jsonl"
+# OpenAI's expires_after (the SDK sends bracketed form fields); bad values are a BadRequestError.
+f2 = c.files.create(
+    file=("in.jsonl", io.BytesIO(lines)), purpose="batch", expires_after={"anchor": "created_at", "seconds": 7200}
+)
+assert f2.expires_at == f2.created_at + 7200, f2
+assert c.files.retrieve(f2.id).expires_at == f2.expires_at
+try:
+    c.files.create(
+        file=("in.jsonl", io.BytesIO(lines)), purpose="batch", expires_after={"anchor": "created_at", "seconds": 10}
+    )
+    raise AssertionError("expires_after.seconds 10 accepted")
+except openai.BadRequestError as e:
+    assert e.body["param"] == "expires_after[seconds]", e.body
 print("ok: Files and Batch APIs through the SDK")
 print("openai SDK auth check passed")

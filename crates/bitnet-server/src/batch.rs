@@ -184,10 +184,20 @@ impl Runner {
         &self.t
     }
 
-    /// Claims and runs batches until stopped (polling every second when idle).
+    /// Claims and runs batches until stopped (polling every second when idle); deletes
+    /// expired files once a minute.
     pub async fn run(self) {
         let store = &self.tenancy().store;
+        let mut swept = std::time::Instant::now() - Duration::from_secs(60);
         while !self.stop.load(Ordering::Relaxed) {
+            if swept.elapsed() >= Duration::from_secs(60) {
+                swept = std::time::Instant::now();
+                match store.purge_expired_files(bitnet_tenancy::now_ms()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!("deleted {n} expired files"),
+                    Err(e) => tracing::warn!("deleting expired files: {e}"),
+                }
+            }
             match store.claim_batch(&self.owner, 30_000).await {
                 Ok(Some(b)) => {
                     let id = b.id.clone();
@@ -365,6 +375,7 @@ impl Runner {
                     &format!("{}_output.jsonl", b.id),
                     "batch_output",
                     &out,
+                    self.t.file_retention,
                 )
                 .await?;
             ids.0 = Some(f.id);
@@ -378,6 +389,7 @@ impl Runner {
                     &format!("{}_error.jsonl", b.id),
                     "batch_error",
                     &err,
+                    self.t.file_retention,
                 )
                 .await?;
             ids.1 = Some(f.id);

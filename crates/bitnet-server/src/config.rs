@@ -115,6 +115,10 @@ pub struct ServeOptions {
     /// [default: 0.1].
     #[arg(long, env = "BITNET_USAGE_FLUSH")]
     pub usage_flush: Option<f64>,
+    /// Files (uploads without `expires_after`, batch output and error files) expire this many
+    /// days after their creation and are deleted [default: kept until deleted].
+    #[arg(long, env = "BITNET_FILE_RETENTION_DAYS")]
+    pub file_retention_days: Option<f64>,
     /// POST webhook events (key created/rotated/blocked/deleted, budget exceeded) here:
     /// `http://host:port/path`.
     #[arg(long, env = "BITNET_WEBHOOK_URL")]
@@ -260,6 +264,7 @@ impl ServeOptions {
             journal_dir: self.journal_dir.or(o.journal_dir),
             key_cache_ttl: self.key_cache_ttl.or(o.key_cache_ttl),
             usage_flush: self.usage_flush.or(o.usage_flush),
+            file_retention_days: self.file_retention_days.or(o.file_retention_days),
             webhook_url: self.webhook_url.or(o.webhook_url),
             webhook_secret: self.webhook_secret.or(o.webhook_secret),
             oidc_jwks: self.oidc_jwks.or(o.oidc_jwks),
@@ -334,6 +339,19 @@ impl ServeOptions {
                     key_cache_ttl: ttl,
                     lease_ttl: request_timeout + Duration::from_secs(60),
                     flush: secs("usage_flush", o.usage_flush.unwrap_or(0.1))?,
+                    file_retention: match o.file_retention_days {
+                        Some(d) if d.is_finite() && d > 0.0 && d <= 36_500.0 => {
+                            Some(Duration::from_secs_f64(d * 86_400.0))
+                        }
+                        Some(d) => {
+                            return Err(ConfigError::Invalid {
+                                name: "file_retention_days",
+                                value: d.to_string(),
+                                reason: "must be a number of days above 0 (at most 36500)",
+                            })
+                        }
+                        None => None,
+                    },
                     max_connections: 8,
                     webhook: match (o.webhook_url, o.webhook_secret) {
                         (Some(url), Some(secret)) if !secret.is_empty() => {

@@ -44,10 +44,26 @@ impl Client {
 
     /// Uploads `text` as a multipart form (`purpose`, `file`).
     async fn upload(&self, purpose: &str, text: &str) -> (StatusCode, Value) {
+        self.upload_with(purpose, text, &[]).await
+    }
+
+    /// [`Client::upload`] with more form fields.
+    async fn upload_with(
+        &self,
+        purpose: &str,
+        text: &str,
+        fields: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
         let bd = "----bitnet-test-boundary";
+        let extra: String = fields
+            .iter()
+            .map(|(k, v)| {
+                format!("--{bd}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n")
+            })
+            .collect();
         let body = format!(
             "--{bd}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n\
-             --{bd}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"in.jsonl\"\r\n\
+             {extra}--{bd}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"in.jsonl\"\r\n\
              Content-Type: application/jsonl\r\n\r\n{text}\r\n--{bd}--\r\n"
         );
         let (s, v, _) = self
@@ -428,4 +444,86 @@ async fn an_interrupted_batch_resumes_without_repeating_a_line() {
             .all(|r| r.status == 200 || r.prompt_tokens + r.completion_tokens == 0),
         "{rows:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_expire_after_their_expires_after_or_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, _, secret, _) = setup(dir.path(), None).await;
+    let mut o = opts(dir.path(), &db);
+    o.file_retention_days = Some(2.0);
+    let mut server = TestServer::start(o).await;
+    let c = Client {
+        addr: server.addr,
+        key: secret,
+    };
+    let text = lines(1, 2);
+    // OpenAI's `expires_after` (as the SDK sends it: bracketed form fields).
+    let hour = [
+        ("expires_after[anchor]", "created_at"),
+        ("expires_after[seconds]", "3600"),
+    ];
+    let (s, f) = c.upload_with("batch", &text, &hour).await;
+    assert_eq!(s, StatusCode::OK, "{f}");
+    assert_eq!(
+        f["expires_at"].as_i64(),
+        Some(f["created_at"].as_i64().unwrap() + 3600),
+        "{f}"
+    );
+    let (s, g) = c
+        .json(
+            "GET",
+            &format!("/v1/files/{}", f["id"].as_str().unwrap()),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(
+        (s, &g["expires_at"]),
+        (StatusCode::OK, &f["expires_at"]),
+        "{g}"
+    );
+    // Without it, the server's --file-retention-days.
+    let (s, f) = c.upload("batch", &text).await;
+    assert_eq!(s, StatusCode::OK, "{f}");
+    assert_eq!(
+        f["expires_at"].as_i64(),
+        Some(f["created_at"].as_i64().unwrap() + 2 * 86_400),
+        "{f}"
+    );
+    // Bad values are 400s naming the field.
+    for (fields, param) in [
+        (
+            vec![
+                ("expires_after[anchor]", "created_at"),
+                ("expires_after[seconds]", "60"),
+            ],
+            "expires_after[seconds]",
+        ),
+        (
+            vec![
+                ("expires_after[anchor]", "last_active_at"),
+                ("expires_after[seconds]", "3600"),
+            ],
+            "expires_after[anchor]",
+        ),
+        (
+            vec![("expires_after[seconds]", "3600")],
+            "expires_after[anchor]",
+        ),
+        (
+            vec![
+                ("expires_after[anchor]", "created_at"),
+                ("expires_after[seconds]", "1e9"),
+            ],
+            "expires_after[seconds]",
+        ),
+    ] {
+        let (s, v) = c.upload_with("batch", &text, &fields).await;
+        assert_eq!(
+            (s, v["error"]["param"].as_str()),
+            (StatusCode::BAD_REQUEST, Some(param)),
+            "{fields:?}: {v}"
+        );
+    }
+    server.shutdown().await.unwrap();
 }

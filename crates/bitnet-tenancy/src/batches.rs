@@ -30,6 +30,8 @@ pub struct StoredFile {
     pub bytes: i64,
     /// Unix ms.
     pub created_ms: i64,
+    /// When it expires (Unix ms); `None`: kept until deleted.
+    pub expires_ms: Option<i64>,
 }
 
 /// A batch job.
@@ -94,7 +96,12 @@ impl Batch {
     }
 }
 
-const FILE_COLUMNS: &str = "id, tenant_id, key_id, filename, purpose, bytes, created_ms";
+const FILE_COLUMNS: &str =
+    "id, tenant_id, key_id, filename, purpose, bytes, created_ms, expires_ms";
+/// The condition of a file the API still shows: not expired at the time bound to `$n`.
+fn not_expired(n: usize) -> String {
+    format!("(expires_ms IS NULL OR expires_ms > ${n})")
+}
 const BATCH_COLUMNS: &str = "id, tenant_id, key_id, endpoint, input_file_id, completion_window, \
     status, created_ms, expires_ms, in_progress_ms, finalizing_ms, completed_ms, failed_ms, \
     cancelling_ms, cancelled_ms, expired_ms, total, completed, failed, output_file_id, \
@@ -110,6 +117,7 @@ fn file_from_row(r: &AnyRow) -> Result<StoredFile> {
         purpose: r.try_get("purpose").map_err(g("purpose"))?,
         bytes: r.try_get("bytes").map_err(g("bytes"))?,
         created_ms: r.try_get("created_ms").map_err(g("created_ms"))?,
+        expires_ms: r.try_get("expires_ms").map_err(g("expires_ms"))?,
     })
 }
 
@@ -192,7 +200,9 @@ impl BatchState {
 
 impl Store {
     /// Stores a file under a new id, or under `id` (a batch's result files: storing them
-    /// again after a crash keeps the first copy instead of adding another).
+    /// again after a crash keeps the first copy instead of adding another). It expires
+    /// `expires_after` after its creation (`None`: kept until deleted).
+    #[allow(clippy::too_many_arguments)]
     pub async fn create_file(
         &self,
         id: Option<&str>,
@@ -201,7 +211,9 @@ impl Store {
         filename: &str,
         purpose: &str,
         content: &str,
+        expires_after: Option<std::time::Duration>,
     ) -> Result<StoredFile> {
+        let created_ms = now_ms();
         let f = StoredFile {
             id: id
                 .map(str::to_string)
@@ -211,11 +223,14 @@ impl Store {
             filename: filename.into(),
             purpose: purpose.into(),
             bytes: content.len() as i64,
-            created_ms: now_ms(),
+            created_ms,
+            expires_ms: expires_after
+                .map(|d| created_ms.saturating_add(d.as_millis().min(i64::MAX as u128) as i64)),
         };
         sqlx::query(
             "INSERT INTO files (id, tenant_id, key_id, filename, purpose, bytes, created_ms, \
-             content) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
+             content, expires_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (id) DO NOTHING",
         )
         .bind(&f.id)
         .bind(&f.tenant_id)
@@ -225,6 +240,7 @@ impl Store {
         .bind(f.bytes)
         .bind(f.created_ms)
         .bind(content)
+        .bind(f.expires_ms)
         .execute(&self.pool)
         .await
         .map_err(Error::db(format!("storing file {}", f.filename)))?;
@@ -234,20 +250,23 @@ impl Store {
         Ok(f)
     }
 
-    /// A file of `tenant_id` (another tenant's file is not found).
+    /// A file of `tenant_id` (another tenant's file, or an expired one, is not found).
     pub async fn file(&self, tenant_id: &str, id: &str) -> Result<StoredFile> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {FILE_COLUMNS} FROM files WHERE id = $1 AND tenant_id = $2"
+            "SELECT {FILE_COLUMNS} FROM files WHERE id = $1 AND tenant_id = $2 AND {}",
+            not_expired(3)
         )))
         .bind(id)
         .bind(tenant_id)
+        .bind(now_ms())
         .fetch_optional(&self.pool)
         .await
         .map_err(Error::db("reading a file"))?;
         file_from_row(&Error::found(row, "file", id)?)
     }
 
-    /// A file's content.
+    /// A file's content (expired or not: the API checks [`Store::file`] first; a running
+    /// batch still reads its input, which [`Store::purge_expired_files`] keeps).
     pub async fn file_content(&self, tenant_id: &str, id: &str) -> Result<String> {
         let row = sqlx::query("SELECT content FROM files WHERE id = $1 AND tenant_id = $2")
             .bind(id)
@@ -260,7 +279,7 @@ impl Store {
             .map_err(Error::db("reading files.content"))
     }
 
-    /// The files of `tenant_id`, newest first, optionally of one purpose.
+    /// The files of `tenant_id` not expired, newest first, optionally of one purpose.
     pub async fn files(
         &self,
         tenant_id: &str,
@@ -269,15 +288,32 @@ impl Store {
     ) -> Result<Vec<StoredFile>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {FILE_COLUMNS} FROM files WHERE tenant_id = $1 AND ($2 = '' OR purpose = $2) \
-             ORDER BY created_ms DESC, id DESC LIMIT $3"
+             AND {} ORDER BY created_ms DESC, id DESC LIMIT $3",
+            not_expired(4)
         )))
         .bind(tenant_id)
         .bind(purpose.unwrap_or(""))
         .bind(limit)
+        .bind(now_ms())
         .fetch_all(&self.pool)
         .await
         .map_err(Error::db("listing files"))?;
         rows.iter().map(file_from_row).collect()
+    }
+
+    /// Deletes the files expired at `now_ms`, except the input of a batch still running
+    /// (it is deleted by the first sweep after the batch ends). Returns how many went.
+    pub async fn purge_expired_files(&self, now_ms: i64) -> Result<u64> {
+        let r = sqlx::query(
+            "DELETE FROM files WHERE expires_ms IS NOT NULL AND expires_ms <= $1 AND id NOT IN \
+             (SELECT input_file_id FROM batches WHERE status IN \
+             ('validating', 'in_progress', 'finalizing', 'cancelling'))",
+        )
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(Error::db("deleting expired files"))?;
+        Ok(r.rows_affected())
     }
 
     /// Deletes a file.

@@ -67,6 +67,9 @@ pub struct TenancyConfig {
     pub webhook: Option<webhooks::WebhookConfig>,
     /// Accept OIDC JWT bearer tokens too (`None`: API keys only).
     pub oidc: Option<OidcConfig>,
+    /// Files (uploads without `expires_after`, batch results) expire this long after their
+    /// creation (`None`: kept until deleted).
+    pub file_retention: Option<Duration>,
 }
 
 /// Why a bearer token was refused (401).
@@ -124,6 +127,8 @@ pub struct Tenancy {
     seed_lock: tokio::sync::Mutex<()>,
     /// Tenant (as named by tokens) → its SSO policy key, or why there is none.
     sso_cache: SsoCache,
+    /// [`TenancyConfig::file_retention`].
+    pub file_retention: Option<Duration>,
 }
 
 type SsoCache = RwLock<HashMap<String, (Instant, std::result::Result<Arc<ApiKey>, String>)>>;
@@ -166,6 +171,7 @@ impl Tenancy {
             oidc,
             seed_lock: Default::default(),
             sso_cache: Default::default(),
+            file_retention: c.file_retention,
         }))
     }
 

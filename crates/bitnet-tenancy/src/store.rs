@@ -30,6 +30,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "usage_subject",
         include_str!("../migrations/0004_usage_subject.sql"),
     ),
+    (
+        5,
+        "file_expiry",
+        include_str!("../migrations/0005_file_expiry.sql"),
+    ),
 ];
 
 /// The tenancy database.

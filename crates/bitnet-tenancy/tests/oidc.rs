@@ -323,6 +323,7 @@ async fn tokens_map_to_the_tenants_policy_key() {
         max_connections: 2,
         webhook: None,
         oidc: Some(config(path.to_str().unwrap())),
+        file_retention: None,
     })
     .await
     .unwrap();

@@ -30,7 +30,44 @@ fn secs(ms: i64) -> i64 {
 pub fn file_json(f: &StoredFile) -> Value {
     json!({"id": f.id, "object": "file", "bytes": f.bytes, "created_at": secs(f.created_ms),
            "filename": f.filename, "purpose": f.purpose, "status": "processed",
-           "expires_at": null, "status_details": null})
+           "expires_at": f.expires_ms.map(secs), "status_details": null})
+}
+
+/// OpenAI's `expires_after` of an upload (`anchor` must be `created_at`, `seconds` from one
+/// hour to 30 days); `None` when neither field was sent.
+fn expires_after(
+    anchor: Option<&str>,
+    seconds: Option<&str>,
+) -> Result<Option<std::time::Duration>, ApiError> {
+    let (anchor, seconds) = match (anchor, seconds) {
+        (None, None) => return Ok(None),
+        (Some(a), Some(s)) => (a.trim(), s.trim()),
+        (None, Some(_)) => {
+            return Err(ApiError::param(
+                "expires_after[anchor]",
+                "expires_after needs both `anchor` (created_at) and `seconds`",
+            ))
+        }
+        (Some(_), None) => {
+            return Err(ApiError::param(
+                "expires_after[seconds]",
+                "expires_after needs both `anchor` (created_at) and `seconds`",
+            ))
+        }
+    };
+    if anchor != "created_at" {
+        return Err(ApiError::param(
+            "expires_after[anchor]",
+            format!("anchor {anchor:?} is not supported: use created_at"),
+        ));
+    }
+    match seconds.parse::<u64>() {
+        Ok(s) if (3600..=2_592_000).contains(&s) => Ok(Some(std::time::Duration::from_secs(s))),
+        _ => Err(ApiError::param(
+            "expires_after[seconds]",
+            format!("seconds {seconds:?} must be a whole number from 3600 (1 hour) to 2592000 (30 days)"),
+        )),
+    }
 }
 
 /// The OpenAI batch object.
@@ -76,7 +113,7 @@ fn limit(q: &HashMap<String, String>) -> Result<i64, ApiError> {
     post,
     path = "/v1/files",
     tag = "batch",
-    request_body(description = "multipart/form-data: `purpose` (`batch`) and `file` (OpenAI Batch JSONL)", content_type = "multipart/form-data"),
+    request_body(description = "multipart/form-data: `purpose` (`batch`), `file` (OpenAI Batch JSONL), optionally `expires_after[anchor]` (`created_at`) and `expires_after[seconds]` (3600 to 2592000; default: the server's --file-retention-days, else kept until deleted)", content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "The file object `{id, object: \"file\", bytes, created_at, filename, purpose, status}`"),
         (status = 400, description = "Missing or bad `purpose` or `file` (named in `param`)", body = ErrorEnvelope),
@@ -98,6 +135,7 @@ pub async fn upload(
         )
     })?;
     let (mut purpose, mut file) = (None, None);
+    let (mut anchor, mut seconds) = (None, None);
     loop {
         let field = match form.next_field().await {
             Ok(Some(f)) => f,
@@ -113,14 +151,20 @@ pub async fn upload(
         match name.as_str() {
             "purpose" => purpose = Some(String::from_utf8_lossy(&data).trim().to_string()),
             "file" => file = Some((filename.unwrap_or_else(|| "upload.jsonl".into()), data)),
+            "expires_after[anchor]" => anchor = Some(String::from_utf8_lossy(&data).to_string()),
+            "expires_after[seconds]" => seconds = Some(String::from_utf8_lossy(&data).to_string()),
             other => {
                 return Err(ApiError::param(
                     other,
-                    format!("unknown form field `{other}`: expected `purpose` and `file`"),
+                    format!(
+                        "unknown form field `{other}`: expected `purpose`, `file` and optionally \
+                         `expires_after[anchor]`, `expires_after[seconds]`"
+                    ),
                 ))
             }
         }
     }
+    let expires_after = expires_after(anchor.as_deref(), seconds.as_deref())?.or(t.file_retention);
     match purpose.as_deref() {
         Some("batch") => {}
         Some(p) => {
@@ -142,7 +186,15 @@ pub async fn upload(
         .map_err(|_| ApiError::param("file", format!("{filename} is not UTF-8 text")))?;
     let f = t
         .store
-        .create_file(None, &key.tenant_id, &key.id, &filename, "batch", &text)
+        .create_file(
+            None,
+            &key.tenant_id,
+            &key.id,
+            &filename,
+            "batch",
+            &text,
+            expires_after,
+        )
         .await
         .map_err(store_error)?;
     Ok(Json(file_json(&f)).into_response())
@@ -202,6 +254,11 @@ pub async fn file_content(
     Path(id): Path<String>,
 ) -> R {
     let (t, key) = owner(&s, &c)?;
+    // The metadata first: an expired file is gone even before the sweep deletes it.
+    t.store
+        .file(&key.tenant_id, &id)
+        .await
+        .map_err(store_error)?;
     let text = t
         .store
         .file_content(&key.tenant_id, &id)
