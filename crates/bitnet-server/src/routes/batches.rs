@@ -115,8 +115,8 @@ fn limit(q: &HashMap<String, String>) -> Result<i64, ApiError> {
     tag = "batch",
     request_body(description = "multipart/form-data: `purpose` (`batch`), `file` (OpenAI Batch JSONL), optionally `expires_after[anchor]` (`created_at`) and `expires_after[seconds]` (3600 to 2592000; default: the server's --file-retention-days, else kept until deleted)", content_type = "multipart/form-data"),
     responses(
-        (status = 200, description = "The file object `{id, object: \"file\", bytes, created_at, filename, purpose, status}`"),
-        (status = 400, description = "Missing or bad `purpose` or `file` (named in `param`)", body = ErrorEnvelope),
+        (status = 200, description = "The file object `{id, object: \"file\", bytes, created_at, expires_at, filename, purpose, status}`"),
+        (status = 400, description = "Missing or bad `purpose`, `file` or `expires_after[…]` (named in `param`)", body = ErrorEnvelope),
         (status = 401, description = "No or bad API key", body = ErrorEnvelope),
         (status = 404, description = "Multi-tenancy off", body = ErrorEnvelope),
         (status = 413, description = "Larger than the body limit", body = ErrorEnvelope),
