@@ -107,7 +107,7 @@ pub fn row_dot(
         // only returns available kernels; tests skip unavailable ones) and the length was
         // asserted above.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => unsafe { crate::x86::dot_avx2(blocks, q, stride, out) },
+        Kernel::Avx2 => unsafe { crate::avx2::dot_avx2(blocks, q, stride, out) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512Vnni | Kernel::Amx => unsafe { crate::x86::dot_vnni(blocks, q, stride, out) },

@@ -15,11 +15,15 @@
 pub mod act;
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
 pub mod buf;
 pub mod dense;
 pub mod dispatch;
 pub mod formats;
 pub mod ops;
+#[cfg(target_arch = "x86_64")]
+pub mod q6k_avx2;
 pub mod quant;
 pub mod ternary;
 #[cfg(target_arch = "x86_64")]

@@ -52,6 +52,24 @@ pub fn ternary_matmul_with(
     let kernel = |r0: usize, chunk: &mut [f32]| {
         let nr = chunk.len() / n;
         let (mut acc, mut acc2) = ([0i32; 16], [0i32; 16]);
+        if which == crate::Kernel::Avx2 {
+            // AVX2 (16 registers: no room for a 2-row block): a group of tokens whose int8
+            // rows fit in L1 together (8 at 2560 columns, 4 at 6912) sweeps every row of the
+            // chunk, so activations are read from L1, not re-streamed from L2 for each row.
+            let g = if 8 * kp <= 24 * 1024 { 8 } else { 4 };
+            for t0 in (0..n).step_by(g) {
+                let nt = (n - t0).min(g);
+                let qt = &q[t0 * kp..];
+                for i in 0..nr {
+                    crate::dispatch::row_dot(which, w.row_blocks(r0 + i), qt, kp, &mut acc[..nt]);
+                    for (k, &a) in acc[..nt].iter().enumerate() {
+                        let t = t0 + k;
+                        chunk[i * n + t] = (a - x.sum(t)) as f32 / x.scale(t) * scale;
+                    }
+                }
+            }
+            return;
+        }
         for i in (0..nr).step_by(2) {
             let pair = i + 1 < nr;
             for t0 in (0..n).step_by(16) {
@@ -79,17 +97,24 @@ pub fn ternary_matmul_with(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if n == 1 && matches!(which, crate::Kernel::Avx512Vnni | crate::Kernel::Amx) {
-        // Decode on VNNI: whole row chunks through the 4-row GEMV, then the epilogue.
+    if n == 1 && which != crate::Kernel::Scalar {
+        // Decode: whole row chunks through the 4-row GEMV of the kernel, then the epilogue.
         let (sum, sx) = (x.sum(0), x.scale(0));
         run_rows(rows, kp, &mut out[..rows], 1, |r0, chunk: &mut [f32]| {
             let mut acc = [0i32; 64];
             for (c, o) in chunk.chunks_mut(64).enumerate() {
                 let first = r0 + 64 * c;
                 let acc = &mut acc[..o.len()];
-                // SAFETY: `available()` checked AVX-512 VNNI when the kernel was chosen;
-                // shapes are asserted inside.
-                unsafe { crate::x86::gemv_vnni(w.rows_blocks(first, o.len()), kp / 128, q, acc) };
+                let blocks = w.rows_blocks(first, o.len());
+                // SAFETY: `available()` checked the kernel's CPU features (AVX2, or AVX-512
+                // VNNI) when it was chosen; shapes are asserted inside.
+                unsafe {
+                    if which == crate::Kernel::Avx2 {
+                        crate::avx2::gemv_avx2(blocks, kp / 128, q, acc)
+                    } else {
+                        crate::x86::gemv_vnni(blocks, kp / 128, q, acc)
+                    }
+                };
                 for (o, &a) in o.iter_mut().zip(acc.iter()) {
                     *o = (a - sum) as f32 / sx * scale;
                 }
@@ -116,7 +141,7 @@ pub fn dense_matmul(m: &DenseMatrix, x: &[f32], n: usize, out: &mut [f32]) {
     );
     #[cfg(target_arch = "x86_64")]
     if let crate::DenseData::Q6K(blocks) = m.data() {
-        if q6k_vnni() || (n == 1 && crate::dense::simd_dense()) {
+        if crate::dense::simd_dense() {
             q6k_int16(blocks, rows, cols, x, n, out);
             return;
         }
@@ -200,9 +225,11 @@ fn q6k_vnni() -> bool {
 
 /// The output head in Q6_K on int16 activations: each token is quantized to int16 (absmax,
 /// relative error ≤ 2⁻¹⁶ of its largest value — far below the fixture bounds), then every row
-/// goes through [`crate::x86::q6k_i16_vnni_rows`] (AVX-512 VNNI: quants unpacked once per
-/// 16 tokens, each token's logit computed exactly as alone, so batching does not change
-/// logits) or, for one token on AVX2, [`crate::x86::dot_q6k_i16`]. `out` is `[n, rows]`.
+/// goes through [`crate::x86::q6k_i16_vnni_rows`] (AVX-512 VNNI) or
+/// [`crate::q6k_avx2::q6k_split_rows`] (AVX2, on the int16 values split into bytes): quants
+/// unpacked once per block for up to 16 tokens, each token's logit computed exactly as alone,
+/// so batching does not change logits.
+/// `out` is `[n, rows]`.
 #[cfg(target_arch = "x86_64")]
 fn q6k_int16(
     blocks: &[crate::formats::BlockQ6K],
@@ -229,19 +256,15 @@ fn q6k_int16(
         }
         let bpr = cols / 256;
         let x16: &[i16] = &b;
-        if !q6k_vnni() {
-            assert_eq!(n, 1, "q6k_int16: several tokens need the VNNI kernel");
-            run_rows(rows, cols, &mut out[..rows], 1, |r0, chunk: &mut [f32]| {
-                for (i, o) in chunk.iter_mut().enumerate() {
-                    let row = &blocks[(r0 + i) * bpr..(r0 + i + 1) * bpr];
-                    // SAFETY: `simd_dense` checked AVX2/FMA before this path was taken; the
-                    // row and `x16` lengths are checked inside.
-                    *o = unsafe { crate::x86::dot_q6k_i16(row, x16) } * inv[0];
-                }
-            });
-            X16.with(|buf| *buf.borrow_mut() = b);
-            return;
-        }
+        let vnni = q6k_vnni();
+        // AVX2: every token split into bytes once, for all rows.
+        let split: Vec<crate::q6k_avx2::SplitActs> = if vnni {
+            Vec::new()
+        } else {
+            (0..n)
+                .map(|t| crate::q6k_avx2::SplitActs::new(&x16[t * cols..(t + 1) * cols]))
+                .collect()
+        };
         let mut tmp = if n == 1 {
             Vec::new()
         } else {
@@ -256,10 +279,17 @@ fn q6k_int16(
                     std::array::from_fn(|k| &x16[(t0 + k.min(nt - 1)) * cols..][..cols]);
                 let xs = &xs[..nt];
                 let rows_blocks = &blocks[r0 * bpr..(r0 + nr) * bpr];
+                let sp: [&crate::q6k_avx2::SplitActs; 16] = if vnni {
+                    [&EMPTY_SPLIT; 16]
+                } else {
+                    std::array::from_fn(|k| &split[t0 + k.min(nt - 1)])
+                };
+                let sp = &sp[..nt];
                 if nt == n {
-                    // SAFETY: `q6k_vnni` checked AVX-512 F/BW/VNNI (active kernel) and
-                    // AVX2/FMA; |x16| ≤ 32767 by construction above; shapes asserted inside.
-                    unsafe { crate::x86::q6k_i16_vnni_rows(rows_blocks, bpr, xs, chunk) };
+                    // SAFETY: `simd_dense` checked AVX2/FMA, `q6k_vnni` AVX-512 F/BW/VNNI
+                    // (active kernel); |x16| ≤ 32767 by construction above; shapes asserted
+                    // inside.
+                    unsafe { q6k_rows(vnni, rows_blocks, bpr, xs, sp, chunk) };
                     for row in chunk.chunks_exact_mut(n) {
                         for (o, s) in row.iter_mut().zip(&inv) {
                             *o *= s;
@@ -269,7 +299,7 @@ fn q6k_int16(
                 }
                 let mut part = vec![0f32; nr * nt];
                 // SAFETY: as above.
-                unsafe { crate::x86::q6k_i16_vnni_rows(rows_blocks, bpr, xs, &mut part) };
+                unsafe { q6k_rows(vnni, rows_blocks, bpr, xs, sp, &mut part) };
                 for i in 0..nr {
                     for k in 0..nt {
                         chunk[i * n + t0 + k] = part[i * nt + k] * inv[t0 + k];
@@ -282,6 +312,35 @@ fn q6k_int16(
         }
     }
     X16.with(|buf| *buf.borrow_mut() = b);
+}
+
+/// Split activations of no token (the VNNI path takes none).
+#[cfg(target_arch = "x86_64")]
+static EMPTY_SPLIT: std::sync::LazyLock<crate::q6k_avx2::SplitActs> =
+    std::sync::LazyLock::new(crate::q6k_avx2::SplitActs::default);
+
+/// The int16 Q6_K row kernel: AVX-512 VNNI when `vnni`, else AVX2.
+///
+/// # Safety
+/// As [`crate::x86::q6k_i16_vnni_rows`] (with `vnni`) or [`crate::q6k_avx2::q6k_split_rows`].
+#[cfg(target_arch = "x86_64")]
+#[inline]
+unsafe fn q6k_rows(
+    vnni: bool,
+    blocks: &[crate::formats::BlockQ6K],
+    bpr: usize,
+    xs: &[&[i16]],
+    sp: &[&crate::q6k_avx2::SplitActs],
+    out: &mut [f32],
+) {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        if vnni {
+            crate::x86::q6k_i16_vnni_rows(blocks, bpr, xs, out)
+        } else {
+            crate::q6k_avx2::q6k_split_rows(blocks, bpr, sp, out)
+        }
+    }
 }
 
 /// `out[t·rows + r] = tmp[r·n + t]`: the row-major `[rows, n]` results of a row-parallel

@@ -9,7 +9,7 @@ use std::arch::x86_64::*;
 
 /// Unpacks a block's 32 code bytes into four vectors of 32 codes (elements 0-31 … 96-127).
 #[inline(always)]
-unsafe fn unpack(qs: &[u8; 32]) -> [__m256i; 4] {
+pub(crate) unsafe fn unpack(qs: &[u8; 32]) -> [__m256i; 4] {
     // SAFETY: `qs` is 32 readable bytes; unaligned load.
     let b = unsafe { _mm256_loadu_si256(qs.as_ptr() as *const __m256i) };
     let m = _mm256_set1_epi8(3);
@@ -42,53 +42,20 @@ pub(crate) fn prefetch_ahead<T>(p: *const T, lines: usize) {
 }
 
 #[inline(always)]
-unsafe fn load32(q: &[i8], at: usize) -> __m256i {
+pub(crate) unsafe fn load32(q: &[i8], at: usize) -> __m256i {
     debug_assert!(at + 32 <= q.len());
     // SAFETY: callers pass `at + 32 <= q.len()` (whole blocks of the activation row).
     unsafe { _mm256_loadu_si256(q.as_ptr().add(at) as *const __m256i) }
 }
 
 #[inline(always)]
-unsafe fn hsum(v: __m256i) -> i32 {
+pub(crate) unsafe fn hsum(v: __m256i) -> i32 {
     let lo = _mm256_castsi256_si128(v);
     let hi = _mm256_extracti128_si256(v, 1);
     let s = _mm_add_epi32(lo, hi);
     let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
     _mm_cvtsi128_si32(s)
-}
-
-/// `Σ c·q` of one weight row with `out.len()` activation rows `q[t·stride..]` (AVX2).
-/// maddubs: u8 codes (≤ 2) × i8 → i16 pairs, |pair| ≤ 2·2·128 = 512; four summed ≤ 2048, then
-/// widened to i32 per block, so no i16 saturation.
-///
-/// # Safety
-/// The CPU must support AVX2; `q` must hold `(out.len() − 1)·stride + blocks.len()·128` values.
-#[target_feature(enable = "avx2")]
-pub unsafe fn dot_avx2(blocks: &[BlockI2], q: &[i8], stride: usize, out: &mut [i32]) {
-    let ones = _mm256_set1_epi16(1);
-    for t in 0..out.len() {
-        let q = &q[t * stride..];
-        let mut acc = _mm256_setzero_si256();
-        for (bi, b) in blocks.iter().enumerate() {
-            // SAFETY: AVX2 is enabled for this function; loads stay inside `b.qs` and `q`.
-            unsafe {
-                if t == 0 {
-                    prefetch_ahead(b, 1);
-                }
-                let c = unpack(&b.qs);
-                let base = bi * 128;
-                let p0 = _mm256_maddubs_epi16(c[0], load32(q, base));
-                let p1 = _mm256_maddubs_epi16(c[1], load32(q, base + 32));
-                let p2 = _mm256_maddubs_epi16(c[2], load32(q, base + 64));
-                let p3 = _mm256_maddubs_epi16(c[3], load32(q, base + 96));
-                let s = _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3));
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(s, ones));
-            }
-        }
-        // SAFETY: AVX2 enabled.
-        out[t] = unsafe { hsum(acc) };
-    }
 }
 
 /// `Σ c·q` for each activation row against one weight row (AVX-512 VNNI, 256-bit `vpdpbusd`:
@@ -390,13 +357,22 @@ unsafe fn dot_wide(
 /// The 128 quants of half `h` of a Q6_K block as four vectors of 32 signed bytes (`q − 32`,
 /// elements `128h + 32k ..`): low nibbles from `ql`, two high bits from `qh`.
 #[inline(always)]
-unsafe fn q6k_half(b: &crate::formats::BlockQ6K, h: usize) -> [__m256i; 4] {
+pub(crate) unsafe fn q6k_half(b: &crate::formats::BlockQ6K, h: usize) -> [__m256i; 4] {
+    // SAFETY: as `q6k_half_unsigned`; the callers enable AVX2.
+    unsafe {
+        let c32 = _mm256_set1_epi8(32);
+        q6k_half_unsigned(b, h).map(|q| _mm256_sub_epi8(q, c32))
+    }
+}
+
+/// [`q6k_half`] without the `− 32`: the stored 6-bit quants, 0..=63.
+#[inline(always)]
+pub(crate) unsafe fn q6k_half_unsigned(b: &crate::formats::BlockQ6K, h: usize) -> [__m256i; 4] {
     // SAFETY: loads read `ql[64h..64h+64]` and `qh[32h..32h+32]` inside the block (h < 2); the
     // callers enable AVX2.
     unsafe {
         let m4 = _mm256_set1_epi8(0x0F);
         let m3 = _mm256_set1_epi8(3);
-        let c32 = _mm256_set1_epi8(32);
         let ql0 = _mm256_loadu_si256(b.ql.as_ptr().add(64 * h) as *const __m256i);
         let ql1 = _mm256_loadu_si256(b.ql.as_ptr().add(64 * h + 32) as *const __m256i);
         let qh = _mm256_loadu_si256(b.qh.as_ptr().add(32 * h) as *const __m256i);
@@ -407,10 +383,10 @@ unsafe fn q6k_half(b: &crate::formats::BlockQ6K, h: usize) -> [__m256i; 4] {
         let lo = |v: __m256i| _mm256_and_si256(v, m4);
         let up = |v: __m256i| _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
         [
-            _mm256_sub_epi8(_mm256_or_si256(lo(ql0), hi0), c32),
-            _mm256_sub_epi8(_mm256_or_si256(lo(ql1), hi2), c32),
-            _mm256_sub_epi8(_mm256_or_si256(up(ql0), hi4), c32),
-            _mm256_sub_epi8(_mm256_or_si256(up(ql1), hi6), c32),
+            _mm256_or_si256(lo(ql0), hi0),
+            _mm256_or_si256(lo(ql1), hi2),
+            _mm256_or_si256(up(ql0), hi4),
+            _mm256_or_si256(up(ql1), hi6),
         ]
     }
 }
@@ -494,55 +470,13 @@ pub unsafe fn dot_q8_0(blocks: &[crate::formats::BlockQ8_0], x: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-unsafe fn hsum_ps(s: __m256) -> f32 {
+pub(crate) unsafe fn hsum_ps(s: __m256) -> f32 {
     let lo = _mm256_castps256_ps128(s);
     let hi = _mm256_extractf128_ps(s, 1);
     let q = _mm_add_ps(lo, hi);
     let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
     let q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
     _mm_cvtss_f32(q)
-}
-
-/// Σ w·x over Q6_K blocks with int16 activations (`x16 = round(x · s)`, the caller divides by
-/// `s`): per 16-value group (one sub-block scale) the quants are widened to i16, multiplied and
-/// pair-summed with `vpmaddwd` (|q·x| ≤ 32·32767, two per lane: no overflow), and the 8 lane
-/// sums are scaled by `d · scale` in f32. About half the instructions of the f32 path.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA; `x16.len() >= blocks.len()·256`.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn dot_q6k_i16(blocks: &[crate::formats::BlockQ6K], x16: &[i16]) -> f32 {
-    assert!(
-        x16.len() >= blocks.len() * 256,
-        "dot_q6k_i16: activation too short"
-    );
-    // SAFETY (whole block): AVX2/FMA enabled; loads stay inside each block and `x16`.
-    unsafe {
-        let mut acc = [_mm256_setzero_ps(); 2];
-        for (bi, b) in blocks.iter().enumerate() {
-            prefetch_ahead(b, 4); // 210-byte blocks: four lines cover one
-            let d = half::f16::from_bits(b.d).to_f32();
-            let xb = x16.as_ptr().add(bi * 256);
-            for h in 0..2 {
-                let q = q6k_half(b, h);
-                for (k, qk) in q.iter().enumerate() {
-                    let base = 128 * h + 32 * k;
-                    let groups = [
-                        _mm256_castsi256_si128(*qk),
-                        _mm256_extracti128_si256(*qk, 1),
-                    ];
-                    for (g, qg) in groups.iter().enumerate() {
-                        let w16 = _mm256_cvtepi8_epi16(*qg);
-                        let xv = _mm256_loadu_si256(xb.add(base + 16 * g) as *const __m256i);
-                        let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(w16, xv));
-                        let sc = _mm256_set1_ps(d * b.scales[8 * h + 2 * k + g] as f32);
-                        acc[g] = _mm256_fmadd_ps(p, sc, acc[g]);
-                    }
-                }
-            }
-        }
-        hsum_ps(_mm256_add_ps(acc[0], acc[1]))
-    }
 }
 
 /// The 256 quants of a Q6_K block (`q − 32`) as eight vectors of 32 signed bytes (elements
@@ -593,7 +527,7 @@ unsafe fn q6k_block512(b: &crate::formats::BlockQ6K) -> [__m256i; 8] {
 /// quantizer's range). The block sum is then scaled by `d` in f32. A block's quants are
 /// unpacked and scale-folded once for all tokens, and every token goes through the same
 /// operations in the same order as when alone, so a token's result does not depend on the
-/// others in the batch. About a third of the instructions of [`dot_q6k_i16`]. Scalar twin:
+/// others in the batch. Scalar twin:
 /// the Q6_K `to_float` dot.
 ///
 /// # Safety

@@ -53,7 +53,14 @@ fn random_shapes_and_token_counts() {
 
 #[test]
 fn edge_inputs() {
-    let (rows, cols, n) = (3, 640, 6);
+    // 640 columns: five blocks; 4000: 32 blocks, past the AVX2 kernels' 15-block i16 sums
+    // (two full chunks and a partial one), 9 tokens (register blocks 8 + 1).
+    for (rows, cols, n) in [(3, 640, 6), (5, 4000, 9)] {
+        edge_case(rows, cols, n);
+    }
+}
+
+fn edge_case(rows: usize, cols: usize, n: usize) {
     let patterns: Vec<(Vec<i8>, Vec<i8>)> = vec![
         (vec![-1; rows * cols], vec![127; n * cols]),
         (vec![1; rows * cols], vec![-128; n * cols]),
@@ -73,7 +80,43 @@ fn edge_inputs() {
     ];
     for (w, q) in patterns {
         case(&w, rows, cols, &q, n);
+        gemv_case(&w, rows, cols, &q);
     }
+}
+
+/// The decode GEMV kernels (four rows per pass) on the first activation row against the
+/// scalar twin, called directly: through `ternary_matmul` activations come from the quantizer
+/// and never reach −128.
+fn gemv_case(w: &[i8], rows: usize, cols: usize, q: &[i8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let m = TernaryMatrix::from_values(rows, cols, w, 1.0);
+        let kp = m.cols_padded();
+        let mut qa = vec![0i8; kp];
+        qa[..cols].copy_from_slice(&q[..cols]);
+        let want: Vec<i32> = (0..rows)
+            .map(|r| {
+                let mut o = [0i32];
+                row_dot(Kernel::Scalar, m.row_blocks(r), &qa, kp, &mut o);
+                o[0]
+            })
+            .collect();
+        let blocks = m.rows_blocks(0, rows);
+        if Kernel::Avx2.available() {
+            let mut got = vec![0i32; rows];
+            // SAFETY: AVX2 detected; `blocks` holds `rows` rows of kp/128 blocks, `qa` one row.
+            unsafe { bitnet_kernels::avx2::gemv_avx2(blocks, kp / 128, &qa, &mut got) };
+            assert_eq!(got, want, "gemv_avx2 {rows}x{cols}");
+        }
+        if Kernel::Avx512Vnni.available() {
+            let mut got = vec![0i32; rows];
+            // SAFETY: AVX-512 VNNI detected; shapes as above.
+            unsafe { bitnet_kernels::x86::gemv_vnni(blocks, kp / 128, &qa, &mut got) };
+            assert_eq!(got, want, "gemv_vnni {rows}x{cols}");
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (w, rows, cols, q);
 }
 
 #[test]
@@ -83,6 +126,8 @@ fn matmul_is_identical_on_every_kernel() {
     for (rows, cols, n) in [
         (300, 1000, 3),
         (64, 512, 16),
+        // Wide rows: the AVX2 path's 4-token groups (8 int8 rows would not fit in L1).
+        (37, 6912, 9),
         (301, 1024, 1),
         (7, 384, 1),
         (3, 128, 1),
@@ -277,13 +322,10 @@ fn batched_dense_head_matches_per_row_dots() {
             .map(|_| rng.random_range(-2.0..2.0))
             .collect();
         let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-5.0..5.0)).collect();
-        // Q6_K on AVX-512 VNNI runs on int16 activations: its error bound is relative to Σ|w·x|
-        // (as for the decode head), and a token's logits are bit-identical to its one-token run.
-        let int16 = cfg!(target_arch = "x86_64")
-            && matches!(
-                bitnet_kernels::dispatch::active(),
-                Kernel::Avx512Vnni | Kernel::Amx
-            );
+        // Q6_K on a SIMD kernel (AVX2 or AVX-512 VNNI) runs on int16 activations: its error
+        // bound is relative to Σ|w·x| (as for the decode head), and a token's logits are
+        // bit-identical to its one-token run.
+        let int16 = int16_head();
         for data in [
             DenseData::Q6K(quantize_row::<BlockQ6K>(&vals).into()),
             DenseData::Q8_0(quantize_row::<BlockQ8_0>(&vals).into()),
@@ -320,6 +362,18 @@ fn batched_dense_head_matches_per_row_dots() {
             }
         }
     }
+}
+
+/// Whether the Q6_K head runs on int16 activations: a SIMD kernel active on a CPU with
+/// AVX2, FMA and F16C.
+fn int16_head() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return bitnet_kernels::dispatch::active() != Kernel::Scalar
+        && std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 #[test]
@@ -565,9 +619,28 @@ fn q6k_int16_kernels_match_dequantized_dot_at_the_extremes() {
                     .zip(&x16)
                     .map(|(&a, &b)| (a as f64 * b as f64).abs())
                     .sum();
-                // SAFETY: AVX2/FMA detected above; x16 covers every block.
-                let avx2 = unsafe { bitnet_kernels::x86::dot_q6k_i16(blocks, &x16) } as f64;
-                assert!((avx2 - want).abs() <= 1e-5 * bound, "avx2 {avx2} vs {want}");
+                // The byte-split AVX2 kernel, 5 tokens (each must equal the one-token result).
+                let split = bitnet_kernels::q6k_avx2::SplitActs::new(&x16);
+                let mut out5 = [0f32; 5];
+                // SAFETY: AVX2/FMA detected; `split` covers every block.
+                unsafe {
+                    bitnet_kernels::q6k_avx2::q6k_split_rows(
+                        blocks,
+                        blocks.len(),
+                        &[&split; 5],
+                        &mut out5,
+                    )
+                };
+                assert!(out5.iter().all(|v| v.to_bits() == out5[4].to_bits()));
+                let avx2 = out5[0] as f64;
+                assert!(
+                    (avx2 - want).abs() <= 1e-5 * bound,
+                    "avx2 {avx2} vs {want} (extreme {extreme})"
+                );
+                assert!(
+                    (avx2 - want).abs() <= 1e-5 * bound,
+                    "avx2 {avx2} vs {want} (extreme {extreme})"
+                );
                 if vnni {
                     // SAFETY: AVX-512 VNNI detected; |x16| ≤ 32767.
                     let mut out = [0f32];
