@@ -227,9 +227,9 @@ fn q6k_vnni() -> bool {
 /// relative error ≤ 2⁻¹⁶ of its largest value — far below the fixture bounds), then every row
 /// goes through [`crate::x86::q6k_i16_vnni_rows`] (AVX-512 VNNI) or
 /// [`crate::q6k_avx2::q6k_split_rows`] (AVX2, on the int16 values split into bytes): quants
-/// unpacked once per block for up to 16 tokens, each token's logit computed exactly as alone,
-/// so batching does not change logits.
-/// `out` is `[n, rows]`.
+/// unpacked once per block for up to 16 tokens, each token's logit computed with the same
+/// operations in the same order as alone, so batching does not change logits. `out` is
+/// `[n, rows]`.
 #[cfg(target_arch = "x86_64")]
 fn q6k_int16(
     blocks: &[crate::formats::BlockQ6K],
@@ -316,8 +316,7 @@ fn q6k_int16(
 
 /// Split activations of no token (the VNNI path takes none).
 #[cfg(target_arch = "x86_64")]
-static EMPTY_SPLIT: std::sync::LazyLock<crate::q6k_avx2::SplitActs> =
-    std::sync::LazyLock::new(crate::q6k_avx2::SplitActs::default);
+static EMPTY_SPLIT: crate::q6k_avx2::SplitActs = crate::q6k_avx2::SplitActs::EMPTY;
 
 /// The int16 Q6_K row kernel: AVX-512 VNNI when `vnni`, else AVX2.
 ///

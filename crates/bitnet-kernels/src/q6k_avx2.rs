@@ -21,6 +21,13 @@ pub struct SplitActs {
 }
 
 impl SplitActs {
+    /// No values.
+    pub const EMPTY: SplitActs = SplitActs {
+        hi: Vec::new(),
+        lo: Vec::new(),
+        gsum: Vec::new(),
+    };
+
     /// Splits `x16` (its length a multiple of 16).
     pub fn new(x16: &[i16]) -> SplitActs {
         let mut s = SplitActs::default();
@@ -82,8 +89,9 @@ struct Unpacked {
 
 #[inline(always)]
 unsafe fn unpack(b: &BlockQ6K, picks: &[__m256i; 4]) -> Unpacked {
-    prefetch_ahead(b, 4); // 210-byte blocks: four lines cover one
-                          // SAFETY: reads inside the block (quants, 16 scale bytes); callers enable AVX2/FMA.
+    // 210-byte blocks: four lines cover one.
+    prefetch_ahead(b, 4);
+    // SAFETY: reads inside the block (quants, 16 scale bytes); callers enable AVX2/FMA/F16C.
     unsafe {
         let (h0, h1) = (q6k_half_unsigned(b, 0), q6k_half_unsigned(b, 1));
         let sc8 = _mm_loadu_si128(b.scales.as_ptr() as *const __m128i);
@@ -99,7 +107,8 @@ unsafe fn unpack(b: &BlockQ6K, picks: &[__m256i; 4]) -> Unpacked {
                 _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc8)),
                 _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128::<8>(sc8))),
             ],
-            d: _mm256_set1_ps(half::f16::from_bits(b.d).to_f32()),
+            // F16C: `half` converts in software unless the whole build targets F16C.
+            d: _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(b.d as i32))),
         }
     }
 }
@@ -150,9 +159,9 @@ unsafe fn block(u: &Unpacked, x: &SplitActs, bi: usize, acc: __m256) -> __m256 {
 /// the int16 quantization of the activations.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA; `out.len()` is a multiple of `n` (1 ≤ n ≤ 16),
+/// The CPU must support AVX2, FMA and F16C; `out.len()` is a multiple of `n` (1 ≤ n ≤ 16),
 /// `blocks.len() >= out.len() / n · bpr` and every `xs[t].len() >= bpr·256` (asserted).
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q6k_split_rows(blocks: &[BlockQ6K], bpr: usize, xs: &[&SplitActs], out: &mut [f32]) {
     let n = xs.len();
     assert!(

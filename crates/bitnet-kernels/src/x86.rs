@@ -674,9 +674,10 @@ unsafe fn q6k_tokens<const G: usize>(
 /// scales (`sel` from [`q6k_i16_vnni_rows`]), and the block scale `d` broadcast.
 #[inline(always)]
 unsafe fn q6k_scaled(b: &crate::formats::BlockQ6K, sel: &[__m512i; 8]) -> ([__m512i; 8], __m512) {
-    prefetch_ahead(b, 4); // 210-byte blocks: four lines cover one
-                          // SAFETY: reads the block's 16 scale bytes and (in `q6k_block512`) its quants; the callers
-                          // enable AVX-512 F/BW.
+    // 210-byte blocks: four lines cover one.
+    prefetch_ahead(b, 4);
+    // SAFETY: reads the block's 16 scale bytes and (in `q6k_block512`) its quants; the callers
+    // enable AVX-512 F/BW.
     unsafe {
         let sc8 = _mm_loadu_si128(b.scales.as_ptr() as *const __m128i);
         let sc16 = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(sc8));

@@ -579,8 +579,11 @@ fn q6k_int16_kernels_match_dequantized_dot_at_the_extremes() {
     {
         use bitnet_kernels::formats::BlockQ6K;
         use bitnet_kernels::quant::{quantize_row, QuantBlock};
-        if !std::is_x86_feature_detected!("avx2") || !std::is_x86_feature_detected!("fma") {
-            eprintln!("SKIPPED: no AVX2/FMA");
+        if !std::is_x86_feature_detected!("avx2")
+            || !std::is_x86_feature_detected!("fma")
+            || !std::is_x86_feature_detected!("f16c")
+        {
+            eprintln!("SKIPPED: no AVX2/FMA/F16C");
             return;
         }
         let vnni = Kernel::Avx512Vnni.available();
@@ -622,7 +625,7 @@ fn q6k_int16_kernels_match_dequantized_dot_at_the_extremes() {
                 // The byte-split AVX2 kernel, 5 tokens (each must equal the one-token result).
                 let split = bitnet_kernels::q6k_avx2::SplitActs::new(&x16);
                 let mut out5 = [0f32; 5];
-                // SAFETY: AVX2/FMA detected; `split` covers every block.
+                // SAFETY: AVX2/FMA/F16C detected; `split` covers every block.
                 unsafe {
                     bitnet_kernels::q6k_avx2::q6k_split_rows(
                         blocks,
