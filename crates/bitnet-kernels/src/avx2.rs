@@ -71,8 +71,8 @@ unsafe fn tokens<const N: usize>(
     stride: usize,
     out: &mut [i32],
 ) -> usize {
-    // SAFETY: AVX2 enabled (only `dot_avx2` calls this); `q` holds N rows of
-    // `blocks.len()·128` values at `stride` (caller contract).
+    // SAFETY: AVX2 enabled (the callers, `dot_avx2` and `gemv_avx2`, enable it); `q` holds N
+    // rows of `blocks.len()·128` values at `stride` (caller contract).
     unsafe {
         let mut acc = [_mm256_setzero_si256(); N];
         for (ci, chunk) in blocks.chunks(I16_BLOCKS).enumerate() {
