@@ -89,6 +89,16 @@ impl QuantizedActs {
     pub fn sum(&self, t: usize) -> i32 {
         self.sums[t]
     }
+    /// `s_x` of every row.
+    #[inline]
+    pub fn scales(&self) -> &[f32] {
+        &self.scales[..self.n]
+    }
+    /// `Σ q` of every row.
+    #[inline]
+    pub fn sums(&self) -> &[i32] {
+        &self.sums[..self.n]
+    }
 }
 
 /// Round half to even for |x| < 2²² (here |x| ≤ 127·(1 + ε)): adding and subtracting 1.5·2²³

@@ -49,6 +49,7 @@ pub fn ternary_matmul_with(
     // Row-chunk kernel: every weight row is read once for all tokens of the batch (in groups
     // of 16 tokens, the i32 sums on the stack); rows go in pairs through `row_dot2` (on VNNI,
     // one activation load serves two rows).
+    let (sums, sxs) = (x.sums(), x.scales());
     let kernel = |r0: usize, chunk: &mut [f32]| {
         let nr = chunk.len() / n;
         let (mut acc, mut acc2) = ([0i32; 16], [0i32; 16]);
@@ -62,10 +63,8 @@ pub fn ternary_matmul_with(
                 let qt = &q[t0 * kp..];
                 for i in 0..nr {
                     crate::dispatch::row_dot(which, w.row_blocks(r0 + i), qt, kp, &mut acc[..nt]);
-                    for (k, &a) in acc[..nt].iter().enumerate() {
-                        let t = t0 + k;
-                        chunk[i * n + t] = (a - x.sum(t)) as f32 / x.scale(t) * scale;
-                    }
+                    let o = &mut chunk[i * n + t0..i * n + t0 + nt];
+                    epilogue(&acc[..nt], &sums[t0..t0 + nt], &sxs[t0..t0 + nt], scale, o);
                 }
             }
             return;
@@ -81,12 +80,17 @@ pub fn ternary_matmul_with(
                 } else {
                     crate::dispatch::row_dot(which, w.row_blocks(r0 + i), qt, kp, &mut acc[..nt]);
                 }
-                for k in 0..nt {
-                    let t = t0 + k;
-                    chunk[i * n + t] = (acc[k] - x.sum(t)) as f32 / x.scale(t) * scale;
-                    if pair {
-                        chunk[(i + 1) * n + t] = (acc2[k] - x.sum(t)) as f32 / x.scale(t) * scale;
-                    }
+                let (sm, sx) = (&sums[t0..t0 + nt], &sxs[t0..t0 + nt]);
+                epilogue(
+                    &acc[..nt],
+                    sm,
+                    sx,
+                    scale,
+                    &mut chunk[i * n + t0..i * n + t0 + nt],
+                );
+                if pair {
+                    let o = &mut chunk[(i + 1) * n + t0..(i + 1) * n + t0 + nt];
+                    epilogue(&acc2[..nt], sm, sx, scale, o);
                 }
             }
         }
@@ -342,12 +346,29 @@ unsafe fn q6k_rows(
     }
 }
 
+/// `out[k] = (acc[k] − sums[k]) as f32 / s_x[k] · scale`: the ternary epilogue over slices, so
+/// that it vectorizes (per-lane IEEE division and multiplication: the same bits as one by one).
+#[inline]
+fn epilogue(acc: &[i32], sums: &[i32], sx: &[f32], scale: f32, out: &mut [f32]) {
+    for (((o, &a), &s), &d) in out.iter_mut().zip(acc).zip(sums).zip(sx) {
+        *o = (a - s) as f32 / d * scale;
+    }
+}
+
 /// `out[t·rows + r] = tmp[r·n + t]`: the row-major `[rows, n]` results of a row-parallel
-/// kernel into the `[n, rows]` layout the model uses.
+/// kernel into the `[n, rows]` layout the model uses, in 16 × 16 tiles (a plain loop strides
+/// through `out` by `rows` for every value: a cache miss each at prompt sizes).
 fn transpose_into(tmp: &[f32], rows: usize, n: usize, out: &mut [f32]) {
-    for (r, row) in tmp[..rows * n].chunks_exact(n).enumerate() {
-        for (t, &v) in row.iter().enumerate() {
-            out[t * rows + r] = v;
+    const T: usize = 16;
+    for r0 in (0..rows).step_by(T) {
+        let r1 = (r0 + T).min(rows);
+        for t0 in (0..n).step_by(T) {
+            let t1 = (t0 + T).min(n);
+            for r in r0..r1 {
+                for t in t0..t1 {
+                    out[t * rows + r] = tmp[r * n + t];
+                }
+            }
         }
     }
 }
