@@ -113,41 +113,51 @@ unsafe fn unpack(b: &BlockQ6K, picks: &[__m256i; 4]) -> Unpacked {
     }
 }
 
-/// One token's block `bi`: `acc + d · (256·Σhi + Σlo − 32·Σ_g sc_g·Σx_g)` lane-wise. The i32
-/// lane sums are exact (hi pairs ≤ 2·63·128, lo pairs ≤ 2·255·63 < 2¹⁵, then ≤ 8 `vpmaddwd`
-/// of two pairs × |sc| ≤ 128: < 2²⁷); the combination is f32.
+/// Block `bi` for `G` tokens: per token `acc + d · (256·Σhi + Σlo − 32·Σ_g sc_g·Σx_g)`
+/// lane-wise, each quant and scale vector loaded once for the `G` tokens. The i32 lane sums are
+/// exact (hi pairs ≤ 2·63·128, lo pairs ≤ 2·255·63 < 2¹⁵, then ≤ 8 `vpmaddwd` of two pairs ×
+/// |sc| ≤ 128: < 2²⁷); the combination is f32, the same operations for every token whatever `G`.
 #[inline(always)]
-unsafe fn block(u: &Unpacked, x: &SplitActs, bi: usize, acc: __m256) -> __m256 {
-    // SAFETY: the caller enables AVX2/FMA and checked that `x` holds block `bi` (256 values,
-    // 16 group sums).
+unsafe fn block<const G: usize>(
+    u: &Unpacked,
+    xs: [&SplitActs; G],
+    bi: usize,
+    acc: [__m256; G],
+) -> [__m256; G] {
+    // SAFETY: the caller enables AVX2/FMA and checked that every `xs[k]` holds block `bi` (256
+    // values, 16 group sums).
     unsafe {
-        let (ph, pl) = (x.hi.as_ptr().add(256 * bi), x.lo.as_ptr().add(256 * bi));
-        let (mut hi, mut lo) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        let mut hi = [_mm256_setzero_si256(); G];
+        let mut lo = [_mm256_setzero_si256(); G];
         for j in 0..8 {
-            let xh = _mm256_loadu_si256(ph.add(32 * j) as *const __m256i);
-            let xl = _mm256_loadu_si256(pl.add(32 * j) as *const __m256i);
-            hi = _mm256_add_epi32(
-                hi,
-                _mm256_madd_epi16(_mm256_maddubs_epi16(u.q[j], xh), u.sc[j]),
-            );
-            lo = _mm256_add_epi32(
-                lo,
-                _mm256_madd_epi16(_mm256_maddubs_epi16(xl, u.q[j]), u.sc[j]),
-            );
+            let (q, sc) = (u.q[j], u.sc[j]);
+            for k in 0..G {
+                let at = 256 * bi + 32 * j;
+                let xh = _mm256_loadu_si256(xs[k].hi.as_ptr().add(at) as *const __m256i);
+                let xl = _mm256_loadu_si256(xs[k].lo.as_ptr().add(at) as *const __m256i);
+                hi[k] = _mm256_add_epi32(hi[k], _mm256_madd_epi16(_mm256_maddubs_epi16(q, xh), sc));
+                lo[k] = _mm256_add_epi32(lo[k], _mm256_madd_epi16(_mm256_maddubs_epi16(xl, q), sc));
+            }
         }
-        let g = x.gsum.as_ptr().add(16 * bi);
-        let corr = _mm256_fmadd_ps(
-            u.scf[0],
-            _mm256_loadu_ps(g),
-            _mm256_mul_ps(u.scf[1], _mm256_loadu_ps(g.add(8))),
-        );
-        let v = _mm256_fmadd_ps(
-            _mm256_cvtepi32_ps(hi),
-            _mm256_set1_ps(256.0),
-            _mm256_cvtepi32_ps(lo),
-        );
-        let v = _mm256_fnmadd_ps(_mm256_set1_ps(32.0), corr, v);
-        _mm256_fmadd_ps(v, u.d, acc)
+        // A loop, not `array::from_fn`: a closure would not inherit the caller's target
+        // features, and its intrinsics would become calls.
+        let mut out = acc;
+        for k in 0..G {
+            let g = xs[k].gsum.as_ptr().add(16 * bi);
+            let corr = _mm256_fmadd_ps(
+                u.scf[0],
+                _mm256_loadu_ps(g),
+                _mm256_mul_ps(u.scf[1], _mm256_loadu_ps(g.add(8))),
+            );
+            let v = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(hi[k]),
+                _mm256_set1_ps(256.0),
+                _mm256_cvtepi32_ps(lo[k]),
+            );
+            let v = _mm256_fnmadd_ps(_mm256_set1_ps(32.0), corr, v);
+            out[k] = _mm256_fmadd_ps(v, u.d, acc[k]);
+        }
+        out
     }
 }
 
@@ -182,7 +192,7 @@ pub unsafe fn q6k_split_rows(blocks: &[BlockQ6K], bpr: usize, xs: &[&SplitActs],
             for (r, o) in out.iter_mut().enumerate() {
                 let mut acc = _mm256_setzero_ps();
                 for (bi, b) in blocks[r * bpr..(r + 1) * bpr].iter().enumerate() {
-                    acc = block(&unpack(b, &picks), xs[0], bi, acc);
+                    [acc] = block::<1>(&unpack(b, &picks), [xs[0]], bi, [acc]);
                 }
                 *o = hsum_ps(acc);
             }
@@ -193,8 +203,15 @@ pub unsafe fn q6k_split_rows(blocks: &[BlockQ6K], bpr: usize, xs: &[&SplitActs],
             acc[..n].fill(_mm256_setzero_ps());
             for (bi, b) in blocks[r * bpr..(r + 1) * bpr].iter().enumerate() {
                 let u = unpack(b, &picks);
-                for (x, a) in xs.iter().zip(acc.iter_mut()) {
-                    *a = block(&u, x, bi, *a);
+                // Tokens in pairs: a quant and scale vector serve two tokens per load.
+                let mut t = 0;
+                while t + 2 <= n {
+                    [acc[t], acc[t + 1]] =
+                        block::<2>(&u, [xs[t], xs[t + 1]], bi, [acc[t], acc[t + 1]]);
+                    t += 2;
+                }
+                if t < n {
+                    [acc[t]] = block::<1>(&u, [xs[t]], bi, [acc[t]]);
                 }
             }
             for (o, a) in o.iter_mut().zip(&acc) {
