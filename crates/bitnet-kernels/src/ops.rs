@@ -215,6 +215,9 @@ pub fn dense_matmul(m: &DenseMatrix, x: &[f32], n: usize, out: &mut [f32]) {
 thread_local! {
     /// int16 activations of the Q6_K head, reused across calls.
     static X16: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The AVX2 head's byte-split activations, one per token, reused across calls.
+    static SPLIT: std::cell::RefCell<Vec<crate::q6k_avx2::SplitActs>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Whether the int16 VNNI Q6_K head serves `n` tokens (AVX-512 VNNI or AMX kernel active).
@@ -243,7 +246,7 @@ fn q6k_int16(
     n: usize,
     out: &mut [f32],
 ) {
-    // The buffer is taken out of the thread-local for the call (and put back after), so no
+    // The buffers are taken out of the thread-locals for the call (and put back after), so no
     // borrow is held while rayon runs other work on this thread.
     let mut b = X16.with(|buf| std::mem::take(&mut *buf.borrow_mut()));
     {
@@ -262,13 +265,13 @@ fn q6k_int16(
         let x16: &[i16] = &b;
         let vnni = q6k_vnni();
         // AVX2: every token split into bytes once, for all rows.
-        let split: Vec<crate::q6k_avx2::SplitActs> = if vnni {
-            Vec::new()
-        } else {
-            (0..n)
-                .map(|t| crate::q6k_avx2::SplitActs::new(&x16[t * cols..(t + 1) * cols]))
-                .collect()
-        };
+        let mut split = SPLIT.with(|buf| std::mem::take(&mut *buf.borrow_mut()));
+        if !vnni {
+            split.resize_with(n, Default::default);
+            for (t, sp) in split.iter_mut().enumerate() {
+                sp.set(&x16[t * cols..(t + 1) * cols]);
+            }
+        }
         let mut tmp = if n == 1 {
             Vec::new()
         } else {
@@ -314,6 +317,7 @@ fn q6k_int16(
         if n > 1 {
             transpose_into(&tmp, rows, n, out);
         }
+        SPLIT.with(|buf| *buf.borrow_mut() = split);
     }
     X16.with(|buf| *buf.borrow_mut() = b);
 }
