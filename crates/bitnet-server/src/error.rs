@@ -26,7 +26,7 @@ pub struct ApiError {
     /// Seconds for the `Retry-After` header.
     pub retry_after: Option<u64>,
     /// More headers (`x-ratelimit-*` on a 429); boxed to keep the error small.
-    pub headers: Option<Box<Vec<(&'static str, String)>>>,
+    pub headers: Option<Box<Vec<(&'static str, HeaderValue)>>>,
 }
 
 /// The JSON envelope.
@@ -208,10 +208,8 @@ impl IntoResponse for ApiError {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
-        for (name, value) in self.headers.iter().flat_map(|h| h.iter()) {
-            if let Ok(v) = HeaderValue::from_str(value) {
-                r.headers_mut().insert(*name, v);
-            }
+        for (name, value) in self.headers.into_iter().flat_map(|h| h.into_iter()) {
+            r.headers_mut().insert(name, value);
         }
         r
     }

@@ -6,7 +6,7 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, Request};
+use axum::http::{header, HeaderValue, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bitnet_tenancy::{Admission, ApiKey, AuthError, RateInfo, Refusal, Role, Tenancy, UsageRecord};
@@ -121,17 +121,18 @@ pub async fn authenticate(
 }
 
 /// `x-ratelimit-*` headers for `info`.
-pub fn rate_headers(info: &RateInfo) -> Vec<(&'static str, String)> {
-    let reset = format!("{}s", (info.reset_ms + 999) / 1000);
-    let mut h = Vec::new();
+pub fn rate_headers(info: &RateInfo) -> Vec<(&'static str, HeaderValue)> {
+    let reset = HeaderValue::from_str(&format!("{}s", (info.reset_ms + 999) / 1000))
+        .unwrap_or_else(|_| HeaderValue::from_static("60s"));
+    let mut h = Vec::with_capacity(6);
     if let (Some(l), Some(r)) = (info.limit_requests, info.remaining_requests) {
-        h.push(("x-ratelimit-limit-requests", l.to_string()));
-        h.push(("x-ratelimit-remaining-requests", r.to_string()));
+        h.push(("x-ratelimit-limit-requests", HeaderValue::from(l)));
+        h.push(("x-ratelimit-remaining-requests", HeaderValue::from(r)));
         h.push(("x-ratelimit-reset-requests", reset.clone()));
     }
     if let (Some(l), Some(r)) = (info.limit_tokens, info.remaining_tokens) {
-        h.push(("x-ratelimit-limit-tokens", l.to_string()));
-        h.push(("x-ratelimit-remaining-tokens", r.to_string()));
+        h.push(("x-ratelimit-limit-tokens", HeaderValue::from(l)));
+        h.push(("x-ratelimit-remaining-tokens", HeaderValue::from(r)));
         h.push(("x-ratelimit-reset-tokens", reset));
     }
     h

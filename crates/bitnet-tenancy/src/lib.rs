@@ -25,6 +25,7 @@ pub use oidc::{OidcConfig, OidcVerifier, Principal};
 pub use store::{Backend, Store};
 pub use usage::{DailyUsage, UsageFilter, UsageRecord};
 
+use sha2::Digest;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -118,7 +119,8 @@ pub struct Tenancy {
     pub store: Store,
     limiter: Limiter,
     meter: Meter,
-    cache: RwLock<HashMap<String, (Instant, Arc<ApiKey>)>>,
+    /// Keys looked up, by the SHA-256 of their secret.
+    cache: RwLock<HashMap<[u8; 32], CachedKey>>,
     ttl: Duration,
     lease_ttl_ms: i64,
     /// `(key, period start)` whose budget event is already queued.
@@ -130,6 +132,9 @@ pub struct Tenancy {
     /// [`TenancyConfig::file_retention`].
     pub file_retention: Option<Duration>,
 }
+
+/// A key looked up, and when.
+type CachedKey = (Instant, Arc<ApiKey>);
 
 type SsoCache = RwLock<HashMap<String, (Instant, std::result::Result<Arc<ApiKey>, String>)>>;
 
@@ -251,7 +256,7 @@ impl Tenancy {
 
     /// The key of an API key secret, checked usable now.
     async fn key_of_secret(&self, secret: &str) -> Result<Arc<ApiKey>, AuthError> {
-        let hash = keys::hash_secret(secret);
+        let hash: [u8; 32] = sha2::Sha256::digest(secret.as_bytes()).into();
         let cached = self.cache.read().ok().and_then(|c| {
             c.get(&hash)
                 .filter(|(at, _)| at.elapsed() < self.ttl)
@@ -315,7 +320,12 @@ impl Tenancy {
             return Err(Refusal::Model(model.to_string()));
         }
         let l = Self::limits(key);
-        let lease = l.max_parallel.map(|_| new_id("lease"));
+        // A Redis lease is a member of the key's sorted set of running requests; in process
+        // the parallel counter needs no id (and no allocation).
+        let lease = l.max_parallel.map(|_| match self.limiter {
+            Limiter::Local(_) => String::new(),
+            Limiter::Redis { .. } => new_id("lease"),
+        });
         let mut seeded = false;
         loop {
             let v = self
@@ -441,23 +451,26 @@ impl Admission {
     }
 
     fn release(&mut self, completion_tokens: i64) {
-        let t = self.tenancy.clone();
-        let key_id = self.key.id.clone();
-        let limits = self.limits.clone();
         let lease = self.lease.take();
         if completion_tokens == 0 && lease.is_none() {
             return;
         }
+        let t = &self.tenancy;
         if let Limiter::Local(_) = &t.limiter {
-            // In process: no I/O, no task.
-            if let Err(e) =
-                t.limiter
-                    .finish_local(&key_id, &limits, completion_tokens, lease.is_some())
-            {
-                tracing::warn!("releasing the limits of key {key_id}: {e}");
+            // In process: no I/O, no task, no copies.
+            if let Err(e) = t.limiter.finish_local(
+                &self.key.id,
+                &self.limits,
+                completion_tokens,
+                lease.is_some(),
+            ) {
+                tracing::warn!("releasing the limits of key {}: {e}", self.key.id);
             }
             return;
         }
+        let t = t.clone();
+        let key_id = self.key.id.clone();
+        let limits = self.limits.clone();
         let work = async move {
             if let Err(e) = t
                 .limiter

@@ -1,35 +1,47 @@
 //! Usage metering off the request path, without losing a completed request's row.
 //!
-//! [`Meter::record`] appends the row to a local append-only journal (one `write(2)` of one
-//! JSON line: once it returns, the row is in the kernel and survives the process being
-//! killed) and hands it to a background task that stores rows in batches. Journal segment
-//! files are deleted once every row in them is stored. At start, segments left by a process
-//! that died (not locked by a live one) are replayed; inserts skip request ids already
-//! stored, so a replay never counts twice.
+//! [`Meter::record`] appends the row to a local append-only journal and hands it to a
+//! background task that stores rows in batches. A journal segment is a file of
+//! [`SEGMENT_BYTES`] whose blocks are reserved up front (`posix_fallocate`) and which is mapped
+//! shared (`MAP_SHARED`): a row is one JSON line copied into the mapping, i.e. into the
+//! kernel's page cache, so once `record` returns it survives the process being killed
+//! (SIGKILL) without a system call per row; the unused tail of a segment stays zero bytes.
+//! (Like a `write(2)` without `fsync`, it does not survive the machine losing power before
+//! the kernel writes the page back.) Reserving the blocks first means a full disk is an error
+//! when a segment is opened, not a `SIGBUS` on a store into the mapping.
+//!
+//! Segment files are deleted once every row in them is stored. At start, segments left by a
+//! process that died (not locked by a live one) are replayed, up to the first zero byte;
+//! inserts skip request ids already stored, so a replay never counts twice.
 
 use crate::error::{Error, Result};
 use crate::store::Store;
 use crate::usage::UsageRecord;
+use memmap2::{MmapMut, MmapOptions};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Rotate the journal segment past this size.
-const SEGMENT_BYTES: u64 = 4 << 20;
+/// The size of a journal segment (a longer row gets a segment of its own size).
+pub const SEGMENT_BYTES: usize = 4 << 20;
 /// Rows per database transaction.
 const BATCH: usize = 1000;
 
 struct Segment {
     path: PathBuf,
     /// Held open (and locked) until the file is deleted.
-    file: File,
+    _file: File,
+    /// The whole file, mapped shared.
+    map: MmapMut,
     /// Rows written but not yet stored.
     outstanding: usize,
-    bytes: u64,
+    /// Bytes written (the offset of the next row).
+    bytes: usize,
 }
 
 struct Journal {
@@ -40,7 +52,8 @@ struct Journal {
 }
 
 impl Journal {
-    fn open_segment(&mut self) -> Result<u64> {
+    /// Opens a new segment with room for at least `min` bytes and makes it current.
+    fn open_segment(&mut self, min: usize) -> Result<u64> {
         let seq = self.next;
         self.next += 1;
         let path = self.dir.join(format!(
@@ -54,18 +67,25 @@ impl Journal {
         };
         let file = OpenOptions::new()
             .create_new(true)
-            .append(true)
+            .read(true)
+            .write(true)
             .open(&path)
             .map_err(jerr)?;
         file.try_lock().map_err(|e| Error::Journal {
             path: path.clone(),
             source: std::io::Error::other(format!("locking: {e}")),
         })?;
+        let len = SEGMENT_BYTES.max(min);
+        let map = reserve_and_map(&file, len).map_err(|e| {
+            remove_quietly(&path);
+            jerr(e)
+        })?;
         self.segments.insert(
             seq,
             Segment {
                 path,
-                file,
+                _file: file,
+                map,
                 outstanding: 0,
                 bytes: 0,
             },
@@ -100,6 +120,8 @@ fn remove_quietly(path: &Path) {
 struct Shared {
     journal: Mutex<Journal>,
     tx: RwLock<Option<mpsc::UnboundedSender<(u64, UsageRecord)>>>,
+    /// Ends the writer's wait for a batch to gather when the meter closes.
+    closing: tokio::sync::Notify,
 }
 
 /// The usage meter: journal + batch writer.
@@ -129,11 +151,12 @@ impl Meter {
             segments: HashMap::new(),
             next: 0,
         };
-        journal.open_segment()?;
+        journal.open_segment(0)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             journal: Mutex::new(journal),
             tx: RwLock::new(Some(tx)),
+            closing: tokio::sync::Notify::new(),
         });
         let writer = tokio::spawn(write_loop(store, shared.clone(), rx, flush));
         Ok(Meter {
@@ -173,29 +196,31 @@ impl Meter {
             .journal
             .lock()
             .map_err(|_| Error::invalid("meter", "the usage journal lock is poisoned"))?;
-        if !j.segments.contains_key(&j.current) {
-            // After `close`: later rows go to a new segment, replayed at the next start.
-            j.open_segment()?;
-        } else if j
+        let fits = j
             .segments
             .get(&j.current)
-            .is_some_and(|s| s.bytes >= SEGMENT_BYTES)
-        {
-            let old = j.current;
-            j.open_segment()?;
-            j.stored(old, 0);
+            .map(|s| s.map.len() - s.bytes >= line.len());
+        match fits {
+            // After `close`: later rows go to a new segment, replayed at the next start.
+            None => {
+                j.open_segment(line.len())?;
+            }
+            Some(false) => {
+                let old = j.current;
+                j.open_segment(line.len())?;
+                j.stored(old, 0);
+            }
+            Some(true) => {}
         }
         let seq = j.current;
         let seg = j
             .segments
             .get_mut(&seq)
             .ok_or_else(|| Error::invalid("meter", "no open usage journal segment"))?;
-        // One write of the whole line (O_APPEND): after it, the row survives a SIGKILL.
-        seg.file.write_all(line).map_err(|source| Error::Journal {
-            path: seg.path.clone(),
-            source,
-        })?;
-        seg.bytes += line.len() as u64;
+        // Into the shared mapping (the page cache): from here the row survives a SIGKILL.
+        let end = seg.bytes + line.len();
+        seg.map[seg.bytes..end].copy_from_slice(line);
+        seg.bytes = end;
         seg.outstanding += 1;
         Ok(seq)
     }
@@ -206,6 +231,7 @@ impl Meter {
         if let Ok(mut tx) = self.shared.tx.write() {
             tx.take();
         }
+        self.shared.closing.notify_one();
         let writer = self.writer.lock().ok().and_then(|mut w| w.take());
         if let Some(w) = writer {
             if tokio::time::timeout(timeout, w).await.is_err() {
@@ -234,9 +260,12 @@ async fn write_loop(
                 }
                 None => break,
             }
-            // Let a batch gather.
+            // Let a batch gather (not past the meter closing).
             if !flush.is_zero() {
-                tokio::time::sleep(flush).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(flush) => {}
+                    _ = shared.closing.notified() => {}
+                }
             }
         }
         while batch.len() < BATCH {
@@ -319,13 +348,16 @@ pub async fn replay(store: &Store, dir: &Path) -> Result<usize> {
         if file.try_lock().is_err() {
             continue; // a live process owns it
         }
+        let mut bytes = Vec::new();
+        (&file).read_to_end(&mut bytes).map_err(jerr)?;
+        // A segment's unused tail is zeros (and an older journal has none).
+        let used = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
         let mut rows = Vec::new();
-        for (i, line) in BufReader::new(&file).lines().enumerate() {
-            let line = line.map_err(jerr)?;
-            if line.trim().is_empty() {
+        for (i, line) in bytes[..used].split(|&b| b == b'\n').enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            match serde_json::from_str::<UsageRecord>(&line) {
+            match serde_json::from_slice::<UsageRecord>(line) {
                 Ok(r) => rows.push(r),
                 Err(e) => tracing::warn!(
                     "usage journal {} line {}: skipping an unreadable row ({e})",
@@ -340,4 +372,21 @@ pub async fn replay(store: &Store, dir: &Path) -> Result<usize> {
         remove_quietly(&path);
     }
     Ok(total)
+}
+
+/// Reserves `len` bytes of disk for `file` (so stores into the mapping never meet a full
+/// disk) and maps it shared, pre-faulted.
+fn reserve_and_map(file: &File, len: usize) -> std::io::Result<MmapMut> {
+    let off = libc::off_t::try_from(len)
+        .map_err(|_| std::io::Error::other(format!("segment size {len} too large")))?;
+    // SAFETY: `file` is an open, writable file for the duration of the call; posix_fallocate
+    // only reads the descriptor and the two integers.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, off) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
+    }
+    // SAFETY: the file is created by this process (`create_new`) and locked with an exclusive
+    // lock until the segment is dropped, so no other process of ours writes or truncates it
+    // while mapped; its length is `len` (just reserved) and is never changed while mapped.
+    unsafe { MmapOptions::new().len(len).populate().map_mut(file) }
 }

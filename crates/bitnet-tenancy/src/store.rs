@@ -35,6 +35,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "file_expiry",
         include_str!("../migrations/0005_file_expiry.sql"),
     ),
+    (
+        6,
+        "usage_subject_partial",
+        include_str!("../migrations/0006_usage_subject_partial.sql"),
+    ),
 ];
 
 /// The tenancy database.

@@ -185,10 +185,39 @@ fn bind_all<'q>(
     q
 }
 
+/// Binds the 12 columns of each row of `chunk` to the query `q` (a `Query` or a
+/// `QueryScalar`: both have an inherent `bind`), in [`insert_sql`]'s order.
+macro_rules! bind_rows {
+    ($q:expr, $chunk:expr) => {{
+        let mut q = $q;
+        for u in $chunk {
+            q = q
+                .bind(&u.request_id)
+                .bind(u.ts_ms)
+                .bind(&u.tenant_id)
+                .bind(&u.key_id)
+                .bind(&u.model)
+                .bind(u.prompt_tokens)
+                .bind(u.completion_tokens)
+                .bind(u.ttft_ms)
+                .bind(u.duration_ms)
+                .bind(u.status)
+                .bind(&u.finish_reason)
+                .bind(&u.subject);
+        }
+        q
+    }};
+}
+
 impl Store {
     /// Stores a batch of usage rows in one transaction; rows whose request id is already
     /// stored are skipped (so replaying a journal twice counts once). Daily aggregates grow
     /// by the rows actually inserted. Returns how many were new.
+    ///
+    /// The common case, every row new, takes multi-row inserts that return only a count. When
+    /// a count comes up short (a replay, or a batch retried after a commit whose answer was
+    /// lost), that transaction is rolled back and the batch is stored again with `RETURNING`,
+    /// which names the rows inserted, so the aggregates count exactly those.
     pub async fn insert_usage(&self, batch: &[UsageRecord]) -> Result<usize> {
         if batch.is_empty() {
             return Ok(0);
@@ -198,67 +227,47 @@ impl Store {
             .begin()
             .await
             .map_err(Error::db("storing usage"))?;
-        let mut daily: BTreeMap<DayKey, (i64, i64, i64)> = BTreeMap::new();
-        let mut new = 0;
-        // Multi-row inserts (one statement per chunk); RETURNING names the rows actually
-        // inserted, so repeats (a replayed journal) add nothing to the aggregates.
         let sqlite = self.backend() == crate::store::Backend::Sqlite;
         for chunk in batch.chunks(INSERT_CHUNK) {
-            let sql = insert_sql(chunk.len(), sqlite);
-            let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql.into_owned()));
-            for u in chunk {
-                q = q
-                    .bind(&u.request_id)
-                    .bind(u.ts_ms)
-                    .bind(&u.tenant_id)
-                    .bind(&u.key_id)
-                    .bind(&u.model)
-                    .bind(u.prompt_tokens)
-                    .bind(u.completion_tokens)
-                    .bind(u.ttft_ms)
-                    .bind(u.duration_ms)
-                    .bind(u.status)
-                    .bind(&u.finish_reason)
-                    .bind(&u.subject);
+            let sql = insert_sql(chunk.len(), sqlite, false);
+            let done = bind_rows!(sqlx::query(AssertSqlSafe(sql.into_owned())), chunk)
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db(format!("storing {} usage rows", chunk.len())))?;
+            if done.rows_affected() != chunk.len() as u64 {
+                tx.rollback().await.map_err(Error::db("storing usage"))?;
+                return self.insert_usage_naming_new(batch).await;
             }
-            let inserted: std::collections::HashSet<String> = q
+        }
+        add_daily(&mut tx, batch.iter()).await?;
+        tx.commit().await.map_err(Error::db("storing usage"))?;
+        Ok(batch.len())
+    }
+
+    /// [`Store::insert_usage`] for a batch where some rows may be stored already.
+    async fn insert_usage_naming_new(&self, batch: &[UsageRecord]) -> Result<usize> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(Error::db("storing usage"))?;
+        let mut new_rows: Vec<&UsageRecord> = Vec::new();
+        // RETURNING names the rows actually inserted, so repeats add nothing to the aggregates.
+        let sqlite = self.backend() == crate::store::Backend::Sqlite;
+        for chunk in batch.chunks(INSERT_CHUNK) {
+            let sql = insert_sql(chunk.len(), sqlite, true);
+            let q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql.into_owned()));
+            let inserted: std::collections::HashSet<String> = bind_rows!(q, chunk)
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(Error::db(format!("storing {} usage rows", chunk.len())))?
                 .into_iter()
                 .collect();
-            for u in chunk.iter().filter(|u| inserted.contains(&u.request_id)) {
-                new += 1;
-                let e = daily
-                    .entry((day_of(u.ts_ms), &u.tenant_id, &u.key_id, &u.model))
-                    .or_default();
-                e.0 += 1;
-                e.1 += u.prompt_tokens;
-                e.2 += u.completion_tokens;
-            }
+            new_rows.extend(chunk.iter().filter(|u| inserted.contains(&u.request_id)));
         }
-        for ((day, tenant, key, model), (n, p, c)) in daily {
-            sqlx::query(
-                "INSERT INTO usage_daily (day, tenant_id, key_id, model, requests, prompt_tokens, \
-                 completion_tokens) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT (day, tenant_id, key_id, model) DO UPDATE SET \
-                 requests = usage_daily.requests + excluded.requests, \
-                 prompt_tokens = usage_daily.prompt_tokens + excluded.prompt_tokens, \
-                 completion_tokens = usage_daily.completion_tokens + excluded.completion_tokens",
-            )
-            .bind(day)
-            .bind(tenant)
-            .bind(key)
-            .bind(model)
-            .bind(n)
-            .bind(p)
-            .bind(c)
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::db("updating the daily usage aggregates"))?;
-        }
+        add_daily(&mut tx, new_rows.iter().copied()).await?;
         tx.commit().await.map_err(Error::db("storing usage"))?;
-        Ok(new)
+        Ok(new_rows.len())
     }
 
     /// Usage rows matching `f`, oldest first.
@@ -340,12 +349,50 @@ impl Store {
     }
 }
 
+/// Adds `rows` to their daily aggregates (one upsert per day, tenant, key and model).
+async fn add_daily<'a>(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    rows: impl Iterator<Item = &'a UsageRecord>,
+) -> Result<()> {
+    let mut daily: BTreeMap<DayKey, (i64, i64, i64)> = BTreeMap::new();
+    for u in rows {
+        let e = daily
+            .entry((day_of(u.ts_ms), &u.tenant_id, &u.key_id, &u.model))
+            .or_default();
+        e.0 += 1;
+        e.1 += u.prompt_tokens;
+        e.2 += u.completion_tokens;
+    }
+    for ((day, tenant, key, model), (n, p, c)) in daily {
+        sqlx::query(
+            "INSERT INTO usage_daily (day, tenant_id, key_id, model, requests, prompt_tokens, \
+             completion_tokens) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (day, tenant_id, key_id, model) DO UPDATE SET \
+             requests = usage_daily.requests + excluded.requests, \
+             prompt_tokens = usage_daily.prompt_tokens + excluded.prompt_tokens, \
+             completion_tokens = usage_daily.completion_tokens + excluded.completion_tokens",
+        )
+        .bind(day)
+        .bind(tenant)
+        .bind(key)
+        .bind(model)
+        .bind(n)
+        .bind(p)
+        .bind(c)
+        .execute(&mut **tx)
+        .await
+        .map_err(Error::db("updating the daily usage aggregates"))?;
+    }
+    Ok(())
+}
+
 /// The multi-row usage INSERT for `rows` rows: SQLite gets anonymous `?` parameters (sqlx
 /// resolves `$N` names one by one, quadratic in the 384 parameters of a full chunk),
-/// PostgreSQL `$N`. Full chunks, the common case, are built once.
-fn insert_sql(rows: usize, sqlite: bool) -> std::borrow::Cow<'static, str> {
+/// PostgreSQL `$N`; `returning` adds `RETURNING request_id`. Full chunks, the common case,
+/// are built once.
+fn insert_sql(rows: usize, sqlite: bool, returning: bool) -> std::borrow::Cow<'static, str> {
     const COLUMNS: usize = 12;
-    static FULL: [std::sync::OnceLock<String>; 2] = [const { std::sync::OnceLock::new() }; 2];
+    static FULL: [std::sync::OnceLock<String>; 4] = [const { std::sync::OnceLock::new() }; 4];
     let build = || {
         let mut sql = String::from(
             "INSERT INTO usage_log (request_id, ts_ms, tenant_id, key_id, model, prompt_tokens, \
@@ -365,11 +412,15 @@ fn insert_sql(rows: usize, sqlite: bool) -> std::borrow::Cow<'static, str> {
             }
             sql.push(')');
         }
-        sql.push_str(" ON CONFLICT (request_id) DO NOTHING RETURNING request_id");
+        sql.push_str(" ON CONFLICT (request_id) DO NOTHING");
+        if returning {
+            sql.push_str(" RETURNING request_id");
+        }
         sql
     };
     if rows == INSERT_CHUNK {
-        std::borrow::Cow::Borrowed(FULL[usize::from(sqlite)].get_or_init(build))
+        let slot = usize::from(sqlite) + 2 * usize::from(returning);
+        std::borrow::Cow::Borrowed(FULL[slot].get_or_init(build))
     } else {
         std::borrow::Cow::Owned(build())
     }

@@ -1,6 +1,7 @@
 //! Usage metering: rows recorded are stored; what a killed process left in the journal is
 //! replayed once at the next start; a segment a live process holds is left alone.
 
+use bitnet_tenancy::meter::SEGMENT_BYTES;
 use bitnet_tenancy::{Meter, Store, UsageFilter, UsageRecord};
 use std::io::Write;
 use std::time::Duration;
@@ -56,6 +57,66 @@ async fn recorded_rows_are_stored_and_the_journal_emptied() {
 }
 
 #[tokio::test]
+async fn a_recorded_row_is_in_the_journal_file_before_record_returns() {
+    let d = tempfile::tempdir().unwrap();
+    let s = store(d.path()).await;
+    let jdir = d.path().join("journal");
+    // A long flush: nothing is stored while the file is read.
+    let m = Meter::open(s.clone(), &jdir, Duration::from_secs(600))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        m.record(rec(i)).unwrap();
+    }
+    let files: Vec<_> = std::fs::read_dir(&jdir).unwrap().collect();
+    assert_eq!(files.len(), 1);
+    // Another reader of the file (as the next process would be) sees the rows at once.
+    let bytes = std::fs::read(files[0].as_ref().unwrap().path()).unwrap();
+    assert_eq!(bytes.len(), SEGMENT_BYTES, "the segment is reserved whole");
+    let used = bytes.iter().position(|&b| b == 0).unwrap();
+    assert!(bytes[used..].iter().all(|&b| b == 0), "the tail stays zero");
+    let lines: Vec<UsageRecord> = bytes[..used]
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    assert_eq!(lines, [rec(0), rec(1), rec(2)]);
+    m.close(Duration::from_secs(30)).await;
+    assert_eq!(s.usage(&UsageFilter::default()).await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn segments_rotate_and_a_row_longer_than_a_segment_gets_its_own() {
+    let d = tempfile::tempdir().unwrap();
+    let s = store(d.path()).await;
+    let jdir = d.path().join("journal");
+    let m = Meter::open(s.clone(), &jdir, Duration::from_millis(5))
+        .await
+        .unwrap();
+    let mut huge = rec(1);
+    huge.request_id = "req-huge".into();
+    huge.subject = Some(format!("oidc:{}", "x".repeat(SEGMENT_BYTES + 10)));
+    // ~20 000 rows of ~250 bytes: past one 4 MiB segment.
+    for i in 0..20_000 {
+        m.record(rec(i)).unwrap();
+        if i == 10_000 {
+            m.record(huge.clone()).unwrap();
+        }
+    }
+    m.close(Duration::from_secs(60)).await;
+    let rows = s
+        .usage(&UsageFilter {
+            limit: Some(100_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 20_001);
+    assert!(rows.contains(&huge));
+    assert_eq!(journal_files(&jdir), 0, "every segment deleted once stored");
+}
+
+#[tokio::test]
 async fn a_dead_process_journal_is_replayed_once() {
     let d = tempfile::tempdir().unwrap();
     let s = store(d.path()).await;
@@ -68,6 +129,8 @@ async fn a_dead_process_journal_is_replayed_once() {
         writeln!(f, "{}", serde_json::to_string(&rec(i)).unwrap()).unwrap();
     }
     write!(f, "{{\"request_id\":\"torn").unwrap();
+    // The unused tail of a mapped segment: zero bytes up to the segment size.
+    f.write_all(&vec![0u8; 64 << 10]).unwrap();
     drop(f);
     // A segment a live process holds (locked) is not touched.
     let live_path = jdir.join("usage-2-1-0.jsonl");

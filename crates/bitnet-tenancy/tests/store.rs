@@ -228,6 +228,32 @@ async fn exercise(store: &Store) {
         "{csv}"
     );
     assert!(csv.lines().nth(1).unwrap().ends_with(",stop,"), "{csv}");
+
+    // A batch mixing a stored row and new ones (a replay overlapping live rows): only the new
+    // rows are stored and counted in the aggregates.
+    let mixed = vec![
+        row("m1", "key_mixed", &t.id, day + 5000, 4, 2),
+        rows[0].clone(),
+        row("m2", "key_mixed", &t.id, day + 6000, 6, 1),
+    ];
+    assert_eq!(store.insert_usage(&mixed).await.unwrap(), 2);
+    let daily = store
+        .daily_usage(&UsageFilter {
+            key_id: Some("key_mixed".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            daily.len(),
+            daily[0].requests,
+            daily[0].prompt_tokens,
+            daily[0].completion_tokens
+        ),
+        (1, 2, 10, 3)
+    );
+    assert_eq!(store.tokens_since(&k.id, day).await.unwrap(), 25, "r1 once");
 }
 
 fn pool_of(store: &Store) -> sqlx::AnyPool {
@@ -250,6 +276,19 @@ async fn sqlite_store() {
         .await
         .unwrap();
     assert_eq!(mode, "wal");
+    // The subject filter still uses its (partial: subject IS NOT NULL) index.
+    let plan: Vec<String> =
+        sqlx::query("EXPLAIN QUERY PLAN SELECT * FROM usage_log WHERE subject = 'x'")
+            .fetch_all(again.pool())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| sqlx::Row::try_get::<String, _>(r, "detail").unwrap())
+            .collect();
+    assert!(
+        plan.iter().any(|d| d.contains("usage_log_subject")),
+        "{plan:?}"
+    );
 }
 
 #[tokio::test]
