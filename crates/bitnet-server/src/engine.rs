@@ -192,10 +192,21 @@ impl EngineHandle {
             logits: Vec::new(),
             scratch: Vec::new(),
         };
+        // The engine loop runs on a worker of a rayon pool of its own (as many threads as the
+        // global pool), not beside the pool: the kernels' parallel loops then start from
+        // inside the pool (the loop's worker takes a share of the chunks, the others steal the
+        // rest) instead of injecting every operation from outside and sleeping until a worker
+        // has run it — two thread switches per operation, which on a small model cost more
+        // than the work. A pool per engine: an engine never waits for another's worker.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(rayon::current_num_threads())
+            .thread_name(|i| format!("bitnet-engine-{i}"))
+            .build()
+            .map_err(std::io::Error::other)?;
         std::thread::Builder::new()
             .name("bitnet-engine".into())
             .spawn(move || {
-                engine.run();
+                pool.install(|| engine.run());
                 engine.shared.alive.store(false, Ordering::SeqCst);
             })?;
         Ok(handle)
