@@ -77,13 +77,16 @@ fn main() -> ExitCode {
         }
     }
     let result = match cli.command {
-        Command::Generate(a) => commands::generate::run(a),
-        Command::Chat(a) => commands::chat::run(a),
-        Command::Logits(a) => commands::logits::run(a),
+        // The per-token loops run on a worker of the global pool (as `bench` and the serve
+        // engine do): each kernel's parallel loop then starts inside the pool instead of
+        // being injected from this thread, which would sleep until a worker has run it.
+        Command::Generate(a) => rayon::scope(|_| commands::generate::run(a)),
+        Command::Chat(a) => rayon::scope(|_| commands::chat::run(a)),
+        Command::Logits(a) => rayon::scope(|_| commands::logits::run(a)),
         Command::CompareLogits(a) => commands::compare::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Convert(a) => commands::convert::run(a),
-        Command::Perplexity(a) => commands::perplexity::run(a),
+        Command::Perplexity(a) => rayon::scope(|_| commands::perplexity::run(a)),
         Command::Bench(a) => commands::bench::run(a),
         Command::CreateModel(a) => commands::create_model::run(a),
         Command::Serve(a) => commands::serve::run(*a),
