@@ -369,7 +369,10 @@ async fn an_interrupted_batch_resumes_without_repeating_a_line() {
         addr: a.addr,
         key: secret.clone(),
     };
-    let (_, f) = c.upload("batch", &lines(24, 6)).await;
+    // Enough lines that the batch cannot finish between the poll that sees 3 done and the
+    // shutdown (with the engine inside its pool, 24 short lines once did).
+    const N: usize = 96;
+    let (_, f) = c.upload("batch", &lines(N, 24)).await;
     let (_, b) = c
         .json("POST", "/v1/batches", json!({"input_file_id": f["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}))
         .await;
@@ -389,7 +392,10 @@ async fn an_interrupted_batch_resumes_without_repeating_a_line() {
     a.shutdown().await.unwrap();
     let store = Store::connect(&db, 1).await.unwrap();
     let mid = store.batch(None, &id).await.unwrap();
-    assert!(mid.completed < 24 && mid.status == "in_progress", "{mid:?}");
+    assert!(
+        mid.completed < N as i64 && mid.status == "in_progress",
+        "{mid:?}"
+    );
     store.close().await;
 
     // The next server (same store) resumes it.
@@ -401,7 +407,7 @@ async fn an_interrupted_batch_resumes_without_repeating_a_line() {
     let done = c.wait_final(&id, 120).await;
     assert_eq!(
         done["request_counts"],
-        json!({"total": 24, "completed": 24, "failed": 0}),
+        json!({"total": N, "completed": N, "failed": 0}),
         "{done}"
     );
     let (_, _, out) = c
@@ -424,8 +430,8 @@ async fn an_interrupted_batch_resumes_without_repeating_a_line() {
                 .to_string()
         })
         .collect();
-    assert_eq!(ids.len(), 24);
-    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 24);
+    assert_eq!(ids.len(), N);
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), N);
     b2.shutdown().await.unwrap();
     // Every line was generated (and metered) exactly once.
     let store = Store::connect(&db, 1).await.unwrap();
@@ -438,7 +444,7 @@ async fn an_interrupted_batch_resumes_without_repeating_a_line() {
         .unwrap();
     // (A line the engine refused while shutting down leaves a row without tokens.)
     let answered: Vec<_> = rows.iter().filter(|r| r.status == 200).collect();
-    assert_eq!(answered.len(), 24, "{rows:?}");
+    assert_eq!(answered.len(), N, "{rows:?}");
     assert!(
         rows.iter()
             .all(|r| r.status == 200 || r.prompt_tokens + r.completion_tokens == 0),
