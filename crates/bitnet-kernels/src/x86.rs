@@ -531,10 +531,10 @@ unsafe fn q6k_block512(b: &crate::formats::BlockQ6K) -> [__m256i; 8] {
 /// the Q6_K `to_float` dot.
 ///
 /// # Safety
-/// The CPU must support AVX-512 F/BW/VNNI, AVX2 and FMA; every `|xs[t][i]| ≤ 32767`;
+/// The CPU must support AVX-512 F/BW/VNNI, AVX2, FMA and F16C; every `|xs[t][i]| ≤ 32767`;
 /// `out.len()` is a multiple of `n` (1 ≤ n ≤ 16), `blocks.len() >= out.len() / n · bpr` and every
 /// `xs[t].len() >= bpr·256` (the shapes are asserted).
-#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vnni")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
 pub unsafe fn q6k_i16_vnni_rows(
     blocks: &[crate::formats::BlockQ6K],
     bpr: usize,
@@ -554,13 +554,14 @@ pub unsafe fn q6k_i16_vnni_rows(
     unsafe {
         // Scale selectors: group j (32 quants) takes sub-block scales 2j (lanes 0-15) and
         // 2j+1 (lanes 16-31).
-        let sel: [__m512i; 8] = std::array::from_fn(|j| {
-            _mm512_mask_blend_epi16(
+        let mut sel = [_mm512_setzero_si512(); 8];
+        for (j, s) in sel.iter_mut().enumerate() {
+            *s = _mm512_mask_blend_epi16(
                 0xFFFF_0000,
                 _mm512_set1_epi16(2 * j as i16),
                 _mm512_set1_epi16(2 * j as i16 + 1),
-            )
-        });
+            );
+        }
         // Register-blocked tokens pay when every token's activations stay in L1 (the small
         // model's 512 columns); on wide rows (2B-4T's 2560) they stream from L2 per token
         // block and the block-by-block order measured at least as fast.
@@ -643,18 +644,27 @@ unsafe fn q6k_tokens<const G: usize>(
     // SAFETY: the caller (`q6k_i16_vnni_rows`) enables AVX-512 F/BW/VNNI and checked that every
     // `xs[k]` holds `d.len()·256` values; the loads read `xs[k][256·bi + 32·j ..][..32]`.
     unsafe {
+        // The tokens' base pointers once, in registers: the loads below then take base +
+        // offset addressing, one instruction each (indexing `xs` per load reloaded each slice
+        // pointer from memory: two loads and two adds per `vpdpwssd`).
+        let mut base = [std::ptr::null::<i16>(); G];
+        for k in 0..G {
+            base[k] = xs[k].as_ptr();
+        }
         let mut acc = [_mm512_setzero_ps(); G];
         for (bi, &db) in d.iter().enumerate() {
             let mut isum = [_mm512_setzero_si512(); G];
             for j in 0..8 {
                 let wj = w[8 * bi + j];
+                // Byte offset of values 256·bi + 32·j.
+                let off = 2 * (256 * bi + 32 * j);
                 for k in 0..G {
-                    let p = xs[k].as_ptr().add(256 * bi + 32 * j);
                     std::arch::asm!(
-                        "vpdpwssd {acc}, {w}, zmmword ptr [{p}]",
+                        "vpdpwssd {acc}, {w}, zmmword ptr [{b} + {o}]",
                         acc = inout(zmm_reg) isum[k],
                         w = in(zmm_reg) wj,
-                        p = in(reg) p,
+                        b = in(reg) base[k],
+                        o = in(reg) off,
                         options(pure, readonly, nostack, preserves_flags)
                     );
                 }
@@ -677,16 +687,21 @@ unsafe fn q6k_scaled(b: &crate::formats::BlockQ6K, sel: &[__m512i; 8]) -> ([__m5
     // 210-byte blocks: four lines cover one.
     prefetch_ahead(b, 4);
     // SAFETY: reads the block's 16 scale bytes and (in `q6k_block512`) its quants; the callers
-    // enable AVX-512 F/BW.
+    // enable AVX-512 F/BW and F16C.
     unsafe {
         let sc8 = _mm_loadu_si128(b.scales.as_ptr() as *const __m128i);
         let sc16 = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(sc8));
         let q = q6k_block512(b);
-        let w = std::array::from_fn(|j| {
+        // A loop, not `array::from_fn`: a closure does not inherit the caller's target
+        // features, so its intrinsics may not inline.
+        let mut w = [_mm512_setzero_si512(); 8];
+        for j in 0..8 {
             let s = _mm512_permutexvar_epi16(sel[j], sc16);
-            _mm512_mullo_epi16(_mm512_cvtepi8_epi16(q[j]), s)
-        });
-        (w, _mm512_set1_ps(half::f16::from_bits(b.d).to_f32()))
+            w[j] = _mm512_mullo_epi16(_mm512_cvtepi8_epi16(q[j]), s);
+        }
+        // `d` through F16C (exact, like `half`, without its call and feature check).
+        let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(b.d))));
+        (w, _mm512_set1_ps(d))
     }
 }
 
