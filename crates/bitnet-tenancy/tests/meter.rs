@@ -34,14 +34,18 @@ fn journal_files(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir).unwrap().count()
 }
 
-#[tokio::test]
-async fn recorded_rows_are_stored_and_the_journal_emptied() {
+/// A store and a meter journaling under a fresh folder (kept alive by the returned guard).
+async fn open_meter(flush: Duration) -> (tempfile::TempDir, Store, std::path::PathBuf, Meter) {
     let d = tempfile::tempdir().unwrap();
     let s = store(d.path()).await;
     let jdir = d.path().join("journal");
-    let m = Meter::open(s.clone(), &jdir, Duration::from_millis(5))
-        .await
-        .unwrap();
+    let m = Meter::open(s.clone(), &jdir, flush).await.unwrap();
+    (d, s, jdir, m)
+}
+
+#[tokio::test]
+async fn recorded_rows_are_stored_and_the_journal_emptied() {
+    let (_d, s, jdir, m) = open_meter(Duration::from_millis(5)).await;
     for i in 0..2500 {
         m.record(rec(i)).unwrap();
     }
@@ -58,13 +62,8 @@ async fn recorded_rows_are_stored_and_the_journal_emptied() {
 
 #[tokio::test]
 async fn a_recorded_row_is_in_the_journal_file_before_record_returns() {
-    let d = tempfile::tempdir().unwrap();
-    let s = store(d.path()).await;
-    let jdir = d.path().join("journal");
     // A long flush: nothing is stored while the file is read.
-    let m = Meter::open(s.clone(), &jdir, Duration::from_secs(600))
-        .await
-        .unwrap();
+    let (_d, s, jdir, m) = open_meter(Duration::from_secs(600)).await;
     for i in 0..3 {
         m.record(rec(i)).unwrap();
     }
@@ -87,12 +86,7 @@ async fn a_recorded_row_is_in_the_journal_file_before_record_returns() {
 
 #[tokio::test]
 async fn segments_rotate_and_a_row_longer_than_a_segment_gets_its_own() {
-    let d = tempfile::tempdir().unwrap();
-    let s = store(d.path()).await;
-    let jdir = d.path().join("journal");
-    let m = Meter::open(s.clone(), &jdir, Duration::from_millis(5))
-        .await
-        .unwrap();
+    let (_d, s, jdir, m) = open_meter(Duration::from_millis(5)).await;
     let mut huge = rec(1);
     huge.request_id = "req-huge".into();
     huge.subject = Some(format!("oidc:{}", "x".repeat(SEGMENT_BYTES + 10)));
