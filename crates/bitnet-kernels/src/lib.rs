@@ -24,8 +24,11 @@ pub mod formats;
 pub mod ops;
 #[cfg(target_arch = "x86_64")]
 pub mod q6k_avx2;
+#[cfg(target_arch = "x86_64")]
+pub mod q6k_vnni;
 pub mod quant;
 pub mod ternary;
+pub mod transpose;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 

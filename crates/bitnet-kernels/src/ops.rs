@@ -132,7 +132,7 @@ pub fn ternary_matmul_with(
         // Compute into a row-major [rows, n] layout, then transpose: keeps weight rows hot.
         let mut tmp = vec![0f32; rows * n];
         run_rows(rows, w.cols_padded() * n, &mut tmp, n, kernel);
-        transpose_into(&tmp, rows, n, out);
+        crate::transpose::transpose_into(&tmp, rows, n, out);
     }
 }
 
@@ -208,7 +208,7 @@ pub fn dense_matmul(m: &DenseMatrix, x: &[f32], n: usize, out: &mut [f32]) {
     };
     let mut tmp = vec![0f32; rows * n];
     run_rows(rows, cols * n, &mut tmp, n, kernel);
-    transpose_into(&tmp, rows, n, out);
+    crate::transpose::transpose_into(&tmp, rows, n, out);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -232,7 +232,7 @@ fn q6k_vnni() -> bool {
 
 /// The output head in Q6_K on int16 activations: each token is quantized to int16 (absmax,
 /// relative error ≤ 2⁻¹⁶ of its largest value — far below the fixture bounds), then every row
-/// goes through [`crate::x86::q6k_i16_vnni_rows`] (AVX-512 VNNI) or
+/// goes through [`crate::q6k_vnni::q6k_i16_vnni_rows`] (AVX-512 VNNI) or
 /// [`crate::q6k_avx2::q6k_split_rows`] (AVX2, on the int16 values split into bytes): quants
 /// unpacked once per block for up to 16 tokens, each token's logit computed with the same
 /// operations in the same order as alone, so batching does not change logits. `out` is
@@ -297,6 +297,15 @@ fn q6k_int16(
                     // (active kernel); |x16| ≤ 32767 by construction above; shapes asserted
                     // inside.
                     unsafe { q6k_rows(vnni, rows_blocks, bpr, xs, sp, chunk) };
+                    if n == 1 {
+                        // One flat pass (it vectorizes; a loop per one-element row measured
+                        // ~5 % of a small-model decode step).
+                        let s = inv[0];
+                        for o in chunk.iter_mut() {
+                            *o *= s;
+                        }
+                        continue;
+                    }
                     for row in chunk.chunks_exact_mut(n) {
                         for (o, s) in row.iter_mut().zip(&inv) {
                             *o *= s;
@@ -315,7 +324,7 @@ fn q6k_int16(
             }
         });
         if n > 1 {
-            transpose_into(&tmp, rows, n, out);
+            crate::transpose::transpose_into(&tmp, rows, n, out);
         }
         SPLIT.with(|buf| *buf.borrow_mut() = split);
     }
@@ -329,7 +338,7 @@ static EMPTY_SPLIT: crate::q6k_avx2::SplitActs = crate::q6k_avx2::SplitActs::EMP
 /// The int16 Q6_K row kernel: AVX-512 VNNI when `vnni`, else AVX2.
 ///
 /// # Safety
-/// As [`crate::x86::q6k_i16_vnni_rows`] (with `vnni`) or [`crate::q6k_avx2::q6k_split_rows`].
+/// As [`crate::q6k_vnni::q6k_i16_vnni_rows`] (with `vnni`) or [`crate::q6k_avx2::q6k_split_rows`].
 #[cfg(target_arch = "x86_64")]
 #[inline]
 unsafe fn q6k_rows(
@@ -343,7 +352,7 @@ unsafe fn q6k_rows(
     // SAFETY: forwarded caller contract.
     unsafe {
         if vnni {
-            crate::x86::q6k_i16_vnni_rows(blocks, bpr, xs, out)
+            crate::q6k_vnni::q6k_i16_vnni_rows(blocks, bpr, xs, out)
         } else {
             crate::q6k_avx2::q6k_split_rows(blocks, bpr, sp, out)
         }
@@ -356,24 +365,6 @@ unsafe fn q6k_rows(
 fn epilogue(acc: &[i32], sums: &[i32], sx: &[f32], scale: f32, out: &mut [f32]) {
     for (((o, &a), &s), &d) in out.iter_mut().zip(acc).zip(sums).zip(sx) {
         *o = (a - s) as f32 / d * scale;
-    }
-}
-
-/// `out[t·rows + r] = tmp[r·n + t]`: the row-major `[rows, n]` results of a row-parallel
-/// kernel into the `[n, rows]` layout the model uses, in 16 × 16 tiles (a plain loop strides
-/// through `out` by `rows` for every value: a cache miss each at prompt sizes).
-fn transpose_into(tmp: &[f32], rows: usize, n: usize, out: &mut [f32]) {
-    const T: usize = 16;
-    for r0 in (0..rows).step_by(T) {
-        let r1 = (r0 + T).min(rows);
-        for t0 in (0..n).step_by(T) {
-            let t1 = (t0 + T).min(n);
-            for r in r0..r1 {
-                for t in t0..t1 {
-                    out[t * rows + r] = tmp[r * n + t];
-                }
-            }
-        }
     }
 }
 

@@ -111,10 +111,11 @@ pub unsafe fn dot_vnni(blocks: &[BlockI2], q: &[i8], stride: usize, out: &mut [i
 }
 
 /// Decode GEMV: `out[r] = Σ c·q` for `out.len()` consecutive weight rows of `bpr` blocks each
-/// (`blocks` holds them back to back) against one activation row, four rows at a time: two
-/// accumulators per row (eight independent `vpdpbusd` chains) and one combined horizontal sum
-/// for the four rows, so short rows (512 columns: four blocks) do not pay a call and a
-/// reduction each. Scalar twin: [`BlockI2::vec_dot_i8`] summed over a row.
+/// (`blocks` holds them back to back) against one activation row, four rows at a time on
+/// 512-bit vectors: a block's codes unpack to two vectors of 64 ([`unpack512`]), each taken by
+/// its own accumulator (eight independent `vpdpbusd` chains for the four rows), and one
+/// combined horizontal sum for the four rows, so short rows (512 columns: four blocks) do not
+/// pay a call and a reduction each. Scalar twin: [`BlockI2::vec_dot_i8`] summed over a row.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F/BW/VL/VNNI; `blocks.len() >= out.len()·bpr` and
@@ -128,22 +129,25 @@ pub unsafe fn gemv_vnni(blocks: &[BlockI2], bpr: usize, q: &[i8], out: &mut [i32
     let full = out.len() / 4 * 4;
     for r0 in (0..full).step_by(4) {
         // SAFETY: features enabled; rows r0..r0+4 are inside `blocks` and every activation
-        // load reads a whole 128-value block of `q` (asserted above).
+        // load reads 64 values inside a whole 128-value block of `q` (asserted above).
         unsafe {
-            let mut acc = [[_mm256_setzero_si256(); 2]; 4];
+            let mut acc = [[_mm512_setzero_si512(); 2]; 4];
+            let rows = &blocks[r0 * bpr..(r0 + 4) * bpr];
             for bi in 0..bpr {
+                let x0 = _mm512_loadu_si512(q.as_ptr().add(bi * 128) as *const __m512i);
+                let x1 = _mm512_loadu_si512(q.as_ptr().add(bi * 128 + 64) as *const __m512i);
                 for (i, a) in acc.iter_mut().enumerate() {
-                    let b = &blocks[(r0 + i) * bpr + bi];
+                    let b = rows.get_unchecked(i * bpr + bi);
                     prefetch_ahead(b, 1);
-                    let c = unpack(&b.qs);
-                    let base = bi * 128;
-                    a[0] = _mm256_dpbusd_epi32(a[0], c[0], load32(q, base));
-                    a[1] = _mm256_dpbusd_epi32(a[1], c[1], load32(q, base + 32));
-                    a[0] = _mm256_dpbusd_epi32(a[0], c[2], load32(q, base + 64));
-                    a[1] = _mm256_dpbusd_epi32(a[1], c[3], load32(q, base + 96));
+                    let c = unpack512(&b.qs);
+                    a[0] = _mm512_dpbusd_epi32(a[0], c[0], x0);
+                    a[1] = _mm512_dpbusd_epi32(a[1], c[1], x1);
                 }
             }
-            let r = acc.map(|a| _mm256_add_epi32(a[0], a[1]));
+            let r = acc.map(|a| {
+                let s = _mm512_add_epi32(a[0], a[1]);
+                _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64::<1>(s))
+            });
             let h = _mm256_hadd_epi32(_mm256_hadd_epi32(r[0], r[1]), _mm256_hadd_epi32(r[2], r[3]));
             let s = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
             _mm_storeu_si128(out.as_mut_ptr().add(r0) as *mut __m128i, s);
@@ -244,10 +248,18 @@ pub unsafe fn dot_vnni_2rows(
                     }
                 }
             }
-            for k in 0..8 {
-                outa[t0 + k] = _mm512_reduce_add_epi32(acc_a[k]);
-                outb[t0 + k] = _mm512_reduce_add_epi32(acc_b[k]);
-            }
+            let mut v = [_mm512_setzero_si512(); 16];
+            v[..8].copy_from_slice(&acc_a);
+            v[8..].copy_from_slice(&acc_b);
+            let s = reduce16_epi32(&v);
+            _mm256_storeu_si256(
+                outa[t0..t0 + 8].as_mut_ptr() as *mut __m256i,
+                _mm512_castsi512_si256(s),
+            );
+            _mm256_storeu_si256(
+                outb[t0..t0 + 8].as_mut_ptr() as *mut __m256i,
+                _mm512_extracti64x4_epi64::<1>(s),
+            );
         }
     }
     if full < n {
@@ -257,6 +269,46 @@ pub unsafe fn dot_vnni_2rows(
             dot_vnni(rows[0], q, stride, &mut outa[full..]);
             dot_vnni(rows[1], q, stride, &mut outb[full..]);
         }
+    }
+}
+
+/// The lane sums of 16 vectors of i32 as one vector (lane i: Σ lanes of `v[i]`, wrapping like
+/// `_mm512_reduce_add_epi32`): a transposing tree of 15 shuffle pairs and adds instead of a
+/// dependent reduction per vector.
+#[inline(always)]
+unsafe fn reduce16_epi32(v: &[__m512i; 16]) -> __m512i {
+    // SAFETY: register operations only; callers enable AVX-512 F.
+    unsafe {
+        // Halves of two vectors side by side, then 128-bit quarters, then 64-bit and 32-bit
+        // pairs: chunk c of s2[p] sums v[4p + c]; lane 4c + j of the last step sums v[4j + c].
+        let mut s1 = [_mm512_setzero_si512(); 8];
+        for (m, s) in s1.iter_mut().enumerate() {
+            let (a, b) = (v[2 * m], v[2 * m + 1]);
+            *s = _mm512_add_epi32(
+                _mm512_shuffle_i32x4::<0b01_00_01_00>(a, b),
+                _mm512_shuffle_i32x4::<0b11_10_11_10>(a, b),
+            );
+        }
+        let mut s2 = [_mm512_setzero_si512(); 4];
+        for (p, s) in s2.iter_mut().enumerate() {
+            let (x, y) = (s1[2 * p], s1[2 * p + 1]);
+            *s = _mm512_add_epi32(
+                _mm512_shuffle_i32x4::<0b10_00_10_00>(x, y),
+                _mm512_shuffle_i32x4::<0b11_01_11_01>(x, y),
+            );
+        }
+        let mut s3 = [_mm512_setzero_si512(); 2];
+        for (q, s) in s3.iter_mut().enumerate() {
+            let (x, y) = (s2[2 * q], s2[2 * q + 1]);
+            *s = _mm512_add_epi32(_mm512_unpacklo_epi64(x, y), _mm512_unpackhi_epi64(x, y));
+        }
+        let (x, y) = (_mm512_castsi512_ps(s3[0]), _mm512_castsi512_ps(s3[1]));
+        let r = _mm512_add_epi32(
+            _mm512_castps_si512(_mm512_shuffle_ps::<0b10_00_10_00>(x, y)),
+            _mm512_castps_si512(_mm512_shuffle_ps::<0b11_01_11_01>(x, y)),
+        );
+        let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        _mm512_permutexvar_epi32(idx, r)
     }
 }
 
@@ -477,247 +529,6 @@ pub(crate) unsafe fn hsum_ps(s: __m256) -> f32 {
     let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
     let q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
     _mm_cvtss_f32(q)
-}
-
-/// The 256 quants of a Q6_K block (`q − 32`) as eight vectors of 32 signed bytes (elements
-/// 32j ..), unpacked with 512-bit operations: per half h, `ql[64h..64h+64]` holds the low
-/// nibbles of elements 128h + 0..64 and the high nibbles of 128h + 64..128, and the two high bits
-/// come from `qh[32h + l]` at shifts 0, 2, 4, 6 for the four 32-element groups (llama.cpp's
-/// `block_q6_K`). Same values as [`q6k_half`].
-#[inline(always)]
-unsafe fn q6k_block512(b: &crate::formats::BlockQ6K) -> [__m256i; 8] {
-    // SAFETY: loads read `ql[64h..64h+64]` and `qh[32h..32h+32]` inside the block; the callers
-    // enable AVX-512 F/BW.
-    unsafe {
-        let m4 = _mm512_set1_epi8(0x0F);
-        let m30 = _mm512_set1_epi8(0x30);
-        let c32 = _mm512_set1_epi8(32);
-        // Per 256-bit half: high bits of groups 0|1 to bit 4 (left shifts 4|2), of 2|3 (right
-        // shifts 0|2); 16-bit lane shifts are exact per byte after the 0x30 mask.
-        let shl = _mm512_inserti64x4::<1>(_mm512_set1_epi16(4), _mm256_set1_epi16(2));
-        let shr = _mm512_inserti64x4::<1>(_mm512_set1_epi16(0), _mm256_set1_epi16(2));
-        let mut out = [_mm256_setzero_si256(); 8];
-        for h in 0..2 {
-            let ql = _mm512_loadu_si512(b.ql.as_ptr().add(64 * h) as *const __m512i);
-            let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(
-                b.qh.as_ptr().add(32 * h) as *const __m256i
-            ));
-            let h01 = _mm512_and_si512(_mm512_sllv_epi16(qh, shl), m30);
-            let h23 = _mm512_and_si512(_mm512_srlv_epi16(qh, shr), m30);
-            let q01 = _mm512_sub_epi8(_mm512_or_si512(_mm512_and_si512(ql, m4), h01), c32);
-            let q23 = _mm512_sub_epi8(
-                _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), h23),
-                c32,
-            );
-            out[4 * h] = _mm512_castsi512_si256(q01);
-            out[4 * h + 1] = _mm512_extracti64x4_epi64::<1>(q01);
-            out[4 * h + 2] = _mm512_castsi512_si256(q23);
-            out[4 * h + 3] = _mm512_extracti64x4_epi64::<1>(q23);
-        }
-        out
-    }
-}
-
-/// The Q6_K head on int16 activations with AVX-512 VNNI, for consecutive rows of `bpr` blocks
-/// each (`blocks` holds them back to back) and `n = xs.len()` activation rows:
-/// `out[r·n + t] = Σ w_r·xs[t]`. Each 32-quant group is widened to i16, multiplied by its two
-/// 16-quant sub-block scales (`|q·sc| ≤ 32·128 = 4096`, fits i16) and accumulated with `vpdpwssd`
-/// (i16 pairs → i32) straight into one 16-lane i32 sum per block. Exact: a lane takes 16
-/// products per block, `16 · 4096 · 32767 = 2 147 418 112 < 2³¹` with `|x16| ≤ 32767` (the
-/// quantizer's range). The block sum is then scaled by `d` in f32. A block's quants are
-/// unpacked and scale-folded once for all tokens, and every token goes through the same
-/// operations in the same order as when alone, so a token's result does not depend on the
-/// others in the batch. Scalar twin:
-/// the Q6_K `to_float` dot.
-///
-/// # Safety
-/// The CPU must support AVX-512 F/BW/VNNI, AVX2, FMA and F16C; every `|xs[t][i]| ≤ 32767`;
-/// `out.len()` is a multiple of `n` (1 ≤ n ≤ 16), `blocks.len() >= out.len() / n · bpr` and every
-/// `xs[t].len() >= bpr·256` (the shapes are asserted).
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-pub unsafe fn q6k_i16_vnni_rows(
-    blocks: &[crate::formats::BlockQ6K],
-    bpr: usize,
-    xs: &[&[i16]],
-    out: &mut [f32],
-) {
-    let n = xs.len();
-    assert!(
-        (1..=16).contains(&n)
-            && out.len().is_multiple_of(n)
-            && xs.iter().all(|x| x.len() >= bpr * 256)
-            && blocks.len() >= out.len() / n * bpr,
-        "q6k_i16_vnni_rows: shapes"
-    );
-    // SAFETY (whole block): features enabled; the helpers read inside each block, and the
-    // activation loads read xs[t][256·bi .. 256·bi + 256], in bounds by the assert.
-    unsafe {
-        // Scale selectors: group j (32 quants) takes sub-block scales 2j (lanes 0-15) and
-        // 2j+1 (lanes 16-31).
-        let mut sel = [_mm512_setzero_si512(); 8];
-        for (j, s) in sel.iter_mut().enumerate() {
-            *s = _mm512_mask_blend_epi16(
-                0xFFFF_0000,
-                _mm512_set1_epi16(2 * j as i16),
-                _mm512_set1_epi16(2 * j as i16 + 1),
-            );
-        }
-        // Register-blocked tokens pay when every token's activations stay in L1 (the small
-        // model's 512 columns); on wide rows (2B-4T's 2560) they stream from L2 per token
-        // block and the block-by-block order measured at least as fast.
-        let narrow = n > 1 && n * bpr * 512 <= 32 * 1024;
-        let (mut w, mut d) = if narrow {
-            (
-                vec![_mm512_setzero_si512(); 8 * bpr],
-                vec![_mm512_setzero_ps(); bpr],
-            )
-        } else {
-            (Vec::new(), Vec::new())
-        };
-        for (r, o) in out.chunks_exact_mut(n).enumerate() {
-            let row = &blocks[r * bpr..(r + 1) * bpr];
-            if n == 1 {
-                // Decode: the accumulator stays in a register (measured faster than the array).
-                let mut acc = _mm512_setzero_ps();
-                for (bi, b) in row.iter().enumerate() {
-                    let (w, d) = q6k_scaled(b, &sel);
-                    let isum = q6k_block_dot(&w, xs[0].as_ptr().add(bi * 256));
-                    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, acc);
-                }
-                o[0] = _mm512_reduce_add_ps(acc);
-                continue;
-            }
-            if !narrow {
-                // Wide rows: block by block, every token's slice of the block while it is hot.
-                let mut acc = [_mm512_setzero_ps(); 16];
-                for (bi, b) in row.iter().enumerate() {
-                    let (w, d) = q6k_scaled(b, &sel);
-                    for (x, a) in xs.iter().zip(acc.iter_mut()) {
-                        let isum = q6k_block_dot(&w, x.as_ptr().add(bi * 256));
-                        *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, *a);
-                    }
-                }
-                for (o, a) in o.iter_mut().zip(&acc) {
-                    *o = _mm512_reduce_add_ps(*a);
-                }
-                continue;
-            }
-            // Narrow rows (all tokens' activations fit in L1): the row's quants are unpacked
-            // and scale-folded once into `w`, then the tokens go through in register blocks of
-            // 8/4/2/1.
-            for (bi, b) in row.iter().enumerate() {
-                let (wb, db) = q6k_scaled(b, &sel);
-                w[8 * bi..8 * bi + 8].copy_from_slice(&wb);
-                d[bi] = db;
-            }
-            let mut t = 0;
-            while t < n {
-                let (xt, ot) = (&xs[t..], &mut o[t..]);
-                t += match n - t {
-                    8.. => q6k_tokens::<8>(&w, &d, xt, ot),
-                    4..=7 => q6k_tokens::<4>(&w, &d, xt, ot),
-                    2..=3 => q6k_tokens::<2>(&w, &d, xt, ot),
-                    _ => q6k_tokens::<1>(&w, &d, xt, ot),
-                };
-            }
-        }
-    }
-}
-
-/// `G` tokens against one row whose quants `w` (eight vectors per block) and block scales `d`
-/// were unpacked by [`q6k_scaled`]: per block, `G` independent `vpdpwssd` chains (one per
-/// token, in group order), then `acc += f32(isum) · d` in block order and a final
-/// `_mm512_reduce_add_ps` — the operations of the one-token path in the same order, so a
-/// token's result is bit-identical to its decode logit. Returns `G`.
-///
-/// `vpdpwssd` is written as inline assembly: without a CPU tuning that marks it fast, LLVM
-/// splits the intrinsic into `vpmaddwd` + `vpaddd` (twice the µops on the busy vector ports).
-/// Not inlined: the decode loop of the caller keeps its own code and registers.
-#[inline(never)]
-#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vnni")]
-unsafe fn q6k_tokens<const G: usize>(
-    w: &[__m512i],
-    d: &[__m512],
-    xs: &[&[i16]],
-    out: &mut [f32],
-) -> usize {
-    // SAFETY: the caller (`q6k_i16_vnni_rows`) enables AVX-512 F/BW/VNNI and checked that every
-    // `xs[k]` holds `d.len()·256` values; the loads read `xs[k][256·bi + 32·j ..][..32]`.
-    unsafe {
-        // The tokens' base pointers once, in registers: the loads below then take base +
-        // offset addressing, one instruction each (indexing `xs` per load reloaded each slice
-        // pointer from memory: two loads and two adds per `vpdpwssd`).
-        let mut base = [std::ptr::null::<i16>(); G];
-        for k in 0..G {
-            base[k] = xs[k].as_ptr();
-        }
-        let mut acc = [_mm512_setzero_ps(); G];
-        for (bi, &db) in d.iter().enumerate() {
-            let mut isum = [_mm512_setzero_si512(); G];
-            for j in 0..8 {
-                let wj = w[8 * bi + j];
-                // Byte offset of values 256·bi + 32·j.
-                let off = 2 * (256 * bi + 32 * j);
-                for k in 0..G {
-                    std::arch::asm!(
-                        "vpdpwssd {acc}, {w}, zmmword ptr [{b} + {o}]",
-                        acc = inout(zmm_reg) isum[k],
-                        w = in(zmm_reg) wj,
-                        b = in(reg) base[k],
-                        o = in(reg) off,
-                        options(pure, readonly, nostack, preserves_flags)
-                    );
-                }
-            }
-            for k in 0..G {
-                acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[k]), db, acc[k]);
-            }
-        }
-        for k in 0..G {
-            out[k] = _mm512_reduce_add_ps(acc[k]);
-        }
-    }
-    G
-}
-
-/// A Q6_K block's quants as eight vectors of 32 i16 already multiplied by their sub-block
-/// scales (`sel` from [`q6k_i16_vnni_rows`]), and the block scale `d` broadcast.
-#[inline(always)]
-unsafe fn q6k_scaled(b: &crate::formats::BlockQ6K, sel: &[__m512i; 8]) -> ([__m512i; 8], __m512) {
-    // 210-byte blocks: four lines cover one.
-    prefetch_ahead(b, 4);
-    // SAFETY: reads the block's 16 scale bytes and (in `q6k_block512`) its quants; the callers
-    // enable AVX-512 F/BW and F16C.
-    unsafe {
-        let sc8 = _mm_loadu_si128(b.scales.as_ptr() as *const __m128i);
-        let sc16 = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(sc8));
-        let q = q6k_block512(b);
-        // A loop, not `array::from_fn`: a closure does not inherit the caller's target
-        // features, so its intrinsics may not inline.
-        let mut w = [_mm512_setzero_si512(); 8];
-        for j in 0..8 {
-            let s = _mm512_permutexvar_epi16(sel[j], sc16);
-            w[j] = _mm512_mullo_epi16(_mm512_cvtepi8_epi16(q[j]), s);
-        }
-        // `d` through F16C (exact, like `half`, without its call and feature check).
-        let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(b.d))));
-        (w, _mm512_set1_ps(d))
-    }
-}
-
-/// The exact i32 lane sums of one block: `vpdpwssd` of the eight scaled quant vectors with the
-/// 256 int16 activations at `xb`, in group order.
-#[inline(always)]
-unsafe fn q6k_block_dot(w: &[__m512i; 8], xb: *const i16) -> __m512i {
-    // SAFETY: callers pass `xb` with 256 readable values and enable AVX-512 VNNI.
-    unsafe {
-        let mut isum = _mm512_setzero_si512();
-        for (j, wj) in w.iter().enumerate() {
-            let xv = _mm512_loadu_si512(xb.add(32 * j) as *const __m512i);
-            isum = _mm512_dpwssd_epi32(isum, *wj, xv);
-        }
-        isum
-    }
 }
 
 /// Two f32 rows against four activation rows: `out[r][k] = Σ w_r·x_k`. The 2×4 register

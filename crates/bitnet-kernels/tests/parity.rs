@@ -648,7 +648,7 @@ fn q6k_int16_kernels_match_dequantized_dot_at_the_extremes() {
                     // SAFETY: AVX-512 VNNI detected; |x16| ≤ 32767.
                     let mut out = [0f32];
                     unsafe {
-                        bitnet_kernels::x86::q6k_i16_vnni_rows(
+                        bitnet_kernels::q6k_vnni::q6k_i16_vnni_rows(
                             blocks,
                             blocks.len(),
                             &[&x16],

@@ -1,0 +1,396 @@
+//! The Q6_K output head on int16 activations with AVX-512 VNNI (llama.cpp's `block_q6_K`
+//! layout, see `formats::q6_k`): one token (decode) or up to 16 (batched decode, prefill's last
+//! tokens). Scalar twin: the Q6_K `to_float` dot; parity tests in `tests/parity.rs`.
+
+#![cfg(target_arch = "x86_64")]
+
+use crate::x86::prefetch_ahead;
+use std::arch::x86_64::*;
+
+/// Horizontal sums of f32 vectors, sixteen at a time: `out[i] = Σ lanes of v_i`, each sum with
+/// exactly the pairings of `_mm512_reduce_add_ps` (lane `i + (i+8)`, then `+ 4`, `+ 2`, `+ 1`),
+/// so a result does not depend on which other vectors share its group. Vectors are pushed in
+/// output order; every 16th push (and [`LaneSums::finish`]) reduces them with a transposing
+/// tree (45 shuffles and adds for 16 sums instead of ~9 dependent operations per sum) and
+/// stores the sums at the next positions of `out`.
+struct LaneSums<'a> {
+    buf: [__m512; 16],
+    len: usize,
+    out: &'a mut [f32],
+    pos: usize,
+}
+
+impl<'a> LaneSums<'a> {
+    #[inline(always)]
+    unsafe fn new(out: &'a mut [f32]) -> Self {
+        // SAFETY: AVX-512 F is enabled by every caller.
+        let z = unsafe { _mm512_setzero_ps() };
+        Self {
+            buf: [z; 16],
+            len: 0,
+            out,
+            pos: 0,
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn push(&mut self, v: __m512) {
+        self.buf[self.len] = v;
+        self.len += 1;
+        if self.len == 16 {
+            // SAFETY: as `push`'s callers (AVX-512 F).
+            unsafe { self.flush() };
+        }
+    }
+
+    /// Stores the sums of the vectors pushed since the last flush.
+    #[inline(always)]
+    unsafe fn finish(mut self) {
+        if self.len > 0 {
+            // SAFETY: as `finish`'s callers (AVX-512 F).
+            unsafe { self.flush() };
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn flush(&mut self) {
+        // SAFETY: AVX-512 F is enabled by the callers; the store covers `out[pos..pos+len]`,
+        // in bounds (checked by the slice index).
+        unsafe {
+            let v = &self.buf;
+            // Lane i + lane i+8: halves of two vectors side by side.
+            let mut s1 = [_mm512_setzero_ps(); 8];
+            for (m, s) in s1.iter_mut().enumerate() {
+                let (a, b) = (v[2 * m], v[2 * m + 1]);
+                let lo = _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b);
+                let hi = _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b);
+                *s = _mm512_add_ps(lo, hi);
+            }
+            // Lane j + lane j+4 of each 8-lane half: 128-bit chunk c of s2[p] belongs to v[4p+c].
+            let mut s2 = [_mm512_setzero_ps(); 4];
+            for (p, s) in s2.iter_mut().enumerate() {
+                let (x, y) = (s1[2 * p], s1[2 * p + 1]);
+                let lo = _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y);
+                let hi = _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y);
+                *s = _mm512_add_ps(lo, hi);
+            }
+            // Lane k + lane k+2 in each chunk: chunk c of s3[q] holds v[8q+c] (lanes 0-1) and
+            // v[8q+4+c] (lanes 2-3).
+            let mut s3 = [_mm512_setzero_ps(); 2];
+            for (q, s) in s3.iter_mut().enumerate() {
+                let (x, y) = (_mm512_castps_pd(s2[2 * q]), _mm512_castps_pd(s2[2 * q + 1]));
+                let lo = _mm512_castpd_ps(_mm512_unpacklo_pd(x, y));
+                let hi = _mm512_castpd_ps(_mm512_unpackhi_pd(x, y));
+                *s = _mm512_add_ps(lo, hi);
+            }
+            // Lane 0 + lane 1: lane 4c + j of the result is the sum of v[4j + c].
+            let lo = _mm512_shuffle_ps::<0b10_00_10_00>(s3[0], s3[1]);
+            let hi = _mm512_shuffle_ps::<0b11_01_11_01>(s3[0], s3[1]);
+            let r = _mm512_add_ps(lo, hi);
+            // Back to push order: sum i sits in lane 4·(i mod 4) + i / 4.
+            let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+            let r = _mm512_permutexvar_ps(idx, r);
+            let dst = &mut self.out[self.pos..self.pos + self.len];
+            _mm512_mask_storeu_ps(
+                dst.as_mut_ptr(),
+                (1u32 << dst.len()).wrapping_sub(1) as u16,
+                r,
+            );
+            self.pos += self.len;
+            self.len = 0;
+        }
+    }
+}
+
+/// The 256 quants of a Q6_K block (`q − 32`) as eight vectors of 32 signed bytes (elements
+/// 32j ..), unpacked with 512-bit operations: per half h, `ql[64h..64h+64]` holds the low
+/// nibbles of elements 128h + 0..64 and the high nibbles of 128h + 64..128, and the two high bits
+/// come from `qh[32h + l]` at shifts 0, 2, 4, 6 for the four 32-element groups (llama.cpp's
+/// `block_q6_K`). Same values as [`q6k_half`].
+#[inline(always)]
+unsafe fn q6k_block512(b: &crate::formats::BlockQ6K) -> [__m256i; 8] {
+    // SAFETY: loads read `ql[64h..64h+64]` and `qh[32h..32h+32]` inside the block; the callers
+    // enable AVX-512 F/BW.
+    unsafe {
+        let m4 = _mm512_set1_epi8(0x0F);
+        let m30 = _mm512_set1_epi8(0x30);
+        let c32 = _mm512_set1_epi8(32);
+        // Per 256-bit half: high bits of groups 0|1 to bit 4 (left shifts 4|2), of 2|3 (right
+        // shifts 0|2); 16-bit lane shifts are exact per byte after the 0x30 mask.
+        let shl = _mm512_inserti64x4::<1>(_mm512_set1_epi16(4), _mm256_set1_epi16(2));
+        let shr = _mm512_inserti64x4::<1>(_mm512_set1_epi16(0), _mm256_set1_epi16(2));
+        let mut out = [_mm256_setzero_si256(); 8];
+        for h in 0..2 {
+            let ql = _mm512_loadu_si512(b.ql.as_ptr().add(64 * h) as *const __m512i);
+            let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                b.qh.as_ptr().add(32 * h) as *const __m256i
+            ));
+            let h01 = _mm512_and_si512(_mm512_sllv_epi16(qh, shl), m30);
+            let h23 = _mm512_and_si512(_mm512_srlv_epi16(qh, shr), m30);
+            let q01 = _mm512_sub_epi8(_mm512_or_si512(_mm512_and_si512(ql, m4), h01), c32);
+            let q23 = _mm512_sub_epi8(
+                _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), h23),
+                c32,
+            );
+            out[4 * h] = _mm512_castsi512_si256(q01);
+            out[4 * h + 1] = _mm512_extracti64x4_epi64::<1>(q01);
+            out[4 * h + 2] = _mm512_castsi512_si256(q23);
+            out[4 * h + 3] = _mm512_extracti64x4_epi64::<1>(q23);
+        }
+        out
+    }
+}
+
+/// The Q6_K head on int16 activations with AVX-512 VNNI, for consecutive rows of `bpr` blocks
+/// each (`blocks` holds them back to back) and `n = xs.len()` activation rows:
+/// `out[r·n + t] = Σ w_r·xs[t]`. Each 32-quant group is widened to i16, multiplied by its two
+/// 16-quant sub-block scales (`|q·sc| ≤ 32·128 = 4096`, fits i16) and accumulated with `vpdpwssd`
+/// (i16 pairs → i32) straight into one 16-lane i32 sum per block. Exact: a lane takes 16
+/// products per block, `16 · 4096 · 32767 = 2 147 418 112 < 2³¹` with `|x16| ≤ 32767` (the
+/// quantizer's range). The block sum is then scaled by `d` in f32. A block's quants are
+/// unpacked and scale-folded once for all tokens, and every token goes through the same
+/// operations in the same order as when alone, so a token's result does not depend on the
+/// others in the batch. Scalar twin:
+/// the Q6_K `to_float` dot.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VNNI, AVX2, FMA and F16C; every `|xs[t][i]| ≤ 32767`;
+/// `out.len()` is a multiple of `n` (1 ≤ n ≤ 16), `blocks.len() >= out.len() / n · bpr` and every
+/// `xs[t].len() >= bpr·256` (the shapes are asserted).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+pub unsafe fn q6k_i16_vnni_rows(
+    blocks: &[crate::formats::BlockQ6K],
+    bpr: usize,
+    xs: &[&[i16]],
+    out: &mut [f32],
+) {
+    let n = xs.len();
+    let rows = out.len() / n.max(1);
+    assert!(
+        (1..=16).contains(&n)
+            && bpr > 0
+            && out.len().is_multiple_of(n)
+            && xs.iter().all(|x| x.len() >= bpr * 256)
+            && blocks.len() >= rows * bpr,
+        "q6k_i16_vnni_rows: shapes"
+    );
+    // SAFETY (whole block): features enabled; the helpers read inside each block, and the
+    // activation loads read xs[t][256·bi .. 256·bi + 256], in bounds by the assert.
+    unsafe {
+        // Scale selectors: group j (32 quants) takes sub-block scales 2j (lanes 0-15) and
+        // 2j+1 (lanes 16-31).
+        let mut sel = [_mm512_setzero_si512(); 8];
+        for (j, s) in sel.iter_mut().enumerate() {
+            *s = _mm512_mask_blend_epi16(
+                0xFFFF_0000,
+                _mm512_set1_epi16(2 * j as i16),
+                _mm512_set1_epi16(2 * j as i16 + 1),
+            );
+        }
+        // Register-blocked tokens pay when every token's activations stay in L1 (the small
+        // model's 512 columns); on wide rows (2B-4T's 2560) they stream from L2 per token
+        // block and the block-by-block order measured at least as fast.
+        let narrow = n > 1 && n * bpr * 512 <= 32 * 1024;
+        let (mut w, mut d) = if narrow {
+            (
+                vec![_mm512_setzero_si512(); 8 * bpr],
+                vec![_mm512_setzero_ps(); bpr],
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        // Every (row, token) accumulator goes through `sums` in output order.
+        let mut sums = LaneSums::new(out);
+        for row in blocks.chunks_exact(bpr).take(rows) {
+            if n == 1 {
+                // Decode: the accumulator stays in a register (measured faster than the array).
+                let mut acc = _mm512_setzero_ps();
+                for (bi, b) in row.iter().enumerate() {
+                    let (w, d) = q6k_scaled(b, &sel);
+                    let isum = q6k_block_dot(&w, xs[0].as_ptr().add(bi * 256));
+                    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, acc);
+                }
+                sums.push(acc);
+                continue;
+            }
+            if !narrow {
+                // Wide rows: block by block, every token's slice of the block while it is hot.
+                let mut acc = [_mm512_setzero_ps(); 16];
+                for (bi, b) in row.iter().enumerate() {
+                    let (w, d) = q6k_scaled(b, &sel);
+                    for (x, a) in xs.iter().zip(acc.iter_mut()) {
+                        let isum = q6k_block_dot(&w, x.as_ptr().add(bi * 256));
+                        *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, *a);
+                    }
+                }
+                for a in &acc[..n] {
+                    sums.push(*a);
+                }
+                continue;
+            }
+            // Narrow rows (all tokens' activations fit in L1): the row's quants are unpacked
+            // and scale-folded once into `w`, then the tokens go through in register blocks of
+            // 8/4/2/1.
+            for ((b, wb), db) in row.iter().zip(w.chunks_exact_mut(8)).zip(d.iter_mut()) {
+                let (q, s) = q6k_scaled(b, &sel);
+                wb.copy_from_slice(&q);
+                *db = s;
+            }
+            let mut t = 0;
+            while t < n {
+                let xt = &xs[t..];
+                t += match n - t {
+                    8.. => q6k_tokens::<8>(&w, &d, xt, &mut sums),
+                    4..=7 => q6k_tokens::<4>(&w, &d, xt, &mut sums),
+                    2..=3 => q6k_tokens::<2>(&w, &d, xt, &mut sums),
+                    _ => q6k_tokens::<1>(&w, &d, xt, &mut sums),
+                };
+            }
+        }
+        sums.finish();
+    }
+}
+
+/// `G` tokens against one row whose quants `w` (eight vectors per block) and block scales `d`
+/// were unpacked by [`q6k_scaled`]: per block, `G` independent `vpdpwssd` chains (one per
+/// token, in group order), then `acc += f32(isum) · d` in block order and a final
+/// horizontal sum through `sums` — the operations of the one-token path in the same order, so a
+/// token's result is bit-identical to its decode logit. Returns `G`.
+///
+/// `vpdpwssd` is written as inline assembly: without a CPU tuning that marks it fast, LLVM
+/// splits the intrinsic into `vpmaddwd` + `vpaddd` (twice the µops on the busy vector ports).
+/// Not inlined: the decode loop of the caller keeps its own code and registers.
+#[inline(never)]
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vnni")]
+unsafe fn q6k_tokens<const G: usize>(
+    w: &[__m512i],
+    d: &[__m512],
+    xs: &[&[i16]],
+    sums: &mut LaneSums,
+) -> usize {
+    // SAFETY: the caller (`q6k_i16_vnni_rows`) enables AVX-512 F/BW/VNNI and checked that every
+    // `xs[k]` holds `d.len()·256` values; the loads read `xs[k][256·bi + 32·j ..][..32]`.
+    unsafe {
+        // The tokens' base pointers once, in registers: the loads below then take base +
+        // offset addressing, one instruction each (indexing `xs` per load reloaded each slice
+        // pointer from memory: two loads and two adds per `vpdpwssd`).
+        let mut base = [std::ptr::null::<i16>(); G];
+        for k in 0..G {
+            base[k] = xs[k].as_ptr();
+        }
+        let mut acc = [_mm512_setzero_ps(); G];
+        for (bi, (wb, &db)) in w.chunks_exact(8).zip(d).enumerate() {
+            let mut isum = [_mm512_setzero_si512(); G];
+            for (j, &wj) in wb.iter().enumerate() {
+                // Byte offset of values 256·bi + 32·j.
+                let off = 2 * (256 * bi + 32 * j);
+                for k in 0..G {
+                    std::arch::asm!(
+                        "vpdpwssd {acc}, {w}, zmmword ptr [{b} + {o}]",
+                        acc = inout(zmm_reg) isum[k],
+                        w = in(zmm_reg) wj,
+                        b = in(reg) base[k],
+                        o = in(reg) off,
+                        options(pure, readonly, nostack, preserves_flags)
+                    );
+                }
+            }
+            for k in 0..G {
+                acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[k]), db, acc[k]);
+            }
+        }
+        for a in acc {
+            sums.push(a);
+        }
+    }
+    G
+}
+
+/// A Q6_K block's quants as eight vectors of 32 i16 already multiplied by their sub-block
+/// scales (`sel` from [`q6k_i16_vnni_rows`]), and the block scale `d` broadcast.
+#[inline(always)]
+unsafe fn q6k_scaled(b: &crate::formats::BlockQ6K, sel: &[__m512i; 8]) -> ([__m512i; 8], __m512) {
+    // 210-byte blocks: four lines cover one.
+    prefetch_ahead(b, 4);
+    // SAFETY: reads the block's 16 scale bytes and (in `q6k_block512`) its quants; the callers
+    // enable AVX-512 F/BW and F16C.
+    unsafe {
+        let sc8 = _mm_loadu_si128(b.scales.as_ptr() as *const __m128i);
+        let sc16 = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(sc8));
+        let q = q6k_block512(b);
+        // A loop, not `array::from_fn`: a closure does not inherit the caller's target
+        // features, so its intrinsics may not inline.
+        let mut w = [_mm512_setzero_si512(); 8];
+        for j in 0..8 {
+            let s = _mm512_permutexvar_epi16(sel[j], sc16);
+            w[j] = _mm512_mullo_epi16(_mm512_cvtepi8_epi16(q[j]), s);
+        }
+        // `d` through F16C (exact, like `half`, without its call and feature check).
+        let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(b.d))));
+        (w, _mm512_set1_ps(d))
+    }
+}
+
+/// The exact i32 lane sums of one block: `vpdpwssd` of the eight scaled quant vectors with the
+/// 256 int16 activations at `xb`, in group order.
+#[inline(always)]
+unsafe fn q6k_block_dot(w: &[__m512i; 8], xb: *const i16) -> __m512i {
+    // SAFETY: callers pass `xb` with 256 readable values and enable AVX-512 VNNI.
+    unsafe {
+        let mut isum = _mm512_setzero_si512();
+        for (j, wj) in w.iter().enumerate() {
+            let xv = _mm512_loadu_si512(xb.add(32 * j) as *const __m512i);
+            isum = _mm512_dpwssd_epi32(isum, *wj, xv);
+        }
+        isum
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `LaneSums` must give `_mm512_reduce_add_ps`'s bits for every vector, whatever the group
+    /// size, its neighbours or its position: values of very different magnitudes make any other
+    /// pairing order round differently.
+    #[test]
+    fn lane_sums_match_reduce_add_bit_for_bit() {
+        if !(is_x86_feature_detected!("avx512f")) {
+            eprintln!("SKIPPED: no AVX-512 F on this CPU");
+            return;
+        }
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let m = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+            let e = ((state >> 8) % 40) as i32 - 20;
+            m * 2f32.powi(e)
+        };
+        for count in [1usize, 2, 5, 15, 16, 17, 31, 32, 33, 100] {
+            let vecs: Vec<[f32; 16]> = (0..count)
+                .map(|_| std::array::from_fn(|_| next()))
+                .collect();
+            let mut got = vec![f32::NAN; count];
+            // SAFETY: AVX-512 F detected above; loads read 16 floats of each array.
+            let want: Vec<f32> = unsafe {
+                let mut sums = LaneSums::new(&mut got);
+                for v in &vecs {
+                    sums.push(_mm512_loadu_ps(v.as_ptr()));
+                }
+                sums.finish();
+                vecs.iter()
+                    .map(|v| _mm512_reduce_add_ps(_mm512_loadu_ps(v.as_ptr())))
+                    .collect()
+            };
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    g.to_bits(),
+                    w.to_bits(),
+                    "count {count}, vector {i}: {g} vs {w}"
+                );
+            }
+        }
+    }
+}
