@@ -497,13 +497,25 @@ impl Model {
             st.acts.quantize(&st.xn, n, h, l.gate.cols_padded());
             ternary_matmul(&l.gate, &st.acts, &mut st.gate);
             ternary_matmul(&l.up, &st.acts, &mut st.up);
-            let gu = st.gate[..n * inter].iter_mut().zip(&st.up);
-            match c.hidden_act {
-                Activation::Relu2 => gu.for_each(|(g, &u)| {
-                    let r = g.max(0.0);
-                    *g = r * r * u;
-                }),
-                Activation::Silu => gu.for_each(|(g, &u)| *g = *g / (1.0 + (-*g).exp()) * u),
+            let act = |gate: &mut [f32], up: &[f32]| {
+                let gu = gate.iter_mut().zip(up);
+                match c.hidden_act {
+                    Activation::Relu2 => gu.for_each(|(g, &u)| {
+                        let r = g.max(0.0);
+                        *g = r * r * u;
+                    }),
+                    Activation::Silu => gu.for_each(|(g, &u)| *g = *g / (1.0 + (-*g).exp()) * u),
+                }
+            };
+            let (gate, up) = (&mut st.gate[..n * inter], &st.up[..n * inter]);
+            if n >= 8 && rayon::current_num_threads() > 1 {
+                // Prefill and batches: token rows in parallel (SiLU's `exp` was a serial ~4 %
+                // of a two-thread prefill).
+                gate.par_chunks_mut(inter)
+                    .zip(up.par_chunks(inter))
+                    .for_each(|(g, u)| act(g, u));
+            } else {
+                act(gate, up);
             }
             rmsnorm_rows(&st.gate, &l.ffn_sub_norm, eps, n, &mut st.xn);
             st.acts.quantize(&st.xn, n, inter, l.down.cols_padded());
