@@ -68,3 +68,18 @@ fn gemm_32_tokens(b: Bencher, kernel: &str) {
 fn gemm_128_tokens(b: Bencher, kernel: &str) {
     run(b, kernel, 128);
 }
+
+/// Prefill, one projection shape at a time on the active kernel (`BITNET_KERNEL` or the best
+/// one): which shape holds a prefill back. Argument: `rows x cols`.
+#[divan::bench(args = ["2560x2560", "640x2560", "6912x2560", "2560x6912"], sample_count = 10)]
+fn gemm_128_tokens_by_shape(b: Bencher, shape: &str) {
+    let (r, c) = shape
+        .split_once('x')
+        .and_then(|(r, c)| Some((r.parse().ok()?, c.parse().ok()?)))
+        .expect("shape argument: ROWSxCOLS");
+    let n = 128;
+    let (m, a) = setup(r, c, n);
+    let mut out = vec![0f32; r * n];
+    b.counter(ItemsCount::new(r * c * n))
+        .bench_local(|| ternary_matmul_with(bitnet_kernels::dispatch::active(), &m, &a, &mut out));
+}

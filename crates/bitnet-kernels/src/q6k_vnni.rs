@@ -187,22 +187,10 @@ pub unsafe fn q6k_i16_vnni_rows(
                 _mm512_set1_epi16(2 * j as i16 + 1),
             );
         }
-        // Register-blocked tokens pay when every token's activations stay in L1 (the small
-        // model's 512 columns); on wide rows (2B-4T's 2560) they stream from L2 per token
-        // block and the block-by-block order measured at least as fast.
-        let narrow = n > 1 && n * bpr * 512 <= 32 * 1024;
-        let (mut w, mut d) = if narrow {
-            (
-                vec![_mm512_setzero_si512(); 8 * bpr],
-                vec![_mm512_setzero_ps(); bpr],
-            )
-        } else {
-            (Vec::new(), Vec::new())
-        };
         // Every (row, token) accumulator goes through `sums` in output order.
         let mut sums = LaneSums::new(out);
-        for row in blocks.chunks_exact(bpr).take(rows) {
-            if n == 1 {
+        if n == 1 {
+            for row in blocks.chunks_exact(bpr).take(rows) {
                 // Decode: the accumulator stays in a register (measured faster than the array).
                 let mut acc = _mm512_setzero_ps();
                 for (bi, b) in row.iter().enumerate() {
@@ -211,40 +199,55 @@ pub unsafe fn q6k_i16_vnni_rows(
                     acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, acc);
                 }
                 sums.push(acc);
-                continue;
             }
-            if !narrow {
-                // Wide rows: block by block, every token's slice of the block while it is hot.
-                let mut acc = [_mm512_setzero_ps(); 16];
-                for (bi, b) in row.iter().enumerate() {
-                    let (w, d) = q6k_scaled(b, &sel);
-                    for (x, a) in xs.iter().zip(acc.iter_mut()) {
-                        let isum = q6k_block_dot(&w, x.as_ptr().add(bi * 256));
-                        *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, *a);
-                    }
-                }
-                for a in &acc[..n] {
-                    sums.push(*a);
-                }
-                continue;
-            }
-            // Narrow rows (all tokens' activations fit in L1): the row's quants are unpacked
-            // and scale-folded once into `w`, then the tokens go through in register blocks of
-            // 8/4/2/1.
-            for ((b, wb), db) in row.iter().zip(w.chunks_exact_mut(8)).zip(d.iter_mut()) {
+            sums.finish();
+            return;
+        }
+        // Several tokens: a tile of rows is unpacked and scale-folded once into `w` (`TILE`
+        // rows × 8 vectors per block), then the tokens go through every row of the tile in
+        // register blocks of at most `group` tokens, so a group's activations are read from L1
+        // by all the tile's rows. Narrow rows (the small model's 512 columns: all tokens fit in
+        // L1) take one row per tile and groups of 8; wide rows (2B-4T's 2560: 5 KiB of int16
+        // per token) take 4 rows and groups of 4 (40 KiB of quants and activations in L1),
+        // where streaming every token's activations from L2 for each row was the bottleneck.
+        let narrow = n * bpr * 512 <= 32 * 1024;
+        let (tile, group) = if narrow { (1, 8) } else { (4, 4) };
+        let mut w = vec![_mm512_setzero_si512(); tile * 8 * bpr];
+        let mut d = vec![_mm512_setzero_ps(); tile * bpr];
+        let mut acc = vec![_mm512_setzero_ps(); tile * n];
+        for rows_t in blocks[..rows * bpr].chunks(tile * bpr) {
+            let nr = rows_t.len() / bpr;
+            for ((b, wb), db) in rows_t.iter().zip(w.chunks_exact_mut(8)).zip(d.iter_mut()) {
                 let (q, s) = q6k_scaled(b, &sel);
                 wb.copy_from_slice(&q);
                 *db = s;
             }
             let mut t = 0;
             while t < n {
+                let g = (n - t).min(group);
                 let xt = &xs[t..];
-                t += match n - t {
-                    8.. => q6k_tokens::<8>(&w, &d, xt, &mut sums),
-                    4..=7 => q6k_tokens::<4>(&w, &d, xt, &mut sums),
-                    2..=3 => q6k_tokens::<2>(&w, &d, xt, &mut sums),
-                    _ => q6k_tokens::<1>(&w, &d, xt, &mut sums),
+                for i in 0..nr {
+                    let (wr, dr) = (
+                        &w[i * 8 * bpr..(i + 1) * 8 * bpr],
+                        &d[i * bpr..(i + 1) * bpr],
+                    );
+                    let a = &mut acc[i * n + t..];
+                    match g {
+                        8 => q6k_tokens::<8>(wr, dr, xt, a),
+                        4..=7 => q6k_tokens::<4>(wr, dr, xt, a),
+                        2..=3 => q6k_tokens::<2>(wr, dr, xt, a),
+                        _ => q6k_tokens::<1>(wr, dr, xt, a),
+                    };
+                }
+                t += match g {
+                    8 => 8,
+                    4..=7 => 4,
+                    2..=3 => 2,
+                    _ => 1,
                 };
+            }
+            for &a in &acc[..nr * n] {
+                sums.push(a);
             }
         }
         sums.finish();
@@ -254,8 +257,8 @@ pub unsafe fn q6k_i16_vnni_rows(
 /// `G` tokens against one row whose quants `w` (eight vectors per block) and block scales `d`
 /// were unpacked by [`q6k_scaled`]: per block, `G` independent `vpdpwssd` chains (one per
 /// token, in group order), then `acc += f32(isum) · d` in block order and a final
-/// horizontal sum through `sums` — the operations of the one-token path in the same order, so a
-/// token's result is bit-identical to its decode logit. Returns `G`.
+/// horizontal sum (by the caller) — the operations of the one-token path in the same order, so
+/// a token's result is bit-identical to its decode logit. The accumulators go to `out[..G]`.
 ///
 /// `vpdpwssd` is written as inline assembly: without a CPU tuning that marks it fast, LLVM
 /// splits the intrinsic into `vpmaddwd` + `vpaddd` (twice the µops on the busy vector ports).
@@ -266,8 +269,8 @@ unsafe fn q6k_tokens<const G: usize>(
     w: &[__m512i],
     d: &[__m512],
     xs: &[&[i16]],
-    sums: &mut LaneSums,
-) -> usize {
+    out: &mut [__m512],
+) {
     // SAFETY: the caller (`q6k_i16_vnni_rows`) enables AVX-512 F/BW/VNNI and checked that every
     // `xs[k]` holds `d.len()·256` values; the loads read `xs[k][256·bi + 32·j ..][..32]`.
     unsafe {
@@ -299,11 +302,8 @@ unsafe fn q6k_tokens<const G: usize>(
                 acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[k]), db, acc[k]);
             }
         }
-        for a in acc {
-            sums.push(a);
-        }
+        out[..G].copy_from_slice(&acc);
     }
-    G
 }
 
 /// A Q6_K block's quants as eight vectors of 32 i16 already multiplied by their sub-block
@@ -333,14 +333,22 @@ unsafe fn q6k_scaled(b: &crate::formats::BlockQ6K, sel: &[__m512i; 8]) -> ([__m5
 
 /// The exact i32 lane sums of one block: `vpdpwssd` of the eight scaled quant vectors with the
 /// 256 int16 activations at `xb`, in group order.
-#[inline(always)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512vnni")]
 unsafe fn q6k_block_dot(w: &[__m512i; 8], xb: *const i16) -> __m512i {
     // SAFETY: callers pass `xb` with 256 readable values and enable AVX-512 VNNI.
     unsafe {
         let mut isum = _mm512_setzero_si512();
-        for (j, wj) in w.iter().enumerate() {
-            let xv = _mm512_loadu_si512(xb.add(32 * j) as *const __m512i);
-            isum = _mm512_dpwssd_epi32(isum, *wj, xv);
+        for (j, &wj) in w.iter().enumerate() {
+            // `vpdpwssd` as inline assembly (see `q6k_tokens`: the intrinsic is split into
+            // `vpmaddwd` + `vpaddd`).
+            std::arch::asm!(
+                "vpdpwssd {acc}, {w}, zmmword ptr [{x}]",
+                acc = inout(zmm_reg) isum,
+                w = in(zmm_reg) wj,
+                x = in(reg) xb.add(32 * j),
+                options(pure, readonly, nostack, preserves_flags)
+            );
         }
         isum
     }
