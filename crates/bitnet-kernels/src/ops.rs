@@ -70,27 +70,53 @@ pub fn ternary_matmul_with(
         }
         // Tiles of 16 weight rows × a token group whose int8 rows fit in L1 (16 at 512
         // columns, 8 at 2560): the group's activations are read from L1 by all the tile's row
-        // pairs instead of being re-streamed from L2 for every pair.
+        // pairs instead of being re-streamed from L2 for every pair. Long rows (the FFN down
+        // projection's 6912 columns: 54 KiB for 8 tokens) go in column slices of at most
+        // 2560, the slices' exact i32 sums added per (row, token) before the epilogue.
         let tb = if 16 * kp <= 24 * 1024 { 16 } else { 8 };
+        let kb = kp / 128;
+        let kc = if kp > 4096 { 20 } else { kb.max(1) };
+        let mut tile = [[0i32; 16]; 16];
         for i0 in (0..nr).step_by(16) {
             let i1 = (i0 + 16).min(nr);
             for t0 in (0..n).step_by(tb) {
                 let nt = (n - t0).min(tb);
-                let qt = &q[t0 * kp..];
-                let (sm, sx) = (&sums[t0..t0 + nt], &sxs[t0..t0 + nt]);
-                for i in (i0..i1).step_by(2) {
-                    let o = &mut chunk[i * n..];
-                    if i + 1 < i1 {
-                        let rows = [w.row_blocks(r0 + i), w.row_blocks(r0 + i + 1)];
-                        let (a, b) = (&mut acc[..nt], &mut acc2[..nt]);
-                        crate::dispatch::row_dot2(which, rows, qt, kp, a, b);
-                        epilogue(a, sm, sx, scale, &mut o[t0..t0 + nt]);
-                        epilogue(b, sm, sx, scale, &mut o[n + t0..n + t0 + nt]);
-                    } else {
-                        let a = &mut acc[..nt];
-                        crate::dispatch::row_dot(which, w.row_blocks(r0 + i), qt, kp, a);
-                        epilogue(a, sm, sx, scale, &mut o[t0..t0 + nt]);
+                for tr in &mut tile[..i1 - i0] {
+                    tr[..nt].fill(0);
+                }
+                for k0 in (0..kb).step_by(kc) {
+                    let k1 = (k0 + kc).min(kb);
+                    let qt = &q[t0 * kp + k0 * 128..];
+                    for i in (i0..i1).step_by(2) {
+                        let ra = &w.row_blocks(r0 + i)[k0..k1];
+                        if i + 1 < i1 {
+                            let rows = [ra, &w.row_blocks(r0 + i + 1)[k0..k1]];
+                            let (a, b) = (&mut acc[..nt], &mut acc2[..nt]);
+                            crate::dispatch::row_dot2(which, rows, qt, kp, a, b);
+                            let (first, second) = tile[i - i0..].split_at_mut(1);
+                            let pair = first[0].iter_mut().zip(second[0].iter_mut());
+                            for ((x, y), (&u, &v)) in pair.zip(a.iter().zip(b.iter())) {
+                                *x += u;
+                                *y += v;
+                            }
+                        } else {
+                            let a = &mut acc[..nt];
+                            crate::dispatch::row_dot(which, ra, qt, kp, a);
+                            for (x, &u) in tile[i - i0].iter_mut().zip(a.iter()) {
+                                *x += u;
+                            }
+                        }
                     }
+                }
+                let (sm, sx) = (&sums[t0..t0 + nt], &sxs[t0..t0 + nt]);
+                for (i, tr) in (i0..i1).zip(&tile) {
+                    epilogue(
+                        &tr[..nt],
+                        sm,
+                        sx,
+                        scale,
+                        &mut chunk[i * n + t0..i * n + t0 + nt],
+                    );
                 }
             }
         }

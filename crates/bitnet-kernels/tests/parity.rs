@@ -183,6 +183,8 @@ fn matmul_tile_edges_are_identical_on_every_kernel() {
         (65, 129, 48),
         (40, 2560, 9),
         (47, 768, 40),
+        // Past 4096 columns the VNNI tiles go in column slices of 20 blocks (here 20 + 14).
+        (33, 4300, 17),
     ];
     for (si, &(rows, cols, n)) in shapes.iter().enumerate() {
         for pattern in 0..4 {
