@@ -226,7 +226,17 @@ pub unsafe fn q6k_i16_vnni_rows(
             while t < n {
                 let g = (n - t).min(group);
                 let xt = &xs[t..];
-                for i in 0..nr {
+                let mut i = 0;
+                if tile > 1 && g == 4 {
+                    // Row pairs × 4 tokens: each activation load serves two rows.
+                    while i + 2 <= nr {
+                        let (w2, d2) = (&w[i * 8 * bpr..(i + 2) * 8 * bpr], &d[i * bpr..]);
+                        let (a0, a1) = acc[i * n + t..].split_at_mut(n);
+                        q6k_tokens_2rows(w2, &d2[..2 * bpr], xt, a0, a1);
+                        i += 2;
+                    }
+                }
+                for i in i..nr {
                     let (wr, dr) = (
                         &w[i * 8 * bpr..(i + 1) * 8 * bpr],
                         &d[i * bpr..(i + 1) * bpr],
@@ -303,6 +313,60 @@ unsafe fn q6k_tokens<const G: usize>(
             }
         }
         out[..G].copy_from_slice(&acc);
+    }
+}
+
+/// [`q6k_tokens`] for two rows and 4 tokens at once: the rows' unpacked quants `w` (row 0's
+/// `8·bpr` vectors, then row 1's) and block scales `d` (likewise), every activation vector
+/// loaded once for both rows (eight `vpdpwssd` chains). Each (row, token) pair goes through
+/// the operations of [`q6k_tokens`] in the same order, so the results are bit-identical to it.
+/// The accumulators go to `out0[..4]` and `out1[..4]`.
+#[inline(never)]
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vnni")]
+unsafe fn q6k_tokens_2rows(
+    w: &[__m512i],
+    d: &[__m512],
+    xs: &[&[i16]],
+    out0: &mut [__m512],
+    out1: &mut [__m512],
+) {
+    const G: usize = 4;
+    let bpr = d.len() / 2;
+    let (w0, w1) = w.split_at(8 * bpr);
+    let (d0, d1) = d.split_at(bpr);
+    // SAFETY: the caller (`q6k_i16_vnni_rows`) enables AVX-512 F/BW/VNNI and checked that every
+    // `xs[k]` holds `bpr·256` values; the loads read `xs[k][256·bi + 32·j ..][..32]`.
+    unsafe {
+        let mut base = [std::ptr::null::<i16>(); G];
+        for k in 0..G {
+            base[k] = xs[k].as_ptr();
+        }
+        let (mut acc0, mut acc1) = ([_mm512_setzero_ps(); G], [_mm512_setzero_ps(); G]);
+        for bi in 0..bpr {
+            let (mut s0, mut s1) = ([_mm512_setzero_si512(); G], [_mm512_setzero_si512(); G]);
+            for j in 0..8 {
+                let (wa, wb) = (w0[8 * bi + j], w1[8 * bi + j]);
+                for k in 0..G {
+                    let x = _mm512_loadu_si512(base[k].add(256 * bi + 32 * j) as *const __m512i);
+                    std::arch::asm!(
+                        "vpdpwssd {a}, {wa}, {x}",
+                        "vpdpwssd {b}, {wb}, {x}",
+                        a = inout(zmm_reg) s0[k],
+                        b = inout(zmm_reg) s1[k],
+                        wa = in(zmm_reg) wa,
+                        wb = in(zmm_reg) wb,
+                        x = in(zmm_reg) x,
+                        options(pure, nomem, nostack, preserves_flags)
+                    );
+                }
+            }
+            for k in 0..G {
+                acc0[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0[k]), d0[bi], acc0[k]);
+                acc1[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1[k]), d1[bi], acc1[k]);
+            }
+        }
+        out0[..G].copy_from_slice(&acc0);
+        out1[..G].copy_from_slice(&acc1);
     }
 }
 
