@@ -321,20 +321,7 @@ fn q6k_int16(
                 sp.set(&x16[t * cols..(t + 1) * cols]);
             }
         }
-        let mut tmp = if n == 1 {
-            Vec::new()
-        } else {
-            ROWS_SCRATCH.with(|b| std::mem::take(&mut *b.borrow_mut()))
-        };
-        if n > 1 && tmp.len() < rows * n {
-            tmp.resize(rows * n, 0.0);
-        }
-        let dst: &mut [f32] = if n == 1 {
-            &mut out[..rows]
-        } else {
-            &mut tmp[..rows * n]
-        };
-        run_rows(rows, cols * n, dst, n, |r0, chunk: &mut [f32]| {
+        let kernel = |r0: usize, chunk: &mut [f32]| {
             let nr = chunk.len() / n;
             for t0 in (0..n).step_by(16) {
                 let nt = (n - t0).min(16);
@@ -378,10 +365,14 @@ fn q6k_int16(
                     }
                 }
             }
-        });
-        if n > 1 {
-            crate::transpose::transpose_into(&tmp[..rows * n], rows, n, out);
-            ROWS_SCRATCH.with(|b| *b.borrow_mut() = tmp);
+        };
+        if n == 1 {
+            run_rows(rows, cols, &mut out[..rows], 1, kernel);
+        } else {
+            with_rows_scratch(rows * n, |tmp| {
+                run_rows(rows, cols * n, tmp, n, kernel);
+                crate::transpose::transpose_into(tmp, rows, n, out);
+            });
         }
         SPLIT.with(|buf| *buf.borrow_mut() = split);
     }

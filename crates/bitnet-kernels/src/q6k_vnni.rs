@@ -10,9 +10,9 @@ use std::arch::x86_64::*;
 /// Horizontal sums of f32 vectors, sixteen at a time: `out[i] = Σ lanes of v_i`, each sum with
 /// exactly the pairings of `_mm512_reduce_add_ps` (lane `i + (i+8)`, then `+ 4`, `+ 2`, `+ 1`),
 /// so a result does not depend on which other vectors share its group. Vectors are pushed in
-/// output order; every 16th push (and [`LaneSums::finish`]) reduces them with a transposing
-/// tree (45 shuffles and adds for 16 sums instead of ~9 dependent operations per sum) and
-/// stores the sums at the next positions of `out`.
+/// output order; every 16th push (and [`LaneSums::finish`]) reduces them with the transposing
+/// tree of [`crate::x86::reduce16`] (45 shuffles and adds for 16 sums instead of ~9 dependent
+/// operations per sum) and stores the sums at the next positions of `out`.
 struct LaneSums<'a> {
     buf: [__m512; 16],
     len: usize,
@@ -57,39 +57,7 @@ impl<'a> LaneSums<'a> {
         // SAFETY: AVX-512 F is enabled by the callers; the store covers `out[pos..pos+len]`,
         // in bounds (checked by the slice index).
         unsafe {
-            let v = &self.buf;
-            // Lane i + lane i+8: halves of two vectors side by side.
-            let mut s1 = [_mm512_setzero_ps(); 8];
-            for (m, s) in s1.iter_mut().enumerate() {
-                let (a, b) = (v[2 * m], v[2 * m + 1]);
-                let lo = _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b);
-                let hi = _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b);
-                *s = _mm512_add_ps(lo, hi);
-            }
-            // Lane j + lane j+4 of each 8-lane half: 128-bit chunk c of s2[p] belongs to v[4p+c].
-            let mut s2 = [_mm512_setzero_ps(); 4];
-            for (p, s) in s2.iter_mut().enumerate() {
-                let (x, y) = (s1[2 * p], s1[2 * p + 1]);
-                let lo = _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y);
-                let hi = _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y);
-                *s = _mm512_add_ps(lo, hi);
-            }
-            // Lane k + lane k+2 in each chunk: chunk c of s3[q] holds v[8q+c] (lanes 0-1) and
-            // v[8q+4+c] (lanes 2-3).
-            let mut s3 = [_mm512_setzero_ps(); 2];
-            for (q, s) in s3.iter_mut().enumerate() {
-                let (x, y) = (_mm512_castps_pd(s2[2 * q]), _mm512_castps_pd(s2[2 * q + 1]));
-                let lo = _mm512_castpd_ps(_mm512_unpacklo_pd(x, y));
-                let hi = _mm512_castpd_ps(_mm512_unpackhi_pd(x, y));
-                *s = _mm512_add_ps(lo, hi);
-            }
-            // Lane 0 + lane 1: lane 4c + j of the result is the sum of v[4j + c].
-            let lo = _mm512_shuffle_ps::<0b10_00_10_00>(s3[0], s3[1]);
-            let hi = _mm512_shuffle_ps::<0b11_01_11_01>(s3[0], s3[1]);
-            let r = _mm512_add_ps(lo, hi);
-            // Back to push order: sum i sits in lane 4·(i mod 4) + i / 4.
-            let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-            let r = _mm512_permutexvar_ps(idx, r);
+            let r = crate::x86::reduce16::<false>(&self.buf);
             let dst = &mut self.out[self.pos..self.pos + self.len];
             _mm512_mask_storeu_ps(
                 dst.as_mut_ptr(),
@@ -203,7 +171,7 @@ pub unsafe fn q6k_i16_vnni_rows(
             sums.finish();
             return;
         }
-        // Several tokens: a tile of rows is unpacked and scale-folded once into `w` (`TILE`
+        // Several tokens: a tile of rows is unpacked and scale-folded once into `w` (`tile`
         // rows × 8 vectors per block), then the tokens go through every row of the tile in
         // register blocks of at most `group` tokens, so a group's activations are read from L1
         // by all the tile's rows. Narrow rows (the small model's 512 columns: all tokens fit in
@@ -224,7 +192,13 @@ pub unsafe fn q6k_i16_vnni_rows(
             }
             let mut t = 0;
             while t < n {
-                let g = (n - t).min(group);
+                // The register block: 8, 4, 2 or 1 tokens.
+                let g = match (n - t).min(group) {
+                    8 => 8,
+                    4..=7 => 4,
+                    2..=3 => 2,
+                    _ => 1,
+                };
                 let xt = &xs[t..];
                 let mut i = 0;
                 if tile > 1 && g == 4 {
@@ -244,17 +218,12 @@ pub unsafe fn q6k_i16_vnni_rows(
                     let a = &mut acc[i * n + t..];
                     match g {
                         8 => q6k_tokens::<8>(wr, dr, xt, a),
-                        4..=7 => q6k_tokens::<4>(wr, dr, xt, a),
-                        2..=3 => q6k_tokens::<2>(wr, dr, xt, a),
+                        4 => q6k_tokens::<4>(wr, dr, xt, a),
+                        2 => q6k_tokens::<2>(wr, dr, xt, a),
                         _ => q6k_tokens::<1>(wr, dr, xt, a),
-                    };
+                    }
                 }
-                t += match g {
-                    8 => 8,
-                    4..=7 => 4,
-                    2..=3 => 2,
-                    _ => 1,
-                };
+                t += g;
             }
             for &a in &acc[..nr * n] {
                 sums.push(a);

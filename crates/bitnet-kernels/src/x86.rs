@@ -248,10 +248,12 @@ pub unsafe fn dot_vnni_2rows(
                     }
                 }
             }
-            let mut v = [_mm512_setzero_si512(); 16];
-            v[..8].copy_from_slice(&acc_a);
-            v[8..].copy_from_slice(&acc_b);
-            let s = reduce16_epi32(&v);
+            let mut v = [_mm512_setzero_ps(); 16];
+            for k in 0..8 {
+                v[k] = _mm512_castsi512_ps(acc_a[k]);
+                v[8 + k] = _mm512_castsi512_ps(acc_b[k]);
+            }
+            let s = _mm512_castps_si512(reduce16::<true>(&v));
             _mm256_storeu_si256(
                 outa[t0..t0 + 8].as_mut_ptr() as *mut __m256i,
                 _mm512_castsi512_si256(s),
@@ -272,43 +274,58 @@ pub unsafe fn dot_vnni_2rows(
     }
 }
 
-/// The lane sums of 16 vectors of i32 as one vector (lane i: Σ lanes of `v[i]`, wrapping like
-/// `_mm512_reduce_add_epi32`): a transposing tree of 15 shuffle pairs and adds instead of a
-/// dependent reduction per vector.
+/// The lane sums of 16 vectors as one vector (lane i: Σ lanes of `v[i]`) by a transposing tree
+/// (15 shuffle pairs and adds instead of a dependent reduction per vector) with exactly the
+/// pairings of `_mm512_reduce_add_ps`: lane i + lane i+8, then + 4, + 2, + 1. The lanes are f32,
+/// or i32 (wrapping adds, as `_mm512_reduce_add_epi32`) when `INT`; the shuffles only move bits.
 #[inline(always)]
-unsafe fn reduce16_epi32(v: &[__m512i; 16]) -> __m512i {
+pub(crate) unsafe fn reduce16<const INT: bool>(v: &[__m512; 16]) -> __m512 {
+    #[inline(always)]
+    unsafe fn add<const INT: bool>(a: __m512, b: __m512) -> __m512 {
+        // SAFETY: register operations only; callers enable AVX-512 F.
+        unsafe {
+            if INT {
+                let s = _mm512_add_epi32(_mm512_castps_si512(a), _mm512_castps_si512(b));
+                _mm512_castsi512_ps(s)
+            } else {
+                _mm512_add_ps(a, b)
+            }
+        }
+    }
     // SAFETY: register operations only; callers enable AVX-512 F.
     unsafe {
-        // Halves of two vectors side by side, then 128-bit quarters, then 64-bit and 32-bit
-        // pairs: chunk c of s2[p] sums v[4p + c]; lane 4c + j of the last step sums v[4j + c].
-        let mut s1 = [_mm512_setzero_si512(); 8];
+        // Lane i + lane i+8: halves of two vectors side by side.
+        let mut s1 = [_mm512_setzero_ps(); 8];
         for (m, s) in s1.iter_mut().enumerate() {
             let (a, b) = (v[2 * m], v[2 * m + 1]);
-            *s = _mm512_add_epi32(
-                _mm512_shuffle_i32x4::<0b01_00_01_00>(a, b),
-                _mm512_shuffle_i32x4::<0b11_10_11_10>(a, b),
-            );
+            let lo = _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b);
+            let hi = _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b);
+            *s = add::<INT>(lo, hi);
         }
-        let mut s2 = [_mm512_setzero_si512(); 4];
+        // Lane j + lane j+4 of each 8-lane half: 128-bit chunk c of s2[p] belongs to v[4p+c].
+        let mut s2 = [_mm512_setzero_ps(); 4];
         for (p, s) in s2.iter_mut().enumerate() {
             let (x, y) = (s1[2 * p], s1[2 * p + 1]);
-            *s = _mm512_add_epi32(
-                _mm512_shuffle_i32x4::<0b10_00_10_00>(x, y),
-                _mm512_shuffle_i32x4::<0b11_01_11_01>(x, y),
-            );
+            let lo = _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y);
+            let hi = _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y);
+            *s = add::<INT>(lo, hi);
         }
-        let mut s3 = [_mm512_setzero_si512(); 2];
+        // Lane k + lane k+2 in each chunk: chunk c of s3[q] holds v[8q+c] (lanes 0-1) and
+        // v[8q+4+c] (lanes 2-3).
+        let mut s3 = [_mm512_setzero_ps(); 2];
         for (q, s) in s3.iter_mut().enumerate() {
-            let (x, y) = (s2[2 * q], s2[2 * q + 1]);
-            *s = _mm512_add_epi32(_mm512_unpacklo_epi64(x, y), _mm512_unpackhi_epi64(x, y));
+            let (x, y) = (_mm512_castps_pd(s2[2 * q]), _mm512_castps_pd(s2[2 * q + 1]));
+            let lo = _mm512_castpd_ps(_mm512_unpacklo_pd(x, y));
+            let hi = _mm512_castpd_ps(_mm512_unpackhi_pd(x, y));
+            *s = add::<INT>(lo, hi);
         }
-        let (x, y) = (_mm512_castsi512_ps(s3[0]), _mm512_castsi512_ps(s3[1]));
-        let r = _mm512_add_epi32(
-            _mm512_castps_si512(_mm512_shuffle_ps::<0b10_00_10_00>(x, y)),
-            _mm512_castps_si512(_mm512_shuffle_ps::<0b11_01_11_01>(x, y)),
-        );
+        // Lane 0 + lane 1: lane 4c + j of the result is the sum of v[4j + c].
+        let lo = _mm512_shuffle_ps::<0b10_00_10_00>(s3[0], s3[1]);
+        let hi = _mm512_shuffle_ps::<0b11_01_11_01>(s3[0], s3[1]);
+        let r = add::<INT>(lo, hi);
+        // Back to input order: sum i sits in lane 4·(i mod 4) + i / 4.
         let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-        _mm512_permutexvar_epi32(idx, r)
+        _mm512_permutexvar_ps(idx, r)
     }
 }
 
