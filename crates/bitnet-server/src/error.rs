@@ -3,7 +3,7 @@
 //! method, body too large, timeout) into it.
 
 use axum::body::Body;
-use axum::http::{header, HeaderValue, Request, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, Request, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -26,7 +26,7 @@ pub struct ApiError {
     /// Seconds for the `Retry-After` header.
     pub retry_after: Option<u64>,
     /// More headers (`x-ratelimit-*` on a 429); boxed to keep the error small.
-    pub headers: Option<Box<Vec<(&'static str, HeaderValue)>>>,
+    pub headers: Option<Box<Vec<(HeaderName, HeaderValue)>>>,
 }
 
 /// The JSON envelope.

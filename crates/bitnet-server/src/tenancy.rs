@@ -6,7 +6,7 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderValue, Request};
+use axum::http::{header, HeaderName, HeaderValue, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bitnet_tenancy::{Admission, ApiKey, AuthError, RateInfo, Refusal, Role, Tenancy, UsageRecord};
@@ -120,20 +120,45 @@ pub async fn authenticate(
     next.run(req).await
 }
 
+const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
+const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+
+/// The `Ns` reset value for `ms`; the values of a one-minute window are made once and
+/// shared (a clone is a reference count, not an allocation on every response).
+fn reset_value(ms: i64) -> HeaderValue {
+    static COMMON: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
+    let secs = (ms.max(0) + 999) / 1000;
+    let common = COMMON.get_or_init(|| {
+        (0..=60)
+            .map(|s| {
+                HeaderValue::from_str(&format!("{s}s")).unwrap_or(HeaderValue::from_static("60s"))
+            })
+            .collect()
+    });
+    match usize::try_from(secs).ok().and_then(|s| common.get(s)) {
+        Some(v) => v.clone(),
+        None => HeaderValue::from_str(&format!("{secs}s"))
+            .unwrap_or_else(|_| HeaderValue::from_static("60s")),
+    }
+}
+
 /// `x-ratelimit-*` headers for `info`.
-pub fn rate_headers(info: &RateInfo) -> Vec<(&'static str, HeaderValue)> {
-    let reset = HeaderValue::from_str(&format!("{}s", (info.reset_ms + 999) / 1000))
-        .unwrap_or_else(|_| HeaderValue::from_static("60s"));
+pub fn rate_headers(info: &RateInfo) -> Vec<(HeaderName, HeaderValue)> {
+    let reset = reset_value(info.reset_ms);
     let mut h = Vec::with_capacity(6);
     if let (Some(l), Some(r)) = (info.limit_requests, info.remaining_requests) {
-        h.push(("x-ratelimit-limit-requests", HeaderValue::from(l)));
-        h.push(("x-ratelimit-remaining-requests", HeaderValue::from(r)));
-        h.push(("x-ratelimit-reset-requests", reset.clone()));
+        h.push((LIMIT_REQUESTS, HeaderValue::from(l)));
+        h.push((REMAINING_REQUESTS, HeaderValue::from(r)));
+        h.push((RESET_REQUESTS, reset.clone()));
     }
     if let (Some(l), Some(r)) = (info.limit_tokens, info.remaining_tokens) {
-        h.push(("x-ratelimit-limit-tokens", HeaderValue::from(l)));
-        h.push(("x-ratelimit-remaining-tokens", HeaderValue::from(r)));
-        h.push(("x-ratelimit-reset-tokens", reset));
+        h.push((LIMIT_TOKENS, HeaderValue::from(l)));
+        h.push((REMAINING_TOKENS, HeaderValue::from(r)));
+        h.push((RESET_TOKENS, reset));
     }
     h
 }

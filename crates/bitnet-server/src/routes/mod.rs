@@ -12,7 +12,7 @@ use crate::engine::{Job, JobParams};
 use crate::error::ApiError;
 use crate::stream::{Kind, Session};
 use crate::tenancy::{Caller, Metering};
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use std::convert::Infallible;
@@ -46,7 +46,7 @@ pub struct Started {
     /// Stream the answer.
     pub stream: bool,
     /// `x-ratelimit-*` headers (authenticated requests).
-    pub headers: Vec<(&'static str, HeaderValue)>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// Checks the caller's access and limits, submits to the engine and waits for admission
@@ -110,6 +110,7 @@ pub async fn start(state: &AppState, caller: &Caller, p: Prepared) -> Result<Sta
 /// Answers a started session: SSE when streaming, else one JSON body.
 pub async fn respond(started: Started) -> Response {
     let mut r = respond_inner(started.session, started.stream).await;
+    r.headers_mut().reserve(started.headers.len());
     for (name, value) in started.headers {
         r.headers_mut().insert(name, value);
     }
