@@ -132,18 +132,16 @@ const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-toke
 fn reset_value(ms: i64) -> HeaderValue {
     static COMMON: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
     let secs = (ms.max(0) + 999) / 1000;
-    let common = COMMON.get_or_init(|| {
-        (0..=60)
-            .map(|s| {
-                HeaderValue::from_str(&format!("{s}s")).unwrap_or(HeaderValue::from_static("60s"))
-            })
-            .collect()
-    });
+    let common = COMMON.get_or_init(|| (0..=60).map(seconds_value).collect());
     match usize::try_from(secs).ok().and_then(|s| common.get(s)) {
         Some(v) => v.clone(),
-        None => HeaderValue::from_str(&format!("{secs}s"))
-            .unwrap_or_else(|_| HeaderValue::from_static("60s")),
+        None => seconds_value(secs),
     }
+}
+
+/// `Ns` as a header value (digits and `s` are always valid header bytes).
+fn seconds_value(secs: i64) -> HeaderValue {
+    HeaderValue::from_str(&format!("{secs}s")).unwrap_or_else(|_| HeaderValue::from_static("60s"))
 }
 
 /// `x-ratelimit-*` headers for `info`.

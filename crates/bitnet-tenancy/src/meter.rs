@@ -168,8 +168,9 @@ impl Meter {
     /// Records one request's usage: journaled before this returns, stored soon after.
     pub fn record(&self, rec: UsageRecord) -> Result<()> {
         thread_local! {
-            /// The JSON line being written, kept per thread: a fresh `Vec` grew by doubling
-            /// (seven reallocations and copies for a ~300-byte row) on every request.
+            /// The JSON line being written, kept per thread: a fresh `Vec` per row was an
+            /// allocation plus growth reallocations and copies on every request (measured with
+            /// a uprobe: 2 fewer `realloc` calls per authenticated request with this buffer).
             static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         // The journal write; if it fails (disk full, …) the row still goes to the writer and is
