@@ -9,7 +9,8 @@ use axum::extract::State;
 use axum::http::{header, HeaderName, HeaderValue, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use bitnet_tenancy::{Admission, ApiKey, AuthError, RateInfo, Refusal, Role, Tenancy, UsageRecord};
+use bitnet_tenancy::{Admission, ApiKey, AuthError, RateInfo, Refusal, Role, Tenancy, UsageRow};
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -144,18 +145,67 @@ fn seconds_value(secs: i64) -> HeaderValue {
     HeaderValue::from_str(&format!("{secs}s")).unwrap_or_else(|_| HeaderValue::from_static("60s"))
 }
 
+/// `n` as a header value with one allocation (`HeaderValue::from(i64)` takes two: its
+/// buffer, then a shared header for the buffer's spare room when it is frozen).
+fn int_value(n: i64) -> HeaderValue {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut v = n.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        i -= 1;
+        buf[i] = b'-';
+    }
+    // Digits and '-' are always valid header bytes.
+    HeaderValue::from_bytes(&buf[i..]).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// A key's limit as a header value: the same few limits come back on every response, so the
+/// values are kept per thread (a clone is a reference count, not an allocation).
+fn limit_value(n: i64) -> HeaderValue {
+    const KEPT: usize = 8;
+    thread_local! {
+        static LIMITS: std::cell::RefCell<(usize, Vec<(i64, HeaderValue)>)> =
+            const { std::cell::RefCell::new((0, Vec::new())) };
+    }
+    LIMITS.with(|c| {
+        let Ok(mut c) = c.try_borrow_mut() else {
+            return int_value(n);
+        };
+        if let Some((_, v)) = c.1.iter().find(|(k, _)| *k == n) {
+            return v.clone();
+        }
+        let v = int_value(n);
+        let (next, kept) = &mut *c;
+        if kept.len() < KEPT {
+            kept.push((n, v.clone()));
+        } else {
+            kept[*next] = (n, v.clone());
+            *next = (*next + 1) % KEPT;
+        }
+        v
+    })
+}
+
 /// `x-ratelimit-*` headers for `info`.
 pub fn rate_headers(info: &RateInfo) -> Vec<(HeaderName, HeaderValue)> {
     let reset = reset_value(info.reset_ms);
     let mut h = Vec::with_capacity(6);
     if let (Some(l), Some(r)) = (info.limit_requests, info.remaining_requests) {
-        h.push((LIMIT_REQUESTS, HeaderValue::from(l)));
-        h.push((REMAINING_REQUESTS, HeaderValue::from(r)));
+        h.push((LIMIT_REQUESTS, limit_value(l)));
+        h.push((REMAINING_REQUESTS, int_value(r)));
         h.push((RESET_REQUESTS, reset.clone()));
     }
     if let (Some(l), Some(r)) = (info.limit_tokens, info.remaining_tokens) {
-        h.push((LIMIT_TOKENS, HeaderValue::from(l)));
-        h.push((REMAINING_TOKENS, HeaderValue::from(r)));
+        h.push((LIMIT_TOKENS, limit_value(l)));
+        h.push((REMAINING_TOKENS, int_value(r)));
         h.push((RESET_TOKENS, reset));
     }
     h
@@ -305,21 +355,28 @@ impl Metering {
         self.tokens_sent += 1;
     }
 
-    /// The row of this request with `tokens` = (prompt, completion).
-    fn row(&self, key: &ApiKey, tokens: (i64, i64), status: u16, reason: &str) -> UsageRecord {
-        UsageRecord {
-            request_id: self.request_id.clone(),
+    /// The row of this request with `tokens` = (prompt, completion), borrowing its text (it
+    /// is serialized into the journal, not kept).
+    fn row<'a>(
+        &'a self,
+        key: &'a ApiKey,
+        tokens: (i64, i64),
+        status: u16,
+        reason: &'a str,
+    ) -> UsageRow<'a> {
+        UsageRow {
+            request_id: Cow::Borrowed(&self.request_id),
             ts_ms: bitnet_tenancy::now_ms(),
-            tenant_id: key.tenant_id.clone(),
-            key_id: key.id.clone(),
-            model: self.model.clone(),
+            tenant_id: Cow::Borrowed(&key.tenant_id),
+            key_id: Cow::Borrowed(&key.id),
+            model: Cow::Borrowed(&self.model),
             prompt_tokens: tokens.0,
             completion_tokens: tokens.1,
             ttft_ms: self.first_token.map(|d| d.as_millis() as i64),
             duration_ms: self.started.elapsed().as_millis() as i64,
             status: i64::from(status),
-            finish_reason: reason.to_string(),
-            subject: self.subject.clone(),
+            finish_reason: Cow::Borrowed(reason),
+            subject: self.subject.as_deref().map(Cow::Borrowed),
         }
     }
 
@@ -331,8 +388,9 @@ impl Metering {
         let completion = completion_tokens
             .map(|c| c as i64)
             .unwrap_or(self.tokens_sent);
+        let key = a.key.clone();
         let rec = self.row(
-            &a.key,
+            &key,
             (self.prompt_tokens, completion),
             status,
             finish_reason,
@@ -347,7 +405,8 @@ impl Metering {
         let Some(a) = self.admission.take() else {
             return;
         };
-        let rec = self.row(&a.key, (0, 0), status, "refused");
+        let key = a.key.clone();
+        let rec = self.row(&key, (0, 0), status, "refused");
         a.refund(rec, self.prompt_tokens);
     }
 }
@@ -356,5 +415,21 @@ impl Drop for Metering {
     fn drop(&mut self) {
         // 499: the client closed the request (nginx's convention).
         self.finish(None, 499, "cancelled");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integer_header_values_match_the_decimal_form() {
+        for n in [0, 7, -7, 10, 99, 1_000_000_007, -42_000, i64::MAX, i64::MIN] {
+            assert_eq!(int_value(n).to_str().unwrap(), n.to_string(), "{n}");
+            // Twice, and past the per-thread table's size: always the right value.
+            for m in [n, n.wrapping_add(1), n, n.wrapping_sub(3)] {
+                assert_eq!(limit_value(m).to_str().unwrap(), m.to_string(), "{m}");
+            }
+        }
     }
 }

@@ -12,6 +12,7 @@ pub mod limits;
 pub mod meter;
 pub mod oidc;
 pub mod period;
+mod queued;
 pub mod store;
 pub mod usage;
 pub mod webhooks;
@@ -23,7 +24,7 @@ pub use limits::{Limiter, Limits, RateInfo, Verdict};
 pub use meter::Meter;
 pub use oidc::{OidcConfig, OidcVerifier, Principal};
 pub use store::{Backend, Store};
-pub use usage::{DailyUsage, UsageFilter, UsageRecord};
+pub use usage::{DailyUsage, UsageFilter, UsageRecord, UsageRow};
 
 use sha2::Digest;
 use std::collections::HashMap;
@@ -404,8 +405,8 @@ impl Tenancy {
     }
 
     /// Journals a usage row (stored in the background).
-    pub fn record(&self, rec: UsageRecord) -> Result<()> {
-        self.meter.record(rec)
+    pub fn record<'a>(&self, row: impl Into<UsageRow<'a>>) -> Result<()> {
+        self.meter.record(row)
     }
 
     /// Stores the pending usage rows and stops metering (at most `timeout`).
@@ -430,7 +431,7 @@ pub struct Admission {
 
 impl Admission {
     /// Records `rec` (journaled before this returns) and charges its completion tokens.
-    pub fn finish(self, rec: UsageRecord) {
+    pub fn finish(self, rec: UsageRow<'_>) {
         let completion = rec.completion_tokens;
         self.settle(rec, completion);
     }
@@ -438,11 +439,11 @@ impl Admission {
     /// The engine refused the request after admission (queue full, deadline, shutdown):
     /// records `rec` (which should carry no tokens) and gives back the `prompt_tokens`
     /// charged at admission.
-    pub fn refund(self, rec: UsageRecord, prompt_tokens: i64) {
+    pub fn refund(self, rec: UsageRow<'_>, prompt_tokens: i64) {
         self.settle(rec, -prompt_tokens.max(0));
     }
 
-    fn settle(mut self, rec: UsageRecord, charge: i64) {
+    fn settle(mut self, rec: UsageRow<'_>, charge: i64) {
         self.done = true;
         if let Err(e) = self.tenancy.record(rec) {
             tracing::error!("recording usage: {e}");

@@ -20,7 +20,11 @@ fn rec(i: usize) -> UsageRecord {
         status: 200,
         finish_reason: "length".into(),
         // Odd rows come from an SSO caller: the subject goes through the journal too.
-        subject: (i % 2 == 1).then(|| format!("oidc:user-{i}")),
+        // Row 3's needs JSON escapes (the writer reads rows back from the journal's JSON).
+        subject: (i % 2 == 1).then(|| match i {
+            3 => "oidc:\"q\" \\ é\u{1}".to_string(),
+            _ => format!("oidc:user-{i}"),
+        }),
     }
 }
 
@@ -47,12 +51,13 @@ async fn open_meter(flush: Duration) -> (tempfile::TempDir, Store, std::path::Pa
 async fn recorded_rows_are_stored_and_the_journal_emptied() {
     let (_d, s, jdir, m) = open_meter(Duration::from_millis(5)).await;
     for i in 0..2500 {
-        m.record(rec(i)).unwrap();
+        m.record(&rec(i)).unwrap();
     }
     m.close(Duration::from_secs(30)).await;
     let rows = s.usage(&UsageFilter::default()).await.unwrap();
     assert_eq!(rows.len(), 2500);
     assert_eq!(rows[7], rec(7));
+    assert_eq!(rows[3], rec(3));
     assert_eq!(
         journal_files(&jdir),
         0,
@@ -65,7 +70,7 @@ async fn a_recorded_row_is_in_the_journal_file_before_record_returns() {
     // A long flush: nothing is stored while the file is read.
     let (_d, s, jdir, m) = open_meter(Duration::from_secs(600)).await;
     for i in 0..3 {
-        m.record(rec(i)).unwrap();
+        m.record(&rec(i)).unwrap();
     }
     let files: Vec<_> = std::fs::read_dir(&jdir).unwrap().collect();
     assert_eq!(files.len(), 1);
@@ -92,9 +97,9 @@ async fn segments_rotate_and_a_row_longer_than_a_segment_gets_its_own() {
     huge.subject = Some(format!("oidc:{}", "x".repeat(SEGMENT_BYTES + 10)));
     // ~20 000 rows of ~250 bytes: past one 4 MiB segment.
     for i in 0..20_000 {
-        m.record(rec(i)).unwrap();
+        m.record(&rec(i)).unwrap();
         if i == 10_000 {
-            m.record(huge.clone()).unwrap();
+            m.record(&huge).unwrap();
         }
     }
     m.close(Duration::from_secs(60)).await;

@@ -231,12 +231,27 @@ async fn exercise(store: &Store) {
 
     // A batch mixing a stored row and new ones (a replay overlapping live rows): only the new
     // rows are stored and counted in the aggregates.
-    let mixed = vec![
+    // m3's subject needs JSON escapes (the batch travels as one JSON array to PostgreSQL).
+    let mut mixed = vec![
         row("m1", "key_mixed", &t.id, day + 5000, 4, 2),
         rows[0].clone(),
         row("m2", "key_mixed", &t.id, day + 6000, 6, 1),
+        row("m3", "key_mixed", &t.id, day + 7000, 1, 1),
     ];
-    assert_eq!(store.insert_usage(&mixed).await.unwrap(), 2);
+    mixed[3].subject = Some("oidc:o'brien \"q\" \\ é\u{1}".into());
+    assert_eq!(store.insert_usage(&mixed).await.unwrap(), 3);
+    let m3 = store
+        .usage(&UsageFilter {
+            subject: mixed[3].subject.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        m3,
+        vec![mixed[3].clone()],
+        "text with escapes is stored as sent"
+    );
     let daily = store
         .daily_usage(&UsageFilter {
             key_id: Some("key_mixed".into()),
@@ -251,7 +266,7 @@ async fn exercise(store: &Store) {
             daily[0].prompt_tokens,
             daily[0].completion_tokens
         ),
-        (1, 2, 10, 3)
+        (1, 3, 11, 4)
     );
     assert_eq!(store.tokens_since(&k.id, day).await.unwrap(), 25, "r1 once");
 }

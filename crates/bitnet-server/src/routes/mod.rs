@@ -109,18 +109,37 @@ pub async fn start(state: &AppState, caller: &Caller, p: Prepared) -> Result<Sta
 
 /// Answers a started session: SSE when streaming, else one JSON body.
 pub async fn respond(started: Started) -> Response {
-    let mut r = respond_inner(started.session, started.stream).await;
-    r.headers_mut().reserve(started.headers.len());
+    let extra = started.headers.len();
+    let mut r = respond_inner(started.session, started.stream, extra).await;
+    r.headers_mut().reserve(extra);
     for (name, value) in started.headers {
         r.headers_mut().insert(name, value);
     }
     r
 }
 
-async fn respond_inner(session: Session, stream: bool) -> Response {
+/// A JSON response whose header map has room for `extra` more headers (plus the request id
+/// and the others the middleware adds) from the start: growing it later is a second, larger
+/// allocation and a copy on every response that carries the `x-ratelimit-*` headers.
+fn json_response(v: &serde_json::Value, extra: usize) -> Response {
+    let mut body = Vec::with_capacity(512);
+    if let Err(e) = serde_json::to_writer(&mut body, v) {
+        return ApiError::internal(format!("serializing the response: {e}")).into_response();
+    }
+    let mut headers = axum::http::HeaderMap::with_capacity(extra + 4);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let mut r = Response::new(axum::body::Body::from(body));
+    *r.headers_mut() = headers;
+    r
+}
+
+async fn respond_inner(session: Session, stream: bool, extra: usize) -> Response {
     if !stream {
         return match session.collect().await {
-            Ok(v) => axum::Json(v).into_response(),
+            Ok(v) => json_response(&v, extra),
             Err(e) => e.into_response(),
         };
     }
