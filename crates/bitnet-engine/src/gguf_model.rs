@@ -237,7 +237,12 @@ impl Loader<'_> {
             }
         }
         let t = self.ternary_codes(name, out, inp)?;
-        Ok(TernaryMatrix::from_codes(out, inp, &t.codes, t.scale))
+        let m = TernaryMatrix::from_codes(out, inp, &t.codes, t.scale);
+        // Repacked: the file's copy need not stay resident (peak RSS ≈ file size, not twice).
+        if let Some(info) = self.f.tensor(&format!("{name}.weight")) {
+            self.f.release(info);
+        }
+        Ok(m)
     }
 
     /// A projection's codes and magnitude (times the optional `name.scale` tensor).

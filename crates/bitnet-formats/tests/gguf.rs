@@ -235,3 +235,38 @@ fn random_mutations_never_panic() {
     );
     assert!(start.elapsed().as_secs() < 30);
 }
+
+/// A converted tensor's pages can leave the process (`release`): the bytes read afterwards
+/// are the file's, unchanged; a file read into memory releases nothing.
+#[test]
+fn released_tensor_pages_read_back_unchanged() {
+    let mut w = GgufWriter::new();
+    w.set("general.architecture", MetaValue::String("bitnet".into()));
+    // 64 KiB of F32 (16 pages) with a pattern, between two small tensors.
+    let big: Vec<u8> = (0..65536u32).map(|i| (i * 7 % 251) as u8).collect();
+    w.add_tensor("a.weight", GgmlType::F32, &[3], vec![1u8; 12])
+        .unwrap();
+    w.add_tensor("big.weight", GgmlType::F32, &[16384], big.clone())
+        .unwrap();
+    w.add_tensor("z.weight", GgmlType::F32, &[5], vec![2u8; 20])
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("r.gguf");
+    w.write(&p).unwrap();
+    let f = GgufFile::open(&p).unwrap();
+    let t = f.tensor("big.weight").unwrap().clone();
+    assert_eq!(f.data(&t), &big[..]);
+    let released = f.release(&t);
+    if cfg!(unix) {
+        assert!(
+            released >= 60 * 1024,
+            "whole pages inside the tensor: {released}"
+        );
+    }
+    assert_eq!(f.data(&t), &big[..], "read back after release");
+    assert_eq!(f.data(f.tensor("a.weight").unwrap()), &[1u8; 12]);
+    assert_eq!(f.data(f.tensor("z.weight").unwrap()), &[2u8; 20]);
+    let mem = GgufFile::from_bytes(std::fs::read(&p).unwrap(), &p).unwrap();
+    assert_eq!(mem.release(&t), 0);
+    assert_eq!(mem.data(&t), &big[..]);
+}

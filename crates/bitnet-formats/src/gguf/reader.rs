@@ -385,4 +385,39 @@ impl GgufFile {
         let start = self.data_start + t.offset as usize;
         &self.bytes[start..start + t.nbytes]
     }
+    /// Drops a tensor's pages of the memory map from this process's resident memory, for a
+    /// tensor that was converted into an owned layout (a repacked TQ2_0 projection): without
+    /// this, the file's copy stays resident beside the converted one. The pages stay in the
+    /// page cache, and a later read of [`GgufFile::data`] maps them in again, unchanged. Only
+    /// whole pages inside the tensor are released; a file read into memory keeps its bytes.
+    /// Returns the bytes released.
+    #[cfg(unix)]
+    pub fn release(&self, t: &TensorInfo) -> usize {
+        const PAGE: usize = 4096;
+        let Bytes::Mmap(m) = &*self.bytes else {
+            return 0;
+        };
+        let start = self.data_offset(t);
+        let (a, b) = (
+            start.div_ceil(PAGE) * PAGE,
+            (start + t.nbytes) / PAGE * PAGE,
+        );
+        if b <= a {
+            return 0;
+        }
+        // SAFETY: `Mmap::map` maps the file read-only and shared (MAP_SHARED): MADV_DONTNEED
+        // only unmaps this process's pages of the range, and the next access faults the file's
+        // own, unchanged bytes back in, so every reference into the map keeps seeing the same
+        // data. (On a system whose pages are larger than 4 KiB an unaligned range is refused,
+        // and nothing is released.)
+        match unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, a, b - a) } {
+            Ok(()) => b - a,
+            Err(_) => 0,
+        }
+    }
+    /// No memory-map advice off Unix: nothing is released.
+    #[cfg(not(unix))]
+    pub fn release(&self, _t: &TensorInfo) -> usize {
+        0
+    }
 }
