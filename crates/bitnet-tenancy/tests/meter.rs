@@ -65,6 +65,35 @@ async fn recorded_rows_are_stored_and_the_journal_emptied() {
     );
 }
 
+/// A backlog is stored batch after batch without waiting `flush` before each: the writer
+/// used to sleep `flush` per batch of 1000, i.e. 40 s for these rows with a 2 s flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_stored_without_a_flush_wait_per_batch() {
+    let (_d, s, _jdir, m) = open_meter(Duration::from_secs(2)).await;
+    let n = 20_000;
+    for i in 0..n {
+        m.record(&rec(i)).unwrap();
+    }
+    let all = UsageFilter {
+        limit: Some(1_000_000),
+        ..Default::default()
+    };
+    let start = std::time::Instant::now();
+    loop {
+        let stored = s.usage(&all).await.unwrap().len();
+        if stored == n {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{stored} of {n} rows stored after {:?}",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    m.close(Duration::from_secs(30)).await;
+}
+
 #[tokio::test]
 async fn a_recorded_row_is_in_the_journal_file_before_record_returns() {
     // A long flush: nothing is stored while the file is read.
