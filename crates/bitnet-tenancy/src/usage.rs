@@ -42,8 +42,7 @@ pub struct UsageRecord {
 }
 
 /// A usage row borrowing its text: what a request writes to the journal without copying its
-/// ids into fresh strings, and what the batch writer reads back from the journal without
-/// allocating (text without JSON escapes is borrowed). Serialized exactly as [`UsageRecord`]
+/// ids into fresh strings, and what the store inserts. Serialized exactly as [`UsageRecord`]
 /// (same fields, same order), so either type reads the other's JSON.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct UsageRow<'a> {
@@ -111,9 +110,9 @@ const PG_INSERT_JSON: &str = "INSERT INTO usage_log (request_id, ts_ms, tenant_i
      duration_ms BIGINT, status BIGINT, finish_reason TEXT, subject TEXT) \
      ON CONFLICT (request_id) DO NOTHING";
 
-/// Rows per INSERT statement where values are bound. Few enough that binding stays cheap (SQLite looks parameter
-/// names up linearly) and that the handful of distinct statement texts (1 to 32 rows) stay in
-/// sqlx's prepared-statement cache, so nothing is parsed twice.
+/// Rows per INSERT statement where values are bound. Few enough that binding stays cheap
+/// (SQLite looks parameter names up linearly) and that the handful of distinct statement texts
+/// (1 to 32 rows) stay in sqlx's prepared-statement cache, so nothing is parsed twice.
 const INSERT_CHUNK: usize = 32;
 
 /// `(day number since 1970-01-01, tenant, key, model)` of a daily aggregate.
@@ -287,9 +286,10 @@ impl Store {
     ///
     /// The common case, every row new, takes inserts that return only a count (SQLite:
     /// multi-row inserts of bound values; PostgreSQL: one insert of the whole batch as a JSON
-    /// array, `jsonb_to_recordset`). When a count comes up short (a replay, or a batch retried after a commit whose answer was
-    /// lost), that transaction is rolled back and the batch is stored again with `RETURNING`,
-    /// which names the rows inserted, so the aggregates count exactly those.
+    /// array, `jsonb_to_recordset`). When a count comes up short (a replay, or a batch retried
+    /// after a commit whose answer was lost), that transaction is rolled back and the batch is
+    /// stored again with `RETURNING`, which names the rows inserted, so the aggregates count
+    /// exactly those.
     pub async fn insert_usage(&self, batch: &[UsageRecord]) -> Result<usize> {
         let rows: Vec<UsageRow> = batch.iter().map(UsageRow::from).collect();
         self.insert_usage_rows(&rows).await
