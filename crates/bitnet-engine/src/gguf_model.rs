@@ -236,12 +236,10 @@ impl Loader<'_> {
                 return Ok(m);
             }
         }
-        let t = self.ternary_codes(name, out, inp)?;
-        let m = TernaryMatrix::from_codes(out, inp, &t.codes, t.scale);
+        let c = self.ternary_codes(name, out, inp)?;
+        let m = TernaryMatrix::from_codes(out, inp, &c.codes, c.scale);
         // Repacked: the file's copy need not stay resident (peak RSS ≈ file size, not twice).
-        if let Some(info) = self.f.tensor(&format!("{name}.weight")) {
-            self.f.release(info);
-        }
+        self.f.release(t);
         Ok(m)
     }
 

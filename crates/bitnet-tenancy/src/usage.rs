@@ -43,22 +43,18 @@ pub struct UsageRecord {
 
 /// A usage row borrowing its text: what a request writes to the journal without copying its
 /// ids into fresh strings, and what the store inserts. Serialized exactly as [`UsageRecord`]
-/// (same fields, same order), so either type reads the other's JSON.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+/// (same fields, same order), so a journal line reads back as a [`UsageRecord`].
+#[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct UsageRow<'a> {
     /// See [`UsageRecord::request_id`].
-    #[serde(borrow)]
     pub request_id: Cow<'a, str>,
     /// See [`UsageRecord::ts_ms`].
     pub ts_ms: i64,
     /// See [`UsageRecord::tenant_id`].
-    #[serde(borrow)]
     pub tenant_id: Cow<'a, str>,
     /// See [`UsageRecord::key_id`].
-    #[serde(borrow)]
     pub key_id: Cow<'a, str>,
     /// See [`UsageRecord::model`].
-    #[serde(borrow)]
     pub model: Cow<'a, str>,
     /// See [`UsageRecord::prompt_tokens`].
     pub prompt_tokens: i64,
@@ -71,10 +67,9 @@ pub struct UsageRow<'a> {
     /// See [`UsageRecord::status`].
     pub status: i64,
     /// See [`UsageRecord::finish_reason`].
-    #[serde(borrow)]
     pub finish_reason: Cow<'a, str>,
     /// See [`UsageRecord::subject`].
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub subject: Option<Cow<'a, str>>,
 }
 
