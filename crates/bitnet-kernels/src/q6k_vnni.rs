@@ -171,15 +171,13 @@ pub unsafe fn q6k_i16_vnni_rows(
             sums.finish();
             return;
         }
-        // Several tokens: a tile of rows is unpacked and scale-folded once into `w` (`tile`
-        // rows × 8 vectors per block), then the tokens go through every row of the tile in
-        // register blocks of at most `group` tokens, so a group's activations are read from L1
-        // by all the tile's rows. Narrow rows (the small model's 512 columns: all tokens fit in
-        // L1) take one row per tile and groups of 8; wide rows (2B-4T's 2560: 5 KiB of int16
-        // per token) take 4 rows and groups of 4 (40 KiB of quants and activations in L1),
-        // where streaming every token's activations from L2 for each row was the bottleneck.
-        let narrow = n * bpr * 512 <= 32 * 1024;
-        let (tile, group) = if narrow { (1, 8) } else { (4, 4) };
+        // Several tokens: a tile of ROWS rows is unpacked and scale-folded once into `w` (`tile`
+        // rows × 8 vectors per block), then the tokens go through the tile in register blocks of
+        // ROWS rows × 4 tokens ([`q6k_tokens_rows`]: each activation load serves four rows, so
+        // loads no longer bound the `vpdpwssd` rate). Benchmarked on Zen 4, one thread, 16
+        // tokens (`benches/head.rs`, G multiply-adds/s): the small model's head (512 columns)
+        // 40 with one row × 8 tokens, 52 with 2 × 4, 59 with 4 × 4; 2B-4T's width 55 → 73.
+        let (tile, group) = (ROWS, 4);
         let mut w = vec![_mm512_setzero_si512(); tile * 8 * bpr];
         let mut d = vec![_mm512_setzero_ps(); tile * bpr];
         let mut acc = vec![_mm512_setzero_ps(); tile * n];
@@ -192,22 +190,26 @@ pub unsafe fn q6k_i16_vnni_rows(
             }
             let mut t = 0;
             while t < n {
-                // The register block: 8, 4, 2 or 1 tokens.
+                // The register block: 4, 2 or 1 tokens.
                 let g = match (n - t).min(group) {
-                    8 => 8,
-                    4..=7 => 4,
+                    4.. => 4,
                     2..=3 => 2,
                     _ => 1,
                 };
                 let xt = &xs[t..];
                 let mut i = 0;
-                if tile > 1 && g == 4 {
-                    // Row pairs × 4 tokens: each activation load serves two rows.
-                    while i + 2 <= nr {
-                        let (w2, d2) = (&w[i * 8 * bpr..(i + 2) * 8 * bpr], &d[i * bpr..]);
-                        let (a0, a1) = acc[i * n + t..].split_at_mut(n);
-                        q6k_tokens_2rows(w2, &d2[..2 * bpr], xt, a0, a1);
-                        i += 2;
+                if g == 4 {
+                    // Rows in fours × 4 tokens: each activation load serves four rows.
+                    while i + ROWS <= nr {
+                        let (wr, dr) = (&w[i * 8 * bpr..(i + ROWS) * 8 * bpr], &d[i * bpr..]);
+                        q6k_tokens_rows::<ROWS>(
+                            wr,
+                            &dr[..ROWS * bpr],
+                            xt,
+                            &mut acc[i * n + t..],
+                            n,
+                        );
+                        i += ROWS;
                     }
                 }
                 for i in i..nr {
@@ -217,7 +219,6 @@ pub unsafe fn q6k_i16_vnni_rows(
                     );
                     let a = &mut acc[i * n + t..];
                     match g {
-                        8 => q6k_tokens::<8>(wr, dr, xt, a),
                         4 => q6k_tokens::<4>(wr, dr, xt, a),
                         2 => q6k_tokens::<2>(wr, dr, xt, a),
                         _ => q6k_tokens::<1>(wr, dr, xt, a),
@@ -285,24 +286,29 @@ unsafe fn q6k_tokens<const G: usize>(
     }
 }
 
-/// [`q6k_tokens`] for two rows and 4 tokens at once: the rows' unpacked quants `w` (row 0's
-/// `8·bpr` vectors, then row 1's) and block scales `d` (likewise), every activation vector
-/// loaded once for both rows (eight `vpdpwssd` chains). Each (row, token) pair goes through
+/// Rows per register block of [`q6k_tokens_rows`].
+const ROWS: usize = 4;
+
+/// [`q6k_tokens`] for `R` rows and 4 tokens at once: the rows' unpacked quants `w` (row 0's
+/// `8·bpr` vectors, then row 1's, …) and block scales `d` (likewise), every activation vector
+/// loaded once for the `R` rows (`4·R` `vpdpwssd` chains). Each (row, token) pair goes through
 /// the operations of [`q6k_tokens`] in the same order, so the results are bit-identical to it.
-/// The accumulators go to `out0[..4]` and `out1[..4]`.
+/// The accumulator of row `r`, token `k` goes to `out[r·stride + k]`.
 #[inline(never)]
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vnni")]
-unsafe fn q6k_tokens_2rows(
+unsafe fn q6k_tokens_rows<const R: usize>(
     w: &[__m512i],
     d: &[__m512],
     xs: &[&[i16]],
-    out0: &mut [__m512],
-    out1: &mut [__m512],
+    out: &mut [__m512],
+    stride: usize,
 ) {
     const G: usize = 4;
-    let bpr = d.len() / 2;
-    let (w0, w1) = w.split_at(8 * bpr);
-    let (d0, d1) = d.split_at(bpr);
+    let bpr = d.len() / R;
+    assert!(
+        w.len() >= 8 * bpr * R && out.len() > (R - 1) * stride + G - 1 && xs.len() >= G,
+        "q6k_tokens_rows: shapes"
+    );
     // SAFETY: the caller (`q6k_i16_vnni_rows`) enables AVX-512 F/BW/VNNI and checked that every
     // `xs[k]` holds `bpr·256` values; the loads read `xs[k][256·bi + 32·j ..][..32]`.
     unsafe {
@@ -310,32 +316,34 @@ unsafe fn q6k_tokens_2rows(
         for k in 0..G {
             base[k] = xs[k].as_ptr();
         }
-        let (mut acc0, mut acc1) = ([_mm512_setzero_ps(); G], [_mm512_setzero_ps(); G]);
+        let mut acc = [[_mm512_setzero_ps(); G]; R];
         for bi in 0..bpr {
-            let (mut s0, mut s1) = ([_mm512_setzero_si512(); G], [_mm512_setzero_si512(); G]);
+            let mut s = [[_mm512_setzero_si512(); G]; R];
             for j in 0..8 {
-                let (wa, wb) = (w0[8 * bi + j], w1[8 * bi + j]);
                 for k in 0..G {
                     let x = _mm512_loadu_si512(base[k].add(256 * bi + 32 * j) as *const __m512i);
-                    std::arch::asm!(
-                        "vpdpwssd {a}, {wa}, {x}",
-                        "vpdpwssd {b}, {wb}, {x}",
-                        a = inout(zmm_reg) s0[k],
-                        b = inout(zmm_reg) s1[k],
-                        wa = in(zmm_reg) wa,
-                        wb = in(zmm_reg) wb,
-                        x = in(zmm_reg) x,
-                        options(pure, nomem, nostack, preserves_flags)
-                    );
+                    for (r, sr) in s.iter_mut().enumerate() {
+                        let wv = *w.get_unchecked(r * 8 * bpr + 8 * bi + j);
+                        std::arch::asm!(
+                            "vpdpwssd {a}, {w}, {x}",
+                            a = inout(zmm_reg) sr[k],
+                            w = in(zmm_reg) wv,
+                            x = in(zmm_reg) x,
+                            options(pure, nomem, nostack, preserves_flags)
+                        );
+                    }
                 }
             }
-            for k in 0..G {
-                acc0[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0[k]), d0[bi], acc0[k]);
-                acc1[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1[k]), d1[bi], acc1[k]);
+            for r in 0..R {
+                let dr = *d.get_unchecked(r * bpr + bi);
+                for k in 0..G {
+                    acc[r][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[r][k]), dr, acc[r][k]);
+                }
             }
         }
-        out0[..G].copy_from_slice(&acc0);
-        out1[..G].copy_from_slice(&acc1);
+        for r in 0..R {
+            out[r * stride..r * stride + G].copy_from_slice(&acc[r]);
+        }
     }
 }
 

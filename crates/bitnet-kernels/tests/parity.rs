@@ -316,9 +316,9 @@ fn batched_dense_head_matches_per_row_dots() {
     use bitnet_kernels::quant::quantize_row;
     use bitnet_kernels::{DenseData, DenseMatrix};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-    // 512 columns: the Q6_K kernel's one-row tiles and 8-token groups (activations in L1);
-    // 2560: its 4-row tiles and 4-token groups (301 rows: a ragged last tile; 19 tokens:
-    // groups of 4, 2 and 1).
+    // The Q6_K kernel's 4-row × 4-token register blocks at the small model's width (512) and
+    // 2B-4T's (2560); 301 rows: a ragged last tile (one row through the per-row kernel); 19
+    // tokens: groups of 4, 2 and 1.
     for cols in [512usize, 2560] {
         let (rows, n) = (301usize, 19usize);
         let vals: Vec<f32> = (0..rows * cols)
