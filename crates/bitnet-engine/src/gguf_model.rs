@@ -7,9 +7,9 @@ use crate::error::{Error, Result};
 use crate::model::{Layer, Model, TernaryCodes, NEG_ZERO};
 use bitnet_formats::gguf::{GgmlType, GgufFile, TensorInfo};
 use bitnet_kernels::formats::{
-    dequantize_i2_s, BlockQ4K, BlockQ6K, BlockQ8_0, BlockTQ1_0, BlockTQ2_0,
+    dequantize_i2_s, BlockQ4K, BlockQ6K, BlockQ8_0, BlockTQ1_0, BlockTQ2_0, QK_K,
 };
-use bitnet_kernels::{Buf, DenseData, DenseMatrix, TernaryBlock, TernaryMatrix};
+use bitnet_kernels::{BlockI2, Buf, DenseData, DenseMatrix, TernaryBlock, TernaryMatrix};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -236,8 +236,14 @@ impl Loader<'_> {
                 return Ok(m);
             }
         }
-        let c = self.ternary_codes(name, out, inp)?;
-        let m = TernaryMatrix::from_codes(out, inp, &c.codes, c.scale);
+        let m = if t.ggml_type == GgmlType::TQ2_0 && inp.is_multiple_of(QK_K) {
+            self.shape(t, &[inp as u64, out as u64])?;
+            let (blocks, scale) = self.tq2_0_blocks(t)?;
+            TernaryMatrix::from_blocks(out, inp, blocks, scale * self.extra_scale(name)?)
+        } else {
+            let c = self.ternary_codes(name, out, inp)?;
+            TernaryMatrix::from_codes(out, inp, &c.codes, c.scale)
+        };
         // Repacked: the file's copy need not stay resident (peak RSS ≈ file size, not twice).
         self.f.release(t);
         Ok(m)
@@ -307,6 +313,45 @@ impl Loader<'_> {
             }
             None => Ok(1.0),
         }
+    }
+
+    /// A TQ2_0 tensor whose rows are whole blocks, transcoded block by block into the engine's
+    /// layout ([`BlockTQ2_0::to_i2`]: each byte's 2-bit fields reversed), with its per-tensor
+    /// scale. The checks of [`Self::block_codes`] (every block with a non-zero weight has the
+    /// same scale) plus code 3, which is not a ternary value. At load, this replaces a byte per
+    /// weight and two passes over it (2B-4T: 2.1 G weights).
+    fn tq2_0_blocks(&self, t: &TensorInfo) -> Result<(Vec<BlockI2>, f32)> {
+        const SIZE: usize = std::mem::size_of::<BlockTQ2_0>();
+        let data = self.f.data(t);
+        let mut blocks = Vec::with_capacity(data.len() / SIZE * 2);
+        let mut scale: Option<(u16, f32)> = None;
+        for (i, chunk) in data.chunks_exact(SIZE).enumerate() {
+            let b: BlockTQ2_0 = bytemuck::pod_read_unaligned(chunk);
+            if b.has_code3() {
+                return Err(self.bad(
+                    t,
+                    &format!("block {i}: TQ2_0 code 3 (codes are 0, 1, 2: not a ternary tensor)"),
+                ));
+            }
+            if !b.is_zero() {
+                match scale {
+                    None => scale = Some((b.d, b.d())),
+                    Some((bits, _)) if bits == b.d => {}
+                    Some((_, s)) if s != b.d() => {
+                        return Err(self.bad(
+                            t,
+                            &format!(
+                                "block scales {s} and {} differ: not a per-tensor ternary tensor",
+                                b.d()
+                            ),
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+            blocks.extend_from_slice(&b.to_i2());
+        }
+        Ok((blocks, scale.map_or(0.0, |(_, s)| s)))
     }
 
     /// Codes of a per-block-scaled ternary format; every block with a non-zero code must have

@@ -312,3 +312,48 @@ fn token_id_out_of_range() {
         .unwrap_err();
     assert!(e.to_string().contains("99999"), "{e}");
 }
+
+/// A TQ2_0 GGUF with a 2-bit code 3 or with two different block scales in one projection: the
+/// load names the file and the tensor (the transcoding fast path checks what the code path did).
+#[test]
+fn tq2_0_code_3_and_mixed_scales() {
+    use bitnet_formats::gguf::GgufFile;
+    let src = fixtures_dir()
+        .join("bitnet-silu-gguf")
+        .join("gguf")
+        .join("tq2_0_default.gguf");
+    let name = "blk.1.ffn_up.weight";
+    let (start, nbytes) = {
+        let f = GgufFile::open(&src).unwrap();
+        let t = f.tensor(name).unwrap();
+        (f.data_offset(t), t.nbytes)
+    };
+    let bytes = std::fs::read(&src).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let load = |edit: &dyn Fn(&mut [u8])| {
+        let mut b = bytes.clone();
+        edit(&mut b[start..start + nbytes]);
+        let p = dir.path().join("bad.gguf");
+        std::fs::write(&p, &b).unwrap();
+        match Model::load(&p) {
+            Ok(_) => panic!("{} loaded but should not", p.display()),
+            Err(e) => e.to_string(),
+        }
+    };
+    // Block 3 (66 bytes each), byte 17: a code 3 at bits 4-5.
+    let e = load(&|d| d[3 * 66 + 17] |= 0x30);
+    assert!(
+        e.contains("bad.gguf") && e.contains(name) && e.contains("code 3"),
+        "{e}"
+    );
+    // Block 2 gets every code non-zero (+1) and a scale unlike the others.
+    let e = load(&|d| {
+        d[2 * 66..2 * 66 + 64].fill(0xAA);
+        d[2 * 66 + 64..2 * 66 + 66]
+            .copy_from_slice(&half::f16::from_f32(7.5).to_bits().to_le_bytes());
+    });
+    assert!(
+        e.contains(name) && e.contains("block scales") && e.contains("7.5"),
+        "{e}"
+    );
+}

@@ -186,6 +186,26 @@ impl TernaryMatrix {
         m
     }
 
+    /// A matrix from its blocks in [`BlockI2`] layout, row after row (`ceil(cols / 128)` per row).
+    ///
+    /// # Panics
+    /// If `blocks.len() != rows · ceil(cols / 128)`.
+    pub fn from_blocks(rows: usize, cols: usize, blocks: Vec<BlockI2>, scale: f32) -> Self {
+        let blocks_per_row = cols.div_ceil(QK_I2);
+        assert_eq!(
+            blocks.len(),
+            rows * blocks_per_row,
+            "ternary matrix block count"
+        );
+        TernaryMatrix {
+            rows,
+            cols,
+            blocks_per_row,
+            blocks: Buf::Owned(blocks),
+            scale,
+        }
+    }
+
     /// A matrix whose blocks are `bytes[offset..]` in [`BlockI2`] layout, without copying (an
     /// I2_S tensor whose row length is a multiple of 128). `None` when the row length is not
     /// whole blocks or the range is outside the buffer.

@@ -81,3 +81,42 @@ fn i2_s_bytes_roundtrip() {
         assert_eq!((*c as f32 - 1.0) * scale, *v);
     }
 }
+
+/// The direct TQ2_0 → engine-layout transcode (`to_i2`) gives the codes of the byte-per-code
+/// path, and `has_code3` / `is_zero` see every position.
+#[test]
+fn tq2_0_to_i2_matches_the_code_path() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    for case in 0..200 {
+        let codes: Vec<u8> = (0..256)
+            .map(|i| match case {
+                0 => 0,
+                1 => 2,
+                2 => 1,
+                3 => (i % 3) as u8,
+                _ => rng.random_range(0..3u8),
+            })
+            .collect();
+        let b = BlockTQ2_0::from_codes(&codes, 0.5);
+        let i2 = b.to_i2();
+        let want = [
+            BlockI2::from_codes(&codes[..128], 1.0),
+            BlockI2::from_codes(&codes[128..], 1.0),
+        ];
+        assert_eq!(i2, want, "case {case}");
+        assert!(!b.has_code3(), "case {case}");
+        assert_eq!(b.is_zero(), codes.iter().all(|&c| c == 1), "case {case}");
+    }
+    // One code 3 or one non-zero weight anywhere is seen.
+    for pos in 0..256 {
+        let mut codes = vec![1u8; 256];
+        codes[pos] = 3;
+        assert!(
+            BlockTQ2_0::from_codes(&codes, 1.0).has_code3(),
+            "code 3 at {pos}"
+        );
+        codes[pos] = 0;
+        let b = BlockTQ2_0::from_codes(&codes, 1.0);
+        assert!(!b.has_code3() && !b.is_zero(), "code 0 at {pos}");
+    }
+}

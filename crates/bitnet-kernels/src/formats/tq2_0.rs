@@ -3,6 +3,7 @@
 
 use super::QK_K;
 use crate::quant::{ternary_to_float, QuantBlock, TernaryBlock};
+use crate::ternary::BlockI2;
 use half::f16;
 
 /// One TQ2_0 block.
@@ -64,5 +65,56 @@ impl TernaryBlock for BlockTQ2_0 {
             qs,
             d: f16::from_f32(d).to_bits(),
         }
+    }
+}
+
+/// Reverses the order of the four 2-bit fields in every byte of `x` (bits `2n` ↔ `6 − 2n`).
+#[inline(always)]
+fn reverse_pairs(x: u64) -> u64 {
+    const NIB: u64 = 0x0F0F_0F0F_0F0F_0F0F;
+    const PAIR: u64 = 0x3333_3333_3333_3333;
+    let x = ((x & NIB) << 4) | ((x >> 4) & NIB);
+    ((x & PAIR) << 2) | ((x >> 2) & PAIR)
+}
+
+impl BlockTQ2_0 {
+    /// The codes as eight little-endian words (`qs[8k..8k+8]`).
+    #[inline(always)]
+    fn words(&self) -> [u64; 8] {
+        let mut w = [0u64; 8];
+        for (o, c) in w.iter_mut().zip(self.qs.chunks_exact(8)) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            *o = u64::from_le_bytes(b);
+        }
+        w
+    }
+
+    /// Whether some 2-bit code is 3 (value `2·d`, outside `{−d, 0, +d}`).
+    #[inline]
+    pub fn has_code3(&self) -> bool {
+        self.words().iter().fold(0u64, |a, &w| a | (w & (w >> 1))) & 0x5555_5555_5555_5555 != 0
+    }
+
+    /// Whether every code is 1 (all 256 weights zero: the block's `d` carries no information).
+    #[inline]
+    pub fn is_zero(&self) -> bool {
+        self.qs.iter().all(|&q| q == 0x55)
+    }
+
+    /// The 256 codes in the engine's layout, two [`BlockI2`] of 128 (same codes as
+    /// [`TernaryBlock::codes`] followed by [`BlockI2::from_codes`], without the byte-per-code
+    /// detour). TQ2_0 byte `32j + m` holds element `128j + 32n + m` at bit `2n`; [`BlockI2`] `j`
+    /// holds element `32n + m` at byte `m`, bit `6 − 2n`: the same bytes with their four 2-bit
+    /// fields in reverse order.
+    #[inline]
+    pub fn to_i2(&self) -> [BlockI2; 2] {
+        let w = self.words();
+        let mut out = [BlockI2::ZERO; 2];
+        for (k, &x) in w.iter().enumerate() {
+            out[k / 4].qs[8 * (k % 4)..8 * (k % 4) + 8]
+                .copy_from_slice(&reverse_pairs(x).to_le_bytes());
+        }
+        out
     }
 }
