@@ -335,6 +335,12 @@ impl Loader<'_> {
             }
             if !b.is_zero() {
                 match scale {
+                    None if !b.d().is_finite() => {
+                        return Err(self.bad(
+                            t,
+                            &format!("block {i}: TQ2_0 scale {} is not finite", b.d()),
+                        ))
+                    }
                     None => scale = Some((b.d, b.d())),
                     Some((bits, _)) if bits == b.d => {}
                     Some((_, s)) if s != b.d() => {

@@ -356,4 +356,7 @@ fn tq2_0_code_3_and_mixed_scales() {
         e.contains(name) && e.contains("block scales") && e.contains("7.5"),
         "{e}"
     );
+    // A non-finite scale on the first block with weights.
+    let e = load(&|d| d[64..66].copy_from_slice(&half::f16::INFINITY.to_bits().to_le_bytes()));
+    assert!(e.contains(name) && e.contains("not finite"), "{e}");
 }
