@@ -236,9 +236,15 @@ impl Loader<'_> {
                 return Ok(m);
             }
         }
-        let m = if t.ggml_type == GgmlType::TQ2_0 && inp.is_multiple_of(QK_K) {
+        let fast =
+            inp.is_multiple_of(QK_K) && matches!(t.ggml_type, GgmlType::TQ2_0 | GgmlType::TQ1_0);
+        let m = if fast {
             self.shape(t, &[inp as u64, out as u64])?;
-            let (blocks, scale) = self.tq2_0_blocks(t)?;
+            let (blocks, scale) = if t.ggml_type == GgmlType::TQ2_0 {
+                self.transcoded_blocks::<BlockTQ2_0>(t)?
+            } else {
+                self.transcoded_blocks::<BlockTQ1_0>(t)?
+            };
             TernaryMatrix::from_blocks(out, inp, blocks, scale * self.extra_scale(name)?)
         } else {
             let c = self.ternary_codes(name, out, inp)?;
@@ -315,49 +321,56 @@ impl Loader<'_> {
         }
     }
 
-    /// A TQ2_0 tensor whose rows are whole blocks, transcoded block by block into the engine's
-    /// layout ([`BlockTQ2_0::to_i2`]: each byte's 2-bit fields reversed), with its per-tensor
-    /// scale. The checks of [`Self::block_codes`] (every block with a non-zero weight has the
-    /// same scale) plus code 3, which is not a ternary value. At load, this replaces a byte per
-    /// weight and two passes over it (2B-4T: 2.1 G weights).
-    fn tq2_0_blocks(&self, t: &TensorInfo) -> Result<(Vec<BlockI2>, f32)> {
-        const SIZE: usize = std::mem::size_of::<BlockTQ2_0>();
+    /// A TQ1_0 / TQ2_0 tensor whose rows are whole blocks, transcoded block by block into the
+    /// engine's layout ([`TernaryBlock::push_i2`]), with its per-tensor scale. The checks of
+    /// [`Self::block_codes`] (every block with a non-zero weight has the same, finite scale)
+    /// plus code 3, which is not a ternary value. At load this replaces a byte per weight and
+    /// two passes over it (2B-4T: 2.1 G weights).
+    fn transcoded_blocks<B: TernaryBlock + bytemuck::Pod>(
+        &self,
+        t: &TensorInfo,
+    ) -> Result<(Vec<BlockI2>, f32)> {
+        let size = std::mem::size_of::<B>();
         let data = self.f.data(t);
-        let mut blocks = Vec::with_capacity(data.len() / SIZE * 2);
-        let mut scale: Option<(u16, f32)> = None;
-        for (i, chunk) in data.chunks_exact(SIZE).enumerate() {
-            let b: BlockTQ2_0 = bytemuck::pod_read_unaligned(chunk);
-            if b.has_code3() {
+        let mut blocks = Vec::with_capacity(data.len() / size * (B::BLOCK / 128));
+        let mut scale: Option<f32> = None;
+        for (i, chunk) in data.chunks_exact(size).enumerate() {
+            let b: B = bytemuck::pod_read_unaligned(chunk);
+            let start = blocks.len();
+            b.push_i2(&mut blocks);
+            let new = &blocks[start..];
+            if new.iter().any(BlockI2::has_code3) {
                 return Err(self.bad(
                     t,
-                    &format!("block {i}: TQ2_0 code 3 (codes are 0, 1, 2: not a ternary tensor)"),
+                    &format!(
+                        "block {i}: {} code 3 (codes are 0, 1, 2: not a ternary tensor)",
+                        B::NAME
+                    ),
                 ));
             }
-            if !b.is_zero() {
+            if new.iter().any(|x| *x != BlockI2::ZERO) {
+                let d = b.d();
                 match scale {
-                    None if !b.d().is_finite() => {
+                    None if !d.is_finite() => {
                         return Err(self.bad(
                             t,
-                            &format!("block {i}: TQ2_0 scale {} is not finite", b.d()),
+                            &format!("block {i}: {} scale {d} is not finite", B::NAME),
                         ))
                     }
-                    None => scale = Some((b.d, b.d())),
-                    Some((bits, _)) if bits == b.d => {}
-                    Some((_, s)) if s != b.d() => {
+                    None => scale = Some(d),
+                    Some(s) if s != d => {
                         return Err(self.bad(
                             t,
                             &format!(
-                                "block scales {s} and {} differ: not a per-tensor ternary tensor",
-                                b.d()
+                                "block scales {s} and {d} differ: not a per-tensor ternary tensor"
                             ),
                         ))
                     }
                     _ => {}
                 }
             }
-            blocks.extend_from_slice(&b.to_i2());
         }
-        Ok((blocks, scale.map_or(0.0, |(_, s)| s)))
+        Ok((blocks, scale.unwrap_or(0.0)))
     }
 
     /// Codes of a per-block-scaled ternary format; every block with a non-zero code must have

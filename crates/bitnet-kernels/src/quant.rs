@@ -23,6 +23,16 @@ pub trait TernaryBlock: QuantBlock {
     fn d(&self) -> f32;
     /// Builds a block from codes (0, 1, 2) and a scale.
     fn from_codes(codes: &[u8], d: f32) -> Self;
+    /// Appends the block's codes in the engine's layout: `BLOCK / 128` [`crate::BlockI2`]s
+    /// (`BLOCK` is a multiple of 128). The default goes through [`Self::codes`], a byte per
+    /// code; TQ1_0 and TQ2_0 transcode directly (model load repacks every projection this way).
+    fn push_i2(&self, out: &mut Vec<crate::BlockI2>) {
+        let mut c = [1u8; 256];
+        self.codes(&mut c[..Self::BLOCK]);
+        for chunk in c[..Self::BLOCK].chunks_exact(crate::ternary::QK_I2) {
+            out.push(crate::BlockI2::from_codes(chunk, 1.0));
+        }
+    }
 }
 
 /// `to_float` of a ternary block: `(code − 1) · d` (up to 256 values).

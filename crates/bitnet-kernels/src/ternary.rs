@@ -25,6 +25,22 @@ impl BlockI2 {
     /// A block of zero weights (all codes 1).
     pub const ZERO: BlockI2 = BlockI2 { qs: [0x55; 32] };
 
+    /// Whether some 2-bit code is 3 (not a ternary value).
+    #[inline]
+    pub fn has_code3(&self) -> bool {
+        self.qs
+            .chunks_exact(8)
+            .map(|c| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(c);
+                let w = u64::from_le_bytes(b);
+                w & (w >> 1)
+            })
+            .fold(0, |a, x| a | x)
+            & 0x5555_5555_5555_5555
+            != 0
+    }
+
     /// The 2-bit code of element `i` (0..128).
     #[inline]
     pub fn code(&self, i: usize) -> u8 {

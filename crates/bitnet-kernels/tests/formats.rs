@@ -82,13 +82,12 @@ fn i2_s_bytes_roundtrip() {
     }
 }
 
-/// The direct TQ2_0 → engine-layout transcode (`to_i2`) gives the codes of the byte-per-code
-/// path, and `has_code3` / `is_zero` see every position.
-#[test]
-fn tq2_0_to_i2_matches_the_code_path() {
+/// The direct transcodes into the engine's layout (`push_i2` of TQ2_0 and TQ1_0) give the
+/// codes of the byte-per-code path, and `BlockI2::has_code3` sees a code 3 at every position.
+fn push_i2_matches_the_code_path<B: TernaryBlock>() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
-    for case in 0..200 {
-        let codes: Vec<u8> = (0..256)
+    for case in 0..300 {
+        let codes: Vec<u8> = (0..B::BLOCK)
             .map(|i| match case {
                 0 => 0,
                 1 => 2,
@@ -97,26 +96,54 @@ fn tq2_0_to_i2_matches_the_code_path() {
                 _ => rng.random_range(0..3u8),
             })
             .collect();
-        let b = BlockTQ2_0::from_codes(&codes, 0.5);
-        let i2 = b.to_i2();
-        let want = [
-            BlockI2::from_codes(&codes[..128], 1.0),
-            BlockI2::from_codes(&codes[128..], 1.0),
-        ];
-        assert_eq!(i2, want, "case {case}");
-        assert!(!b.has_code3(), "case {case}");
-        assert_eq!(b.is_zero(), codes.iter().all(|&c| c == 1), "case {case}");
+        let b = B::from_codes(&codes, 0.5);
+        let mut got = Vec::new();
+        b.push_i2(&mut got);
+        let want: Vec<BlockI2> = codes
+            .chunks(128)
+            .map(|c| BlockI2::from_codes(c, 1.0))
+            .collect();
+        assert_eq!(got, want, "{} case {case}", B::NAME);
+        assert!(
+            !got.iter().any(BlockI2::has_code3),
+            "{} case {case}",
+            B::NAME
+        );
     }
-    // One code 3 or one non-zero weight anywhere is seen.
-    for pos in 0..256 {
-        let mut codes = vec![1u8; 256];
+    // One non-zero weight at each position lands where the code path puts it.
+    for pos in 0..B::BLOCK {
+        let mut codes = vec![1u8; B::BLOCK];
+        codes[pos] = 0;
+        let mut got = Vec::new();
+        B::from_codes(&codes, 1.0).push_i2(&mut got);
+        assert_eq!(
+            got[pos / 128].code(pos % 128),
+            0,
+            "{} position {pos}",
+            B::NAME
+        );
+        let zeros = got.iter().flat_map(|g| (0..128).map(|i| g.code(i)));
+        assert_eq!(zeros.filter(|&c| c == 1).count(), B::BLOCK - 1);
+    }
+}
+
+#[test]
+fn ternary_formats_transcode_like_the_code_path() {
+    push_i2_matches_the_code_path::<BlockTQ2_0>();
+    push_i2_matches_the_code_path::<BlockTQ1_0>();
+    push_i2_matches_the_code_path::<BlockI2>();
+    for pos in 0..128 {
+        let mut codes = vec![1u8; 128];
         codes[pos] = 3;
         assert!(
-            BlockTQ2_0::from_codes(&codes, 1.0).has_code3(),
+            BlockI2::from_codes(&codes, 1.0).has_code3(),
             "code 3 at {pos}"
         );
-        codes[pos] = 0;
-        let b = BlockTQ2_0::from_codes(&codes, 1.0);
-        assert!(!b.has_code3() && !b.is_zero(), "code 0 at {pos}");
     }
+    // TQ2_0 passes a code 3 through (the loader rejects it from the transcoded blocks).
+    let mut codes = vec![1u8; 256];
+    codes[200] = 3;
+    let mut got = Vec::new();
+    BlockTQ2_0::from_codes(&codes, 1.0).push_i2(&mut got);
+    assert!(got[1].has_code3() && !got[0].has_code3());
 }

@@ -5,6 +5,7 @@
 
 use super::QK_K;
 use crate::quant::{ternary_to_float, QuantBlock, TernaryBlock};
+use crate::ternary::BlockI2;
 use half::f16;
 
 /// One TQ1_0 block.
@@ -22,6 +23,21 @@ pub struct BlockTQ1_0 {
 const _: () = assert!(std::mem::size_of::<BlockTQ1_0>() == 54);
 
 const POW3: [u8; 5] = [1, 3, 9, 27, 81];
+
+/// `TRITS[b][n]`: trit `n` of byte `b` ([`trit`] for every byte, at compile time).
+const TRITS: [[u8; 5]; 256] = {
+    let mut t = [[0u8; 5]; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut n = 0;
+        while n < 5 {
+            t[b][n] = (((b as u8).wrapping_mul(POW3[n]) as u16 * 3) >> 8) as u8;
+            n += 1;
+        }
+        b += 1;
+    }
+    t
+};
 
 #[inline]
 fn trit(b: u8, n: usize) -> u8 {
@@ -77,6 +93,9 @@ impl TernaryBlock for BlockTQ1_0 {
     fn d(&self) -> f32 {
         f16::from_bits(self.d).to_f32()
     }
+    fn push_i2(&self, out: &mut Vec<BlockI2>) {
+        out.extend_from_slice(&self.to_i2());
+    }
     fn from_codes(codes: &[u8], d: f32) -> Self {
         let c = |i: usize| codes[i].min(2);
         let mut b = BlockTQ1_0 {
@@ -95,5 +114,30 @@ impl TernaryBlock for BlockTQ1_0 {
             b.qh[j] = pack((0..4).map(|m| c(240 + j + 4 * m)), 3);
         }
         b
+    }
+}
+
+impl BlockTQ1_0 {
+    /// The 256 codes in the engine's layout, two [`BlockI2`] of 128 (same codes as
+    /// [`TernaryBlock::codes`] followed by [`BlockI2::from_codes`], a byte at a time from a
+    /// table of every byte's trits). [`BlockI2`] byte `m` holds elements `m + 32g` at bit
+    /// `6 − 2g`: in the first block trits 0–3 of `qs[m]`; in the second trit 4 of `qs[m]`
+    /// (element 128 + m), trits `m/16` and `2 + m/16` of `qs[32 + m%16]` (160 + m, 192 + m) and,
+    /// for element 224 + m, trit 4 of `qs[32 + m]` (m < 16) or trit `(m−16)/4` of
+    /// `qh[(m−16)%4]`.
+    pub fn to_i2(&self) -> [BlockI2; 2] {
+        let mut out = [BlockI2::ZERO; 2];
+        for m in 0..32 {
+            let t = &TRITS[self.qs[m] as usize];
+            out[0].qs[m] = (t[0] << 6) | (t[1] << 4) | (t[2] << 2) | t[3];
+            let h = &TRITS[self.qs[32 + m % 16] as usize];
+            let last = if m < 16 {
+                h[4]
+            } else {
+                TRITS[self.qh[(m - 16) % 4] as usize][(m - 16) / 4]
+            };
+            out[1].qs[m] = (t[4] << 6) | (h[m / 16] << 4) | (h[2 + m / 16] << 2) | last;
+        }
+        out
     }
 }

@@ -54,6 +54,9 @@ impl TernaryBlock for BlockTQ2_0 {
     fn d(&self) -> f32 {
         f16::from_bits(self.d).to_f32()
     }
+    fn push_i2(&self, out: &mut Vec<BlockI2>) {
+        out.extend_from_slice(&self.to_i2());
+    }
     fn from_codes(codes: &[u8], d: f32) -> Self {
         let mut qs = [0u8; 64];
         for (byte, q) in qs.iter_mut().enumerate() {
@@ -88,18 +91,6 @@ impl BlockTQ2_0 {
             *o = u64::from_le_bytes(b);
         }
         w
-    }
-
-    /// Whether some 2-bit code is 3 (value `2·d`, outside `{−d, 0, +d}`).
-    #[inline]
-    pub fn has_code3(&self) -> bool {
-        self.words().iter().fold(0u64, |a, &w| a | (w & (w >> 1))) & 0x5555_5555_5555_5555 != 0
-    }
-
-    /// Whether every code is 1 (all 256 weights zero: the block's `d` carries no information).
-    #[inline]
-    pub fn is_zero(&self) -> bool {
-        self.qs.iter().all(|&q| q == 0x55)
     }
 
     /// The 256 codes in the engine's layout, two [`BlockI2`] of 128 (same codes as
