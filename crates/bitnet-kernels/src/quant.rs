@@ -25,7 +25,7 @@ pub trait TernaryBlock: QuantBlock {
     fn from_codes(codes: &[u8], d: f32) -> Self;
     /// Appends the block's codes in the engine's layout: `BLOCK / 128` [`crate::BlockI2`]s
     /// (`BLOCK` is a multiple of 128). The default goes through [`Self::codes`], a byte per
-    /// code; TQ1_0 and TQ2_0 transcode directly (model load repacks every projection this way).
+    /// code; TQ1_0 and TQ2_0 transcode directly (the GGUF loader repacks their projections so).
     fn push_i2(&self, out: &mut Vec<crate::BlockI2>) {
         let mut c = [1u8; 256];
         self.codes(&mut c[..Self::BLOCK]);
