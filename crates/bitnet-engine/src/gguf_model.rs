@@ -322,9 +322,9 @@ impl Loader<'_> {
     }
 
     /// A TQ1_0 / TQ2_0 tensor whose rows are whole blocks, transcoded block by block into the
-    /// engine's layout ([`TernaryBlock::push_i2`]), with its per-tensor scale. The checks of
-    /// [`Self::block_codes`] (every block with a non-zero weight has the same, finite scale)
-    /// plus code 3, which is not a ternary value. At load this replaces a byte per weight and
+    /// engine's layout ([`TernaryBlock::push_i2`]), with its per-tensor scale. The check of
+    /// [`Self::block_codes`] (every block with a non-zero weight has the same scale), plus a
+    /// finite scale and no code 3, which is not a ternary value. At load this replaces a byte per weight and
     /// two passes over it (2B-4T: 2.1 G weights).
     fn transcoded_blocks<B: TernaryBlock + bytemuck::Pod>(
         &self,
@@ -350,24 +350,13 @@ impl Loader<'_> {
             }
             if new.iter().any(|x| *x != BlockI2::ZERO) {
                 let d = b.d();
-                match scale {
-                    None if !d.is_finite() => {
-                        return Err(self.bad(
-                            t,
-                            &format!("block {i}: {} scale {d} is not finite", B::NAME),
-                        ))
-                    }
-                    None => scale = Some(d),
-                    Some(s) if s != d => {
-                        return Err(self.bad(
-                            t,
-                            &format!(
-                                "block scales {s} and {d} differ: not a per-tensor ternary tensor"
-                            ),
-                        ))
-                    }
-                    _ => {}
+                if scale.is_none() && !d.is_finite() {
+                    return Err(self.bad(
+                        t,
+                        &format!("block {i}: {} scale {d} is not finite", B::NAME),
+                    ));
                 }
+                self.same_scale(t, &mut scale, d)?;
             }
         }
         Ok((blocks, scale.unwrap_or(0.0)))
@@ -386,22 +375,26 @@ impl Loader<'_> {
         for (b, c) in blocks.iter().zip(codes.chunks_exact_mut(B::BLOCK)) {
             b.codes(c);
             if c.iter().any(|&x| x != 1) {
-                let d = b.d();
-                match scale {
-                    None => scale = Some(d),
-                    Some(s) if s != d => {
-                        return Err(self.bad(
-                            t,
-                            &format!(
-                                "block scales {s} and {d} differ: not a per-tensor ternary tensor"
-                            ),
-                        ))
-                    }
-                    _ => {}
-                }
+                self.same_scale(t, &mut scale, b.d())?;
             }
         }
         Ok(scale.unwrap_or(0.0))
+    }
+
+    /// Records the first block scale `d` of a per-tensor ternary tensor in `scale`, or checks
+    /// that `d` equals the one recorded.
+    fn same_scale(&self, t: &TensorInfo, scale: &mut Option<f32>, d: f32) -> Result<()> {
+        match *scale {
+            None => *scale = Some(d),
+            Some(s) if s != d => {
+                return Err(self.bad(
+                    t,
+                    &format!("block scales {s} and {d} differ: not a per-tensor ternary tensor"),
+                ))
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     fn bad(&self, t: &TensorInfo, message: &str) -> Error {
