@@ -31,7 +31,8 @@ pub fn transpose_into(tmp: &[f32], rows: usize, n: usize, out: &mut [f32]) {
     transpose_scalar(tmp, rows, n, out);
 }
 
-/// A register tile: `dst[j·dst_stride + i] = src[i·src_stride + j]` for `i, j < T`.
+/// A square register tile of side `t`: `dst[j·dst_stride + i] = src[i·src_stride + j]` for
+/// `i, j < t`.
 #[cfg(target_arch = "x86_64")]
 type Tile = unsafe fn(*const f32, usize, *mut f32, usize);
 
