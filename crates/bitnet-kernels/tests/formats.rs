@@ -4,17 +4,23 @@ use bitnet_kernels::formats::*;
 use bitnet_kernels::{BlockI2, QuantBlock, TernaryBlock};
 use rand::{RngExt, SeedableRng};
 
+/// The ternary codes of test case `case`: all 0, all 2, all 1, the cycle 0 1 2, then random.
+fn case_codes(case: usize, n: usize, rng: &mut rand_chacha::ChaCha8Rng) -> Vec<u8> {
+    (0..n)
+        .map(|i| match case {
+            0 => 0,
+            1 => 2,
+            2 => 1,
+            3 => (i % 3) as u8,
+            _ => rng.random_range(0..3u8),
+        })
+        .collect()
+}
+
 fn ternary_roundtrip<B: TernaryBlock>() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
     for case in 0..50 {
-        let codes: Vec<u8> = (0..B::BLOCK)
-            .map(|_| match case {
-                0 => 0,
-                1 => 2,
-                2 => 1,
-                _ => rng.random_range(0..3u8),
-            })
-            .collect();
+        let codes = case_codes(case, B::BLOCK, &mut rng);
         let d = 0.0371f32;
         let b = B::from_codes(&codes, d);
         let mut back = vec![0u8; B::BLOCK];
@@ -87,15 +93,7 @@ fn i2_s_bytes_roundtrip() {
 fn push_i2_matches_the_code_path<B: TernaryBlock>() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
     for case in 0..300 {
-        let codes: Vec<u8> = (0..B::BLOCK)
-            .map(|i| match case {
-                0 => 0,
-                1 => 2,
-                2 => 1,
-                3 => (i % 3) as u8,
-                _ => rng.random_range(0..3u8),
-            })
-            .collect();
+        let codes = case_codes(case, B::BLOCK, &mut rng);
         let b = B::from_codes(&codes, 0.5);
         let mut got = Vec::new();
         b.push_i2(&mut got);
