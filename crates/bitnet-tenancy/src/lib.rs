@@ -12,6 +12,7 @@ pub mod limits;
 pub mod meter;
 pub mod oidc;
 pub mod period;
+pub mod priority;
 mod queued;
 pub mod store;
 pub mod usage;

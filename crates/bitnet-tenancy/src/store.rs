@@ -119,6 +119,8 @@ impl Store {
                     ] {
                         sqlx::query(pragma).execute(&mut *conn).await?;
                     }
+                    // The connection's worker thread now exists: below the request path.
+                    crate::priority::lower_sqlite_workers();
                     Ok(())
                 })
             });
