@@ -66,15 +66,31 @@ pub fn ternary_matmul_with(
             let i1 = (i0 + 16).min(nr);
             for t0 in (0..n).step_by(tb) {
                 let nt = (n - t0).min(tb);
-                for tr in &mut tile[..i1 - i0] {
-                    tr[..nt].fill(0);
+                if kb == 0 {
+                    // No columns: every sum is 0 (the first slice below writes the tile).
+                    for tr in &mut tile[..i1 - i0] {
+                        tr[..nt].fill(0);
+                    }
                 }
                 for k0 in (0..kb).step_by(kc) {
                     let k1 = (k0 + kc).min(kb);
                     let qt = &q[t0 * kp + k0 * 128..];
                     for i in (i0..i1).step_by(2) {
                         let ra = &w.row_blocks(r0 + i)[k0..k1];
-                        if i + 1 < i1 {
+                        if k0 == 0 {
+                            // The first (usually only) column slice writes its sums straight into
+                            // the tile: no zeroing, and no add whose loads would wait on the
+                            // kernel's just-stored sums.
+                            let (first, second) = tile[i - i0..].split_at_mut(1);
+                            let a = &mut first[0][..nt];
+                            if i + 1 < i1 {
+                                let rows = [ra, &w.row_blocks(r0 + i + 1)[k0..k1]];
+                                let b = &mut second[0][..nt];
+                                crate::dispatch::row_dot2(which, rows, qt, kp, a, b);
+                            } else {
+                                crate::dispatch::row_dot(which, ra, qt, kp, a);
+                            }
+                        } else if i + 1 < i1 {
                             let rows = [ra, &w.row_blocks(r0 + i + 1)[k0..k1]];
                             let (a, b) = (&mut acc[..nt], &mut acc2[..nt]);
                             crate::dispatch::row_dot2(which, rows, qt, kp, a, b);
