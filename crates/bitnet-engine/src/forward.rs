@@ -497,15 +497,12 @@ impl Model {
             st.acts.quantize(&st.xn, n, h, l.gate.cols_padded());
             ternary_matmul(&l.gate, &st.acts, &mut st.gate);
             ternary_matmul(&l.up, &st.acts, &mut st.up);
-            let act = |gate: &mut [f32], up: &[f32]| {
-                let gu = gate.iter_mut().zip(up);
-                match c.hidden_act {
-                    Activation::Relu2 => gu.for_each(|(g, &u)| {
-                        let r = g.max(0.0);
-                        *g = r * r * u;
-                    }),
-                    Activation::Silu => gu.for_each(|(g, &u)| *g = *g / (1.0 + (-*g).exp()) * u),
-                }
+            let act = |gate: &mut [f32], up: &[f32]| match c.hidden_act {
+                Activation::Relu2 => gate.iter_mut().zip(up).for_each(|(g, &u)| {
+                    let r = g.max(0.0);
+                    *g = r * r * u;
+                }),
+                Activation::Silu => bitnet_kernels::glu::silu_mul(gate, up),
             };
             let (gate, up) = (&mut st.gate[..n * inter], &st.up[..n * inter]);
             if n >= 8 && rayon::current_num_threads() > 1 {

@@ -10,7 +10,8 @@
 //!   [`quant::TernaryBlock`]); [`formats`]: the GGML formats (Q8_0, Q4_K, Q6_K, TQ1_0, TQ2_0, I2_S).
 //! - [`act`]: per-token absmax int8 activation quantization ([`act::QuantizedActs`]).
 //! - [`dense`]: float matrices (embeddings, output head) stored as f32, bf16 or f16.
-//! - [`ops`]: integer GEMM/GEMV, RMSNorm, RoPE, softmax, attention.
+//! - [`ops`]: integer GEMM/GEMV, RMSNorm, RoPE, softmax, attention; [`glu`]: the SiLU-gated
+//!   FFN activation with a vectorized `exp`.
 
 pub mod act;
 #[cfg(target_arch = "x86_64")]
@@ -21,6 +22,7 @@ pub mod buf;
 pub mod dense;
 pub mod dispatch;
 pub mod formats;
+pub mod glu;
 pub mod ops;
 #[cfg(target_arch = "x86_64")]
 pub mod q6k_avx2;
