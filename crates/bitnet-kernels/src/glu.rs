@@ -16,7 +16,7 @@ const C1: f32 = 0.693_359_4;
 const C2: f32 = -2.121_944_4e-4;
 /// Cephes `expf` polynomial, constant term first.
 const P: [f32; 6] = [
-    5.000_000_1e-1,
+    0.5,
     1.666_666_5e-1,
     4.166_579_6e-2,
     8.333_452e-3,
