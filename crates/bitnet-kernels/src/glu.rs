@@ -1,14 +1,15 @@
-//! The SiLU-gated FFN activation, `gate ← gate / (1 + e^(−gate)) · up` (SwiGLU), with a
-//! vectorized `exp`. The SIMD kernel (AVX2 + FMA, eight lanes) and its scalar twin do the same
-//! operations in the same order — fused multiply-adds where the twin calls `mul_add` — so the
-//! result is bit-identical on every kernel and every CPU.
+//! A vectorized `exp` and its two users: the SiLU-gated FFN activation,
+//! `gate ← gate / (1 + e^(−gate)) · up` (SwiGLU), and the exponentials of the attention
+//! softmax, `x ← e^(x − shift)`. The SIMD kernels (AVX2 + FMA, eight lanes) and their scalar
+//! twins do the same operations in the same order — fused multiply-adds where the twin calls
+//! `mul_add` — so the results are bit-identical on every kernel and every CPU.
 //!
 //! `exp(x)` (Cody–Waite range reduction and the degree-7 polynomial of the Cephes `expf`):
 //! `x` is clamped to `[−87.33, 88.37]` (so `n` stays in the normal exponent range),
 //! `n = round_half_even(x · log₂e)`, `r = x − n·C1 − n·C2` with `C1 + C2 = ln 2` (two fused
 //! steps), `e^r ≈ 1 + r + r²·P(r)`, and `2ⁿ` enters through the exponent bits. Error about
 //! 2 ulp against the exact value (tested below); libm's `expf`, which this replaces in the
-//! activation, was a scalar call per element, ~4 % of a prefill.
+//! activation and the softmax, was a scalar call per element (SiLU alone ~4 % of a prefill).
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 /// `ln 2` split so that `n·C1` is exact for `|n| ≤ 128`.
@@ -27,12 +28,14 @@ const P: [f32; 6] = [
 const HI: f32 = 88.376_26;
 const LO: f32 = -87.336_55;
 
-/// `e^x` as the SIMD kernel computes it, one lane (the scalar twin). `NaN` gives a finite
-/// value, as in the kernel (the clamps return their bound); the activation's numerator
-/// carries a `NaN` input through.
+/// `e^x` as the SIMD kernel computes it, one lane (the scalar twin). A `NaN` comes back
+/// unchanged, so it shows in whatever uses the result.
 #[inline]
 pub fn exp_approx(x: f32) -> f32 {
-    // `_mm256_min_ps(x, HI)` and `_mm256_max_ps(x, LO)`: the second operand when unordered.
+    if x.is_nan() {
+        return x;
+    }
+    // `_mm256_min_ps(x, HI)` and `_mm256_max_ps(x, LO)`.
     let x = if x < HI { x } else { HI };
     let x = if x > LO { x } else { LO };
     let n = (x * LOG2E).round_ties_even();
@@ -75,13 +78,63 @@ pub fn silu_mul_with(kernel: crate::Kernel, gate: &mut [f32], up: &[f32]) {
     silu_mul_scalar(gate, up);
 }
 
+/// `x[i] ← exp(x[i] − shift)` (the softmax's exponentials) on the scalar path.
+pub fn exp_shifted_scalar(x: &mut [f32], shift: f32) {
+    for v in x {
+        *v = exp_approx(*v - shift);
+    }
+}
+
+/// `x[i] ← exp(x[i] − shift)` on the kernel chosen at start ([`crate::dispatch::active`]).
+pub fn exp_shifted(x: &mut [f32], shift: f32) {
+    exp_shifted_with(crate::dispatch::active(), x, shift)
+}
+
+/// [`exp_shifted`] on a given kernel (parity tests); every kernel but scalar takes the AVX2
+/// path.
+pub fn exp_shifted_with(kernel: crate::Kernel, x: &mut [f32], shift: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if kernel != crate::Kernel::Scalar && kernel.available() && std::is_x86_feature_detected!("fma")
+    {
+        // SAFETY: AVX2 (every non-scalar kernel needs it, `available()` checked) and FMA
+        // (checked) are present.
+        unsafe { exp_shifted_avx2(x, shift) };
+        return;
+    }
+    let _ = kernel;
+    exp_shifted_scalar(x, shift);
+}
+
+/// [`exp_shifted_scalar`] eight lanes at a time, the tail through the scalar twin.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_shifted_avx2(x: &mut [f32], shift: f32) {
+    use std::arch::x86_64::*;
+    let body = x.len() / 8 * 8;
+    let s = _mm256_set1_ps(shift);
+    let mut i = 0;
+    while i < body {
+        // SAFETY: i + 8 ≤ body ≤ x.len(); unaligned load and store; AVX2 and FMA are enabled
+        // by the caller's contract.
+        unsafe {
+            let v = _mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), s);
+            _mm256_storeu_ps(x.as_mut_ptr().add(i), exp8(v));
+        }
+        i += 8;
+    }
+    exp_shifted_scalar(&mut x[body..], shift);
+}
+
 /// Eight lanes of [`exp_approx`]: the same operations in the same order.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+unsafe fn exp8(input: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
     use std::arch::x86_64::*;
-    let x = _mm256_min_ps(x, _mm256_set1_ps(HI));
+    let x = _mm256_min_ps(input, _mm256_set1_ps(HI));
     let x = _mm256_max_ps(x, _mm256_set1_ps(LO));
     let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
         x,
@@ -99,7 +152,9 @@ unsafe fn exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
         _mm256_cvtps_epi32(n),
         _mm256_set1_epi32(127),
     ));
-    _mm256_mul_ps(e, _mm256_castsi256_ps(bits))
+    let y = _mm256_mul_ps(e, _mm256_castsi256_ps(bits));
+    // A NaN lane comes back unchanged (the clamps above turned it into a bound).
+    _mm256_blendv_ps(y, input, _mm256_cmp_ps::<_CMP_UNORD_Q>(input, input))
 }
 
 /// [`silu_mul_scalar`] eight lanes at a time, the tail through the scalar twin.
@@ -148,6 +203,7 @@ mod tests {
         assert_eq!(exp_approx(0.0), 1.0);
         assert!(exp_approx(-1000.0) > 0.0 && exp_approx(-1000.0) < 1e-37);
         assert!(exp_approx(1000.0).is_finite() && exp_approx(1000.0) > 1e38);
+        assert!(exp_approx(f32::NAN).is_nan());
     }
 
     #[test]
@@ -168,6 +224,30 @@ mod tests {
         silu_mul_scalar(&mut e, &[1.0; 2]);
         assert!(e[0].is_nan());
         assert_eq!(e[1], f32::INFINITY);
+    }
+
+    #[test]
+    fn shifted_exp_is_identical_on_every_kernel() {
+        let mut x: Vec<f32> = (0..203).map(|i| (i as f32 - 150.0) * 0.61).collect();
+        x[13] = f32::NAN;
+        x[200] = f32::NEG_INFINITY;
+        for kernel in crate::Kernel::all_available() {
+            for len in (0..=17).chain([x.len()]) {
+                for shift in [0.0, 3.5, -2.25, 40.0] {
+                    let mut want = x[..len].to_vec();
+                    exp_shifted_scalar(&mut want, shift);
+                    let mut got = x[..len].to_vec();
+                    exp_shifted_with(kernel, &mut got, shift);
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&got),
+                        bits(&want),
+                        "{} len {len} shift {shift}",
+                        kernel.name()
+                    );
+                }
+            }
+        }
     }
 
     /// Every kernel gives the scalar twin's bits: random values over the whole clamp range and

@@ -527,14 +527,12 @@ pub fn log_sum_exp(row: &[f32]) -> f64 {
         .ln()
 }
 
-/// In-place softmax in f32.
+/// In-place softmax in f32: the exponentials through [`crate::glu::exp_shifted`] (eight lanes
+/// at a time), summed in order.
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0f32;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
+    crate::glu::exp_shifted(x, max);
+    let sum: f32 = x.iter().sum();
     let inv = 1.0 / sum;
     for v in x.iter_mut() {
         *v *= inv;
