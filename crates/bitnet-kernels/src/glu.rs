@@ -51,6 +51,13 @@ pub fn exp_approx(x: f32) -> f32 {
     e * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
+/// Whether `kernel` takes the AVX2 + FMA path here: every kernel but scalar (all of them need
+/// AVX2) on a CPU that has FMA.
+#[cfg(target_arch = "x86_64")]
+fn simd(kernel: crate::Kernel) -> bool {
+    kernel != crate::Kernel::Scalar && kernel.available() && std::is_x86_feature_detected!("fma")
+}
+
 /// `gate[i] ← gate[i] / (1 + exp(−gate[i])) · up[i]` on the scalar path.
 pub fn silu_mul_scalar(gate: &mut [f32], up: &[f32]) {
     for (g, &u) in gate.iter_mut().zip(up) {
@@ -67,10 +74,8 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
 /// [`silu_mul`] on a given kernel (parity tests); every kernel but scalar takes the AVX2 path.
 pub fn silu_mul_with(kernel: crate::Kernel, gate: &mut [f32], up: &[f32]) {
     #[cfg(target_arch = "x86_64")]
-    if kernel != crate::Kernel::Scalar && kernel.available() && std::is_x86_feature_detected!("fma")
-    {
-        // SAFETY: AVX2 (every non-scalar kernel needs it, `available()` checked) and FMA
-        // (checked) are present.
+    if simd(kernel) {
+        // SAFETY: `simd` checked AVX2 and FMA.
         unsafe { silu_mul_avx2(gate, up) };
         return;
     }
@@ -94,10 +99,8 @@ pub fn exp_shifted(x: &mut [f32], shift: f32) {
 /// path.
 pub fn exp_shifted_with(kernel: crate::Kernel, x: &mut [f32], shift: f32) {
     #[cfg(target_arch = "x86_64")]
-    if kernel != crate::Kernel::Scalar && kernel.available() && std::is_x86_feature_detected!("fma")
-    {
-        // SAFETY: AVX2 (every non-scalar kernel needs it, `available()` checked) and FMA
-        // (checked) are present.
+    if simd(kernel) {
+        // SAFETY: `simd` checked AVX2 and FMA.
         unsafe { exp_shifted_avx2(x, shift) };
         return;
     }
