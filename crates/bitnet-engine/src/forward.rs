@@ -8,7 +8,9 @@
 use crate::config::{Activation, ModelConfig};
 use crate::error::{Error, Result};
 use crate::model::Model;
-use bitnet_kernels::ops::{attend, dense_matmul, rmsnorm, rmsnorm_rows, ternary_matmul};
+use bitnet_kernels::ops::{
+    attend, dense_matmul, rmsnorm, rmsnorm_rows, ternary_matmul, ternary_matmul_each,
+};
 use bitnet_kernels::QuantizedActs;
 use rayon::prelude::*;
 
@@ -421,9 +423,11 @@ impl Model {
             // Attention block.
             rmsnorm_rows(&st.x, &l.input_norm, eps, n, &mut st.xn);
             st.acts.quantize(&st.xn, n, h, l.q.cols_padded());
-            ternary_matmul(&l.q, &st.acts, &mut st.q);
-            ternary_matmul(&l.k, &st.acts, &mut st.k);
-            ternary_matmul(&l.v, &st.acts, &mut st.v);
+            ternary_matmul_each(
+                &[&l.q, &l.k, &l.v],
+                &st.acts,
+                &mut [&mut st.q, &mut st.k, &mut st.v],
+            );
             for t in 0..n {
                 let (si, pos) = st.slots[t];
                 let cache = &mut *caches[si];
@@ -495,8 +499,7 @@ impl Model {
             // FFN block.
             rmsnorm_rows(&st.x, &l.post_norm, eps, n, &mut st.xn);
             st.acts.quantize(&st.xn, n, h, l.gate.cols_padded());
-            ternary_matmul(&l.gate, &st.acts, &mut st.gate);
-            ternary_matmul(&l.up, &st.acts, &mut st.up);
+            ternary_matmul_each(&[&l.gate, &l.up], &st.acts, &mut [&mut st.gate, &mut st.up]);
             let act = |gate: &mut [f32], up: &[f32]| match c.hidden_act {
                 Activation::Relu2 => gate.iter_mut().zip(up).for_each(|(g, &u)| {
                     let r = g.max(0.0);
