@@ -175,7 +175,7 @@ fn gemv_chunk(
 /// [`ternary_matmul`] of each matrix of `ws` with the same activations into the matching
 /// `outs`. For one token on a SIMD kernel with more than one thread, all the matrices' rows go
 /// to the pool in one parallel region (decode's q/k/v and gate/up projections: one hand-off
-/// instead of one per matrix; on the small model a region costs ~10 µs of a ~400 µs token).
+/// instead of one per matrix).
 /// Same results as calling [`ternary_matmul`] for each.
 pub fn ternary_matmul_each(ws: &[&TernaryMatrix], x: &QuantizedActs, outs: &mut [&mut [f32]]) {
     assert_eq!(

@@ -4,8 +4,9 @@
 //! load, that thread stores thousands of usage rows a second in short bursts, and each time it
 //! wakes, the scheduler lets it preempt a thread that answers requests or runs the engine's
 //! decode step — and every request in flight waits for that step. On 2 cores (AMD EPYC Zen 5,
-//! 2026-12-07), the tiny model at 64 connections: 35–37 k requests/s with the workers at the
-//! server's own priority, 41–42 k with them at nice 10 or 19, the same rows stored.
+//! 2026-12-07), the tiny model at 64 connections, the workers reniced by hand while the
+//! server ran, alternating: 34–37 k requests/s at the server's own priority, 36–42 k at nice
+//! 10 or 19, the same rows stored.
 //!
 //! So once a SQLite connection is open, its worker gets the server's nice value plus
 //! [`WORKER_NICE_OFFSET`] (at most 19). It still runs whenever a core is idle, and gets its
