@@ -77,34 +77,36 @@ pub fn ternary_matmul_with(
                     let qt = &q[t0 * kp + k0 * 128..];
                     for i in (i0..i1).step_by(2) {
                         let ra = &w.row_blocks(r0 + i)[k0..k1];
-                        if k0 == 0 {
-                            // The first (usually only) column slice writes its sums straight into
-                            // the tile: no zeroing, and no add whose loads would wait on the
-                            // kernel's just-stored sums.
-                            let (first, second) = tile[i - i0..].split_at_mut(1);
-                            let a = &mut first[0][..nt];
-                            if i + 1 < i1 {
-                                let rows = [ra, &w.row_blocks(r0 + i + 1)[k0..k1]];
-                                let b = &mut second[0][..nt];
-                                crate::dispatch::row_dot2(which, rows, qt, kp, a, b);
+                        let pair = i + 1 < i1;
+                        let (first, second) = tile[i - i0..].split_at_mut(1);
+                        // The first (usually only) column slice writes its sums straight into
+                        // the tile: no zeroing, and no add whose loads would wait on the
+                        // kernel's just-stored sums. Later slices go through `acc`/`acc2` and
+                        // are added.
+                        let (a, b) = if k0 == 0 {
+                            let b = if pair {
+                                &mut second[0][..nt]
                             } else {
-                                crate::dispatch::row_dot(which, ra, qt, kp, a);
-                            }
-                        } else if i + 1 < i1 {
-                            let rows = [ra, &w.row_blocks(r0 + i + 1)[k0..k1]];
-                            let (a, b) = (&mut acc[..nt], &mut acc2[..nt]);
-                            crate::dispatch::row_dot2(which, rows, qt, kp, a, b);
-                            let (first, second) = tile[i - i0..].split_at_mut(1);
-                            let pair = first[0].iter_mut().zip(second[0].iter_mut());
-                            for ((x, y), (&u, &v)) in pair.zip(a.iter().zip(b.iter())) {
-                                *x += u;
-                                *y += v;
-                            }
+                                &mut acc2[..nt]
+                            };
+                            (&mut first[0][..nt], b)
                         } else {
-                            let a = &mut acc[..nt];
+                            (&mut acc[..nt], &mut acc2[..nt])
+                        };
+                        if pair {
+                            let rows = [ra, &w.row_blocks(r0 + i + 1)[k0..k1]];
+                            crate::dispatch::row_dot2(which, rows, qt, kp, a, b);
+                        } else {
                             crate::dispatch::row_dot(which, ra, qt, kp, a);
-                            for (x, &u) in tile[i - i0].iter_mut().zip(a.iter()) {
+                        }
+                        if k0 > 0 {
+                            for (x, &u) in first[0].iter_mut().zip(&acc[..nt]) {
                                 *x += u;
+                            }
+                            if pair {
+                                for (y, &v) in second[0].iter_mut().zip(&acc2[..nt]) {
+                                    *y += v;
+                                }
                             }
                         }
                     }
