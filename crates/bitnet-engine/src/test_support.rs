@@ -33,7 +33,19 @@ pub fn repo_fixtures_dir() -> PathBuf {
 
 /// Every fixture checkpoint that carries a `reference.safetensors` (shared ones, then the
 /// repository's), each group sorted by name.
+///
+/// # Panics
+/// Also when `BITNET_KERNEL` forces a kernel that is not the one in use (the CPU lacks it, or
+/// the name is unknown: the dispatcher then falls back to scalar, and the criteria would test
+/// the scalar kernel while claiming another).
 pub fn fixture_models() -> Vec<PathBuf> {
+    if let Some(want) = std::env::var("BITNET_KERNEL")
+        .ok()
+        .filter(|k| !k.is_empty())
+    {
+        let got = bitnet_kernels::dispatch::active().name();
+        assert_eq!(got, want, "BITNET_KERNEL={want} is not the kernel in use");
+    }
     let mut all = Vec::new();
     for dir in [fixtures_dir(), repo_fixtures_dir()] {
         let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)

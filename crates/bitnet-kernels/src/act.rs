@@ -115,8 +115,9 @@ pub fn round_half_even_small(x: f32) -> f32 {
 }
 
 /// Quantizes one row into `out` (zero-padded past `x.len()`); returns `(s_x, Σ q)`. AVX2 when
-/// the CPU has it and the scalar kernel is not forced ([`crate::x86::quantize_row_avx2`], bit-
-/// identical: `vroundps` rounds half to even), else [`quantize_row_scalar`].
+/// the CPU has it and the scalar kernel is not forced (`x86::quantize_row_avx2`, bit-identical:
+/// `vroundps` rounds half to even), NEON on aarch64 (`neon::quantize_row_neon`: `fcvtns`
+/// rounds half to even too), else [`quantize_row_scalar`].
 pub fn quantize_row(x: &[f32], out: &mut [i8]) -> (f32, i32) {
     assert!(
         out.len() >= x.len(),
@@ -126,6 +127,11 @@ pub fn quantize_row(x: &[f32], out: &mut [i8]) -> (f32, i32) {
     if crate::dispatch::active() != crate::Kernel::Scalar && std::is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 detected just above; lengths asserted.
         return unsafe { crate::x86::quantize_row_avx2(x, out) };
+    }
+    #[cfg(target_arch = "aarch64")]
+    if crate::dispatch::active() != crate::Kernel::Scalar {
+        // SAFETY: a non-scalar kernel on aarch64 is NEON, available (checked when chosen).
+        return unsafe { crate::neon::quantize_row_neon(x, out) };
     }
     quantize_row_scalar(x, out)
 }

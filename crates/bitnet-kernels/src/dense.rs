@@ -130,9 +130,9 @@ impl DenseMatrix {
     /// AVX2 + FMA (F16C for f16) when the active kernel is a SIMD one.
     #[inline]
     pub fn row_dot(&self, r: usize, x: &[f32]) -> f32 {
-        let c = self.cols;
         #[cfg(target_arch = "x86_64")]
         if simd_dense() {
+            let c = self.cols;
             // SAFETY: `simd_dense` checked AVX2, FMA and F16C; `x` holds `cols` values
             // (asserted inside the kernel).
             unsafe {

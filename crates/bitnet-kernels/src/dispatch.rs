@@ -1,5 +1,6 @@
 //! Run-time kernel selection: the best path the CPU supports, or the one `BITNET_KERNEL`
-//! (`scalar`, `avx2`, `avx512`, `amx`) forces — for parity tests and benchmarks.
+//! (`scalar`, `avx2`, `avx512`, `amx`, `neon`, `neon-dot`) forces — for parity tests and
+//! benchmarks.
 
 use std::sync::OnceLock;
 
@@ -15,6 +16,10 @@ pub enum Kernel {
     /// AMX int8 tiles (`tdpbusd`) for multi-token GEMMs; single-token work and short batches
     /// take the AVX-512 VNNI kernels.
     Amx,
+    /// aarch64 baseline NEON (`smull`/`smlal2` into i16, `sadalp` into i32).
+    Neon,
+    /// aarch64 NEON with the dot-product extension (`sdot`).
+    NeonDot,
 }
 
 impl Kernel {
@@ -25,6 +30,8 @@ impl Kernel {
             Kernel::Avx2 => "avx2",
             Kernel::Avx512Vnni => "avx512",
             Kernel::Amx => "amx",
+            Kernel::Neon => "neon",
+            Kernel::NeonDot => "neon-dot",
         }
     }
 
@@ -43,7 +50,13 @@ impl Kernel {
             }
             #[cfg(target_arch = "x86_64")]
             Kernel::Amx => Kernel::Avx512Vnni.available() && crate::amx::available(),
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(target_arch = "aarch64")]
+            Kernel::NeonDot => {
+                std::arch::is_aarch64_feature_detected!("neon")
+                    && std::arch::is_aarch64_feature_detected!("dotprod")
+            }
             _ => false,
         }
     }
@@ -55,6 +68,8 @@ impl Kernel {
             Kernel::Avx2,
             Kernel::Avx512Vnni,
             Kernel::Amx,
+            Kernel::Neon,
+            Kernel::NeonDot,
         ]
         .into_iter()
         .filter(|k| k.available())
@@ -62,23 +77,25 @@ impl Kernel {
     }
 }
 
-/// The kernel in use: `BITNET_KERNEL` if set (falling back to scalar, with a message, when the
-/// CPU cannot run it or the name is unknown), else the best available.
+/// The kernel in use: `BITNET_KERNEL` if set and not empty (falling back to scalar, with a
+/// message, when the CPU cannot run it or the name is unknown), else the best available.
 pub fn active() -> Kernel {
     static K: OnceLock<Kernel> = OnceLock::new();
     *K.get_or_init(|| {
-        if let Ok(name) = std::env::var("BITNET_KERNEL") {
+        if let Some(name) = std::env::var("BITNET_KERNEL").ok().filter(|n| !n.is_empty()) {
             let want = match name.as_str() {
                 "scalar" => Some(Kernel::Scalar),
                 "avx2" => Some(Kernel::Avx2),
                 "avx512" => Some(Kernel::Avx512Vnni),
                 "amx" => Some(Kernel::Amx),
+                "neon" => Some(Kernel::Neon),
+                "neon-dot" => Some(Kernel::NeonDot),
                 _ => None,
             };
             match want {
                 Some(k) if k.available() => return k,
                 _ => eprintln!(
-                    "BITNET_KERNEL={name}: not available on this CPU or unknown (scalar, avx2, avx512, amx); using scalar"
+                    "BITNET_KERNEL={name}: not available on this CPU or unknown (scalar, avx2, avx512, amx, neon, neon-dot); using scalar"
                 ),
             }
             return Kernel::Scalar;
@@ -111,6 +128,12 @@ pub fn row_dot(
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512Vnni | Kernel::Amx => unsafe { crate::x86::dot_vnni(blocks, q, stride, out) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "aarch64")]
+        Kernel::Neon => unsafe { crate::neon::dot_neon(blocks, q, stride, out) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "aarch64")]
+        Kernel::NeonDot => unsafe { crate::neon::dot_dotprod(blocks, q, stride, out) },
         _ => {
             for (t, o) in out.iter_mut().enumerate() {
                 let row = &q[t * stride..];

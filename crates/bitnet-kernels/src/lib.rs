@@ -23,6 +23,8 @@ pub mod dense;
 pub mod dispatch;
 pub mod formats;
 pub mod glu;
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
 pub mod ops;
 #[cfg(target_arch = "x86_64")]
 pub mod q6k_avx2;

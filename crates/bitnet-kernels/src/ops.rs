@@ -122,7 +122,7 @@ pub fn ternary_matmul_with(
         crate::amx::ternary_matmul(w, x, out);
         return;
     }
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     if n == 1 && which != crate::Kernel::Scalar {
         // Decode: whole row chunks through the 4-row GEMV of the kernel, then the epilogue.
         run_rows(rows, kp, &mut out[..rows], 1, |r0, chunk: &mut [f32]| {
@@ -143,8 +143,8 @@ pub fn ternary_matmul_with(
 
 /// One token's products with rows `r0 ..` of `w` into `chunk` (one output per row), 64 rows
 /// at a time through the kernel's 4-row GEMV, then the epilogue `(Σ − Σq) / s_x · scale`.
-/// `which` must be AVX2 or AVX-512 VNNI (or AMX, which decodes on VNNI) and available.
-#[cfg(target_arch = "x86_64")]
+/// `which` must be a SIMD kernel (AMX decodes on VNNI) and available.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn gemv_chunk(
     which: crate::Kernel,
     w: &TernaryMatrix,
@@ -159,13 +159,20 @@ fn gemv_chunk(
         let first = r0 + 64 * c;
         let acc = &mut acc[..o.len()];
         let blocks = w.rows_blocks(first, o.len());
-        // SAFETY: `available()` checked the kernel's CPU features (AVX2, or AVX-512 VNNI)
-        // when it was chosen; shapes are asserted inside.
+        // SAFETY: `available()` checked the kernel's CPU features (AVX2, AVX-512 VNNI, NEON,
+        // or NEON with dotprod) when it was chosen; shapes are asserted inside.
         unsafe {
+            #[cfg(target_arch = "x86_64")]
             if which == crate::Kernel::Avx2 {
                 crate::avx2::gemv_avx2(blocks, kb, q, acc)
             } else {
                 crate::x86::gemv_vnni(blocks, kb, q, acc)
+            }
+            #[cfg(target_arch = "aarch64")]
+            if which == crate::Kernel::NeonDot {
+                crate::neon::gemv_dotprod(blocks, kb, q, acc)
+            } else {
+                crate::neon::gemv_neon(blocks, kb, q, acc)
             }
         };
         for (o, &a) in o.iter_mut().zip(acc.iter()) {
@@ -186,7 +193,7 @@ pub fn ternary_matmul_each(ws: &[&TernaryMatrix], x: &QuantizedActs, outs: &mut 
         "ternary_matmul_each: matrices vs outputs"
     );
     let which = crate::dispatch::active();
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     {
         let total: usize = ws.iter().map(|w| w.rows()).sum();
         let threads = rayon::current_num_threads();

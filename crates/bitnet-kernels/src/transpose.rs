@@ -19,7 +19,7 @@ pub fn transpose_into(tmp: &[f32], rows: usize, n: usize, out: &mut [f32]) {
         let tiles: Option<(usize, Tile)> = match crate::dispatch::active() {
             crate::Kernel::Avx512Vnni | crate::Kernel::Amx => Some((16, tile16_avx512)),
             crate::Kernel::Avx2 => Some((8, tile8_avx)),
-            crate::Kernel::Scalar => None,
+            crate::Kernel::Scalar | crate::Kernel::Neon | crate::Kernel::NeonDot => None,
         };
         if let Some((size, tile)) = tiles {
             // SAFETY: the active kernel's selection checked its features (`Kernel::available`):

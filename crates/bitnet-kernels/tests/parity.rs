@@ -115,7 +115,32 @@ fn gemv_case(w: &[i8], rows: usize, cols: usize, q: &[i8]) {
             assert_eq!(got, want, "gemv_vnni {rows}x{cols}");
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    {
+        let m = TernaryMatrix::from_values(rows, cols, w, 1.0);
+        let kp = m.cols_padded();
+        let mut qa = vec![0i8; kp];
+        qa[..cols].copy_from_slice(&q[..cols]);
+        let want: Vec<i32> = (0..rows)
+            .map(|r| {
+                let mut o = [0i32];
+                row_dot(Kernel::Scalar, m.row_blocks(r), &qa, kp, &mut o);
+                o[0]
+            })
+            .collect();
+        let blocks = m.rows_blocks(0, rows);
+        let mut got = vec![0i32; rows];
+        // SAFETY: NEON is part of every aarch64 Linux CPU; shapes as above.
+        unsafe { bitnet_kernels::neon::gemv_neon(blocks, kp / 128, &qa, &mut got) };
+        assert_eq!(got, want, "gemv_neon {rows}x{cols}");
+        if Kernel::NeonDot.available() {
+            let mut got = vec![0i32; rows];
+            // SAFETY: the dot-product extension detected; shapes as above.
+            unsafe { bitnet_kernels::neon::gemv_dotprod(blocks, kp / 128, &qa, &mut got) };
+            assert_eq!(got, want, "gemv_dotprod {rows}x{cols}");
+        }
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     let _ = (w, rows, cols, q);
 }
 
@@ -215,10 +240,17 @@ fn matmul_tile_edges_are_identical_on_every_kernel() {
 }
 
 #[test]
-fn parity_is_not_vacuous_on_x86() {
+fn parity_is_not_vacuous() {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         assert!(Kernel::all_available().contains(&Kernel::Avx2));
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        assert!(Kernel::all_available().contains(&Kernel::Neon));
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            assert!(Kernel::all_available().contains(&Kernel::NeonDot));
+        }
     }
     eprintln!("kernels tested: {:?}", Kernel::all_available());
 }
@@ -428,6 +460,7 @@ fn dot_f32_2x4_matches_f64_and_is_position_independent() {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 #[test]
 fn q6k_dequant_simd_is_bit_identical() {
     use bitnet_kernels::formats::BlockQ6K;
@@ -531,43 +564,57 @@ fn two_row_dot_equals_two_single_rows_on_every_kernel() {
 /// magnitudes, and every tail length.
 #[test]
 fn activation_quantization_simd_is_bit_identical() {
+    use bitnet_kernels::act::quantize_row_scalar;
+    type Quantizer = fn(&[f32], &mut [i8]) -> (f32, i32);
+    #[allow(unused_mut)]
+    let mut simd: Vec<(&str, Quantizer)> = Vec::new();
     #[cfg(target_arch = "x86_64")]
-    {
-        use bitnet_kernels::act::quantize_row_scalar;
-        if !std::is_x86_feature_detected!("avx2") {
-            eprintln!("SKIPPED: no AVX2");
-            return;
-        }
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
-        for len in (1..80).chain([127, 128, 129, 2560, 6912]) {
-            for pattern in 0..7 {
-                let x: Vec<f32> = (0..len)
-                    .map(|i| match pattern {
-                        0 => rng.random_range(-3.0..3.0),
-                        1 if i == 0 => 127.0,
-                        1 => (rng.random_range(-127i32..127) as f32) + 0.5,
-                        2 => 0.0,
-                        3 => rng.random_range(-1e30..1e30),
-                        4 => rng.random_range(-1e-7..1e-7),
-                        // Non-finite values (an overflowed hidden state): NaN is skipped by the
-                        // absmax and quantizes to 0; an infinity makes the scale 0.
-                        5 if i % 7 == 3 => f32::NAN,
-                        6 if i % 11 == 5 => f32::NEG_INFINITY,
-                        _ => rng.random_range(-3.0..3.0),
-                    })
-                    .collect();
-                let pad = len + 13;
-                let (mut a, mut b) = (vec![7i8; pad], vec![7i8; pad]);
-                let want = quantize_row_scalar(&x, &mut a);
-                // SAFETY: AVX2 detected above; `b` is longer than `x`.
-                let got = unsafe { bitnet_kernels::x86::quantize_row_avx2(&x, &mut b) };
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 detected; the test's output rows are longer than its inputs.
+        simd.push(("avx2", |x, o| unsafe {
+            bitnet_kernels::x86::quantize_row_avx2(x, o)
+        }));
+    }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: NEON is part of every aarch64 Linux CPU; outputs as above.
+    simd.push(("neon", |x, o| unsafe {
+        bitnet_kernels::neon::quantize_row_neon(x, o)
+    }));
+    if simd.is_empty() {
+        eprintln!("SKIPPED: no SIMD quantizer on this CPU");
+        return;
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
+    for len in (1..80).chain([127, 128, 129, 2560, 6912]) {
+        for pattern in 0..7 {
+            let x: Vec<f32> = (0..len)
+                .map(|i| match pattern {
+                    0 => rng.random_range(-3.0..3.0),
+                    1 if i == 0 => 127.0,
+                    1 => (rng.random_range(-127i32..127) as f32) + 0.5,
+                    2 => 0.0,
+                    3 => rng.random_range(-1e30..1e30),
+                    4 => rng.random_range(-1e-7..1e-7),
+                    // Non-finite values (an overflowed hidden state): NaN is skipped by the
+                    // absmax and quantizes to 0; an infinity makes the scale 0.
+                    5 if i % 7 == 3 => f32::NAN,
+                    6 if i % 11 == 5 => f32::NEG_INFINITY,
+                    _ => rng.random_range(-3.0..3.0),
+                })
+                .collect();
+            let pad = len + 13;
+            let mut a = vec![7i8; pad];
+            let want = quantize_row_scalar(&x, &mut a);
+            for (name, f) in &simd {
+                let mut b = vec![7i8; pad];
+                let got = f(&x, &mut b);
                 assert_eq!(
                     got.0.to_bits(),
                     want.0.to_bits(),
-                    "scale, len {len} pattern {pattern}"
+                    "{name} scale, len {len} pattern {pattern}"
                 );
-                assert_eq!(got.1, want.1, "sum, len {len} pattern {pattern}");
-                assert_eq!(b, a, "codes, len {len} pattern {pattern}");
+                assert_eq!(got.1, want.1, "{name} sum, len {len} pattern {pattern}");
+                assert_eq!(b, a, "{name} codes, len {len} pattern {pattern}");
             }
         }
     }

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The aarch64 (NEON) kernels, on an x86-64 machine: cross-built with Debian's rustc-web (its
+# aarch64 standard library comes as a Debian package; rustup's toolchain has none) and run
+# under qemu-aarch64 user emulation, twice:
+#   -cpu max         NEON + the dot-product extension: the `neon` and `neon-dot` kernels;
+#   -cpu cortex-a53  ARMv8.0 without dotprod: the dispatcher must offer `neon` only.
+# Runs bitnet-kernels' unit and parity tests (every kernel against its scalar twin) and, unless
+# --kernels-only, the engine's fixture criteria with BITNET_KERNEL=neon and neon-dot forced.
+# Usage: scripts/test-aarch64.sh [--install] [--kernels-only]
+#   --install   apt-get the tools when missing (Debian registry: rustc-web, cargo-web,
+#               libstd-rust-web-dev:arm64, gcc-aarch64-linux-gnu, qemu-user-static)
+# Exit status 2: the tools are missing (and --install was not given).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+install=0
+kernels_only=0
+for a in "$@"; do
+  case $a in
+    --install) install=1 ;;
+    --kernels-only) kernels_only=1 ;;
+    *) echo "usage: $0 [--install] [--kernels-only]"; exit 64 ;;
+  esac
+done
+say() { printf '[aarch64] %s\n' "$*"; }
+T=aarch64-unknown-linux-gnu
+have_tools() {
+  [ -x /usr/bin/rustc ] && [ -d "/usr/lib/rustlib/$T/lib" ] &&
+    command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64-static >/dev/null &&
+    [ -e /lib/ld-linux-aarch64.so.1 ]
+}
+if ! have_tools; then
+  if [ $install = 0 ]; then
+    say "cross tools missing: Debian's rustc-web with libstd-rust-web-dev:arm64,"
+    say "gcc-aarch64-linux-gnu and qemu-user-static (run with --install to apt-get them)"
+    exit 2
+  fi
+  say "installing the cross tools (Debian packages)"
+  dpkg --add-architecture arm64
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu qemu-user-static
+fi
+# Debian's rustc (with the aarch64 std) builds; rustup's cargo drives it. The multiarch
+# libc6:arm64 under /lib/aarch64-linux-gnu is the run-time loader (qemu finds
+# /lib/ld-linux-aarch64.so.1 itself; the older cross libc under /usr/aarch64-linux-gnu hung
+# in pthread_create under this qemu).
+export RUSTC=/usr/bin/rustc
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR_AARCH64:-$HOME/.cache/bitnet-aarch64-target}"
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+say "$("$RUSTC" --version) for $T; $(qemu-aarch64-static --version | head -1)"
+for cpu in max cortex-a53; do
+  export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64-static -cpu $cpu"
+  say "bitnet-kernels tests under qemu -cpu $cpu"
+  out=$(cargo test --offline --locked -q -p bitnet-kernels --target $T --tests -- --nocapture 2>&1) \
+    || { printf '%s\n' "$out"; exit 1; }
+  printf '%s\n' "$out" | grep -E 'kernels tested|test result' | sed 's/^/  /'
+  case $cpu in
+    max) want="[Scalar, Neon, NeonDot]" ;;
+    *) want="[Scalar, Neon]" ;;
+  esac
+  printf '%s\n' "$out" | grep -qF "kernels tested: $want" \
+    || { say "FAIL: expected the kernels $want under -cpu $cpu"; exit 1; }
+done
+if [ $kernels_only = 0 ]; then
+  export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64-static -cpu max"
+  for k in neon neon-dot; do
+    say "engine fixture criteria with BITNET_KERNEL=$k under qemu -cpu max"
+    out=$(BITNET_KERNEL=$k cargo test --offline --locked -q -p bitnet-engine --target $T \
+      --test fixtures --test gguf_fixtures 2>&1) || { printf '%s\n' "$out"; exit 1; }
+    printf '%s\n' "$out" | grep -E 'test result' | sed 's/^/  /'
+  done
+fi
+say "OK"
