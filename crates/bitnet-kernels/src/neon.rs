@@ -2,7 +2,7 @@
 //! Two variants, chosen at run time:
 //!
 //! - [`crate::Kernel::Neon`], baseline ARMv8 Advanced SIMD: the codes (0..=2, read as i8) times
-//!   the int8 activations with `smull`/`smlal2` into i16 lanes (two chains per block, each lane
+//!   the int8 activations with `smlal`/`smlal2` into i16 lanes (two chains per block, each lane
 //!   ≤ 8 products of |c·q| ≤ 256: no overflow), widened into i32 with `sadalp` once per block;
 //! - [`crate::Kernel::NeonDot`], the ARMv8.2 dot-product extension (`FEAT_DotProd`, detected
 //!   with `is_aarch64_feature_detected!("dotprod")`): `sdot` sums four i8 × i8 products straight
@@ -236,8 +236,9 @@ pub unsafe fn gemv_dotprod(blocks: &[BlockI2], bpr: usize, q: &[i8], out: &mut [
 pub unsafe fn quantize_row_neon(x: &[f32], out: &mut [i8]) -> (f32, i32) {
     assert!(out.len() >= x.len(), "quantize_row_neon: output too short");
     let n16 = x.len() / 16 * 16;
-    // SAFETY: every vector access below reads `x[i..i + 16]` / writes `out[i..i + 16]` with
-    // `i + 16 <= n16 <= x.len() <= out.len()`.
+    // SAFETY: every vector access below lies inside `x[..n16]` / `out[..n16]` (the amax loop
+    // reads `x[i..i + 4]` with `i + 4 <= n16`, the rest `x[i..i + 16]` and `out[i..i + 16]` with
+    // `i + 16 <= n16`), and `n16 <= x.len() <= out.len()`.
     unsafe {
         let mut m = vdupq_n_f32(0.0);
         for i in (0..n16).step_by(4) {

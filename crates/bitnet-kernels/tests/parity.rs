@@ -586,7 +586,7 @@ fn activation_quantization_simd_is_bit_identical() {
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
     for len in (1..80).chain([127, 128, 129, 2560, 6912]) {
-        for pattern in 0..7 {
+        for pattern in 0..9 {
             let x: Vec<f32> = (0..len)
                 .map(|i| match pattern {
                     0 => rng.random_range(-3.0..3.0),
@@ -599,6 +599,8 @@ fn activation_quantization_simd_is_bit_identical() {
                     // absmax and quantizes to 0; an infinity makes the scale 0.
                     5 if i % 7 == 3 => f32::NAN,
                     6 if i % 11 == 5 => f32::NEG_INFINITY,
+                    7 if i % 5 == 2 => f32::INFINITY,
+                    8 if i % 3 == 0 => -0.0,
                     _ => rng.random_range(-3.0..3.0),
                 })
                 .collect();
