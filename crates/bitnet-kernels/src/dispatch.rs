@@ -16,7 +16,7 @@ pub enum Kernel {
     /// AMX int8 tiles (`tdpbusd`) for multi-token GEMMs; single-token work and short batches
     /// take the AVX-512 VNNI kernels.
     Amx,
-    /// aarch64 baseline NEON (`smull`/`smlal2` into i16, `sadalp` into i32).
+    /// aarch64 baseline NEON (`smlal`/`smlal2` into i16, `sadalp` into i32).
     Neon,
     /// aarch64 NEON with the dot-product extension (`sdot`).
     NeonDot,
