@@ -88,60 +88,55 @@ fn edge_case(rows: usize, cols: usize, n: usize) {
 /// scalar twin, called directly: through `ternary_matmul` activations come from the quantizer
 /// and never reach −128.
 fn gemv_case(w: &[i8], rows: usize, cols: usize, q: &[i8]) {
+    // (name, GEMV): each is called with `rows` rows of kp/128 blocks and one activation row.
+    type Gemv = fn(&[bitnet_kernels::BlockI2], usize, &[i8], &mut [i32]);
+    #[allow(unused_mut)]
+    let mut gemvs: Vec<(&str, Gemv)> = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {
-        let m = TernaryMatrix::from_values(rows, cols, w, 1.0);
-        let kp = m.cols_padded();
-        let mut qa = vec![0i8; kp];
-        qa[..cols].copy_from_slice(&q[..cols]);
-        let want: Vec<i32> = (0..rows)
-            .map(|r| {
-                let mut o = [0i32];
-                row_dot(Kernel::Scalar, m.row_blocks(r), &qa, kp, &mut o);
-                o[0]
-            })
-            .collect();
-        let blocks = m.rows_blocks(0, rows);
         if Kernel::Avx2.available() {
-            let mut got = vec![0i32; rows];
-            // SAFETY: AVX2 detected; `blocks` holds `rows` rows of kp/128 blocks, `qa` one row.
-            unsafe { bitnet_kernels::avx2::gemv_avx2(blocks, kp / 128, &qa, &mut got) };
-            assert_eq!(got, want, "gemv_avx2 {rows}x{cols}");
+            // SAFETY: AVX2 detected; shapes as described above (asserted inside).
+            gemvs.push(("gemv_avx2", |b, k, q, o| unsafe {
+                bitnet_kernels::avx2::gemv_avx2(b, k, q, o)
+            }));
         }
         if Kernel::Avx512Vnni.available() {
-            let mut got = vec![0i32; rows];
             // SAFETY: AVX-512 VNNI detected; shapes as above.
-            unsafe { bitnet_kernels::x86::gemv_vnni(blocks, kp / 128, &qa, &mut got) };
-            assert_eq!(got, want, "gemv_vnni {rows}x{cols}");
+            gemvs.push(("gemv_vnni", |b, k, q, o| unsafe {
+                bitnet_kernels::x86::gemv_vnni(b, k, q, o)
+            }));
         }
     }
     #[cfg(target_arch = "aarch64")]
     {
-        let m = TernaryMatrix::from_values(rows, cols, w, 1.0);
-        let kp = m.cols_padded();
-        let mut qa = vec![0i8; kp];
-        qa[..cols].copy_from_slice(&q[..cols]);
-        let want: Vec<i32> = (0..rows)
-            .map(|r| {
-                let mut o = [0i32];
-                row_dot(Kernel::Scalar, m.row_blocks(r), &qa, kp, &mut o);
-                o[0]
-            })
-            .collect();
-        let blocks = m.rows_blocks(0, rows);
-        let mut got = vec![0i32; rows];
         // SAFETY: NEON is part of every aarch64 Linux CPU; shapes as above.
-        unsafe { bitnet_kernels::neon::gemv_neon(blocks, kp / 128, &qa, &mut got) };
-        assert_eq!(got, want, "gemv_neon {rows}x{cols}");
+        gemvs.push(("gemv_neon", |b, k, q, o| unsafe {
+            bitnet_kernels::neon::gemv_neon(b, k, q, o)
+        }));
         if Kernel::NeonDot.available() {
-            let mut got = vec![0i32; rows];
             // SAFETY: the dot-product extension detected; shapes as above.
-            unsafe { bitnet_kernels::neon::gemv_dotprod(blocks, kp / 128, &qa, &mut got) };
-            assert_eq!(got, want, "gemv_dotprod {rows}x{cols}");
+            gemvs.push(("gemv_dotprod", |b, k, q, o| unsafe {
+                bitnet_kernels::neon::gemv_dotprod(b, k, q, o)
+            }));
         }
     }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    let _ = (w, rows, cols, q);
+    let m = TernaryMatrix::from_values(rows, cols, w, 1.0);
+    let kp = m.cols_padded();
+    let mut qa = vec![0i8; kp];
+    qa[..cols].copy_from_slice(&q[..cols]);
+    let want: Vec<i32> = (0..rows)
+        .map(|r| {
+            let mut o = [0i32];
+            row_dot(Kernel::Scalar, m.row_blocks(r), &qa, kp, &mut o);
+            o[0]
+        })
+        .collect();
+    let blocks = m.rows_blocks(0, rows);
+    for (name, gemv) in gemvs {
+        let mut got = vec![0i32; rows];
+        gemv(blocks, kp / 128, &qa, &mut got);
+        assert_eq!(got, want, "{name} {rows}x{cols}");
+    }
 }
 
 #[test]
