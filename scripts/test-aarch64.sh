@@ -8,7 +8,8 @@
 # --kernels-only, the engine's fixture criteria with BITNET_KERNEL=neon and neon-dot forced.
 # Usage: scripts/test-aarch64.sh [--install] [--kernels-only]
 #   --install   apt-get the tools when missing (Debian registry: rustc-web, cargo-web,
-#               libstd-rust-web-dev:arm64, gcc-aarch64-linux-gnu, qemu-user-static)
+#               libstd-rust-web-dev:arm64, gcc-aarch64-linux-gnu, libc6-dev-arm64-cross, libc6:arm64,
+#               qemu-user-static)
 # Exit status 77: the tools are missing or too old (and --install was not given); every test
 # run is bounded by a timeout (status 124 is a failure).
 set -euo pipefail
@@ -30,7 +31,7 @@ min_minor=$(sed -n 's/^rust-version = "1\.\([0-9]*\).*/\1/p' Cargo.toml)
 have_tools() {
   [ -x /usr/bin/rustc ] && [ -d "/usr/lib/rustlib/$T/lib" ] &&
     command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64-static >/dev/null &&
-    [ -e /lib/ld-linux-aarch64.so.1 ] || return 1
+    [ -e /usr/aarch64-linux-gnu/lib/crti.o ] && [ -e /lib/ld-linux-aarch64.so.1 ] || return 1
   local minor
   minor=$(/usr/bin/rustc --version | sed -n 's/^rustc 1\.\([0-9]*\).*/\1/p')
   [ -n "$minor" ] && [ "$minor" -ge "${min_minor:-0}" ]
@@ -38,14 +39,16 @@ have_tools() {
 if ! have_tools; then
   if [ $install = 0 ]; then
     say "cross tools missing or too old (rustc 1.${min_minor}+): Debian's rustc-web with"
-    say "libstd-rust-web-dev:arm64, gcc-aarch64-linux-gnu and qemu-user-static (--install gets them)"
+    say "libstd-rust-web-dev:arm64, gcc-aarch64-linux-gnu with libc6-dev-arm64-cross (the"
+    say "linker's crti.o), libc6:arm64 (the loader) and qemu-user-static (--install gets them)"
     exit $SKIP
   fi
   say "installing the cross tools (Debian packages)"
   dpkg --add-architecture arm64
   apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-    rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu qemu-user-static
+    rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
+    libc6:arm64 qemu-user-static
 fi
 # Debian's rustc (with the aarch64 std) builds; rustup's cargo drives it. The multiarch
 # libc6:arm64 under /lib/aarch64-linux-gnu is the run-time loader (qemu finds

@@ -103,6 +103,11 @@ pub struct LoadtestConfig {
     pub prompt: String,
     /// Send `"ignore_eos": true` (a vLLM extension) so every output has `max_tokens` tokens.
     pub ignore_eos: bool,
+    /// `temperature` of each request: 0 (the default) is greedy; above 0 the server samples,
+    /// which is what most clients ask for (OpenAI's default is 1).
+    pub temperature: f32,
+    /// `top_p` of each request; `None` leaves it out (the server's default, 1).
+    pub top_p: Option<f32>,
     /// Sent as `Authorization: Bearer …` when set (also to `/v1/models`).
     pub api_key: Option<String>,
     /// Limit on each request, from sending to the end of the response body.
@@ -113,8 +118,8 @@ pub struct LoadtestConfig {
 
 impl LoadtestConfig {
     /// Defaults: model from `/v1/models`, concurrency 16, closed loop, no stop condition
-    /// (set `requests` or `duration`), 64 tokens, not streamed, `ignore_eos`, a 300 s
-    /// timeout, seed 0.
+    /// (set `requests` or `duration`), 64 tokens, not streamed, `ignore_eos`, greedy
+    /// (`temperature` 0, no `top_p`), a 300 s timeout, seed 0.
     pub fn new(url: impl Into<String>, endpoint: Endpoint) -> LoadtestConfig {
         LoadtestConfig {
             url: url.into(),
@@ -128,6 +133,8 @@ impl LoadtestConfig {
             stream: false,
             prompt: "The history of the printing press".to_string(),
             ignore_eos: true,
+            temperature: 0.0,
+            top_p: None,
             api_key: None,
             timeout: Duration::from_secs(300),
             seed: 0,
@@ -160,6 +167,17 @@ impl LoadtestConfig {
         }
         if self.max_tokens == 0 {
             return bad("max_tokens must be at least 1".into());
+        }
+        if !(self.temperature.is_finite() && (0.0..=2.0).contains(&self.temperature)) {
+            return bad(format!(
+                "temperature {}: must be in [0, 2]",
+                self.temperature
+            ));
+        }
+        if let Some(p) = self.top_p {
+            if !(p.is_finite() && p > 0.0 && p <= 1.0) {
+                return bad(format!("top_p {p}: must be in (0, 1]"));
+            }
         }
         if self.timeout.is_zero() {
             return bad("timeout must be positive".into());

@@ -29,6 +29,10 @@ pub struct Report {
     pub stream: bool,
     /// Whether `ignore_eos` was sent.
     pub ignore_eos: bool,
+    /// The `temperature` sent (0 = greedy).
+    pub temperature: f32,
+    /// The `top_p` sent; `null` when left out.
+    pub top_p: Option<f32>,
     /// Wall time from the first request to the end of the last response, s.
     pub duration_s: f64,
     /// Requests sent.
@@ -135,6 +139,12 @@ impl Report {
         row(&mut s, "Endpoint:", self.endpoint.path());
         row(&mut s, "Model:", &self.model);
         row(&mut s, "Streaming:", if self.stream { "yes" } else { "no" });
+        let sampling = match (self.temperature, self.top_p) {
+            (0.0, _) => "greedy".to_string(),
+            (t, None) => format!("temperature {t}"),
+            (t, Some(p)) => format!("temperature {t}, top_p {p}"),
+        };
+        row(&mut s, "Sampling:", sampling);
         row(&mut s, "Maximum concurrency:", self.concurrency);
         match self.request_rate {
             Some(r) => row(&mut s, "Request rate (req/s):", format!("{r:.2}")),

@@ -237,7 +237,10 @@ fn request_body(cfg: &LoadtestConfig, model: &str) -> Bytes {
     };
     if let Some(o) = body.as_object_mut() {
         o.insert("max_tokens".into(), cfg.max_tokens.into());
-        o.insert("temperature".into(), 0.0.into());
+        o.insert("temperature".into(), cfg.temperature.into());
+        if let Some(p) = cfg.top_p {
+            o.insert("top_p".into(), p.into());
+        }
         if cfg.ignore_eos {
             o.insert("ignore_eos".into(), true.into());
         }
@@ -398,6 +401,8 @@ fn build_report(
         max_tokens: cfg.max_tokens,
         stream: cfg.stream,
         ignore_eos: cfg.ignore_eos,
+        temperature: cfg.temperature,
+        top_p: cfg.top_p,
         duration_s,
         issued: a.sent,
         completed: a.completed,
@@ -497,6 +502,15 @@ mod tests {
         assert_eq!(v["max_tokens"], 8);
         assert_eq!(v["ignore_eos"], true);
         assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["temperature"], 0.0);
+        assert!(v.get("top_p").is_none());
+        cfg.temperature = 1.0;
+        cfg.top_p = Some(0.5);
+        let v: serde_json::Value = serde_json::from_slice(&request_body(&cfg, "m")).unwrap();
+        assert_eq!(
+            (v["temperature"].as_f64(), v["top_p"].as_f64()),
+            (Some(1.0), Some(0.5))
+        );
         cfg.endpoint = Endpoint::Completions;
         cfg.stream = false;
         cfg.ignore_eos = false;

@@ -363,6 +363,16 @@ async fn startup_errors() {
             requests: Some(1),
             ..config(&server.url, Endpoint::Chat)
         },
+        LoadtestConfig {
+            temperature: 2.5,
+            requests: Some(1),
+            ..config(&server.url, Endpoint::Chat)
+        },
+        LoadtestConfig {
+            top_p: Some(0.0),
+            requests: Some(1),
+            ..config(&server.url, Endpoint::Chat)
+        },
     ] {
         assert!(matches!(
             run(&cfg).await,

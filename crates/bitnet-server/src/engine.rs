@@ -190,7 +190,6 @@ impl EngineHandle {
             next_key: 0,
             abort_at: None,
             logits: Vec::new(),
-            scratch: Vec::new(),
         };
         // The engine loop runs on a worker of a rayon pool of its own (as many threads as the
         // global pool), not beside the pool: the kernels' parallel loops then start from
@@ -330,6 +329,9 @@ struct JobState {
     finish: Vec<Finish>,
 }
 
+/// A sequence's next token and its log-probabilities.
+type Pick = (u32, Option<TokenLogprob>);
+
 struct Seq {
     job: u64,
     index: usize,
@@ -361,7 +363,6 @@ struct Engine {
     next_key: u64,
     abort_at: Option<Instant>,
     logits: Vec<f32>,
-    scratch: Vec<f32>,
 }
 
 impl Engine {
@@ -661,24 +662,13 @@ impl Engine {
             }
         }
         let vocab = self.model.config.vocab_size;
+        let picks = self.pick_tokens(&wanted, vocab);
         let mut finished = Vec::new();
-        for (k, &i) in wanted.iter().enumerate() {
-            let row = &mut self.logits[k * vocab..(k + 1) * vocab];
+        for (&i, pick) in wanted.iter().zip(picks) {
             let s = &mut self.running[i];
-            let Some(job) = self.jobs.get_mut(&s.job) else {
+            let (Some(job), Some((id, logprob))) = (self.jobs.get_mut(&s.job), pick) else {
                 continue;
             };
-            let logprob = job.params.logprobs.map(|top| {
-                self.scratch.clear();
-                self.scratch.extend_from_slice(row);
-                top_logprobs(&self.scratch, top)
-            });
-            let id = s.sampler.sample(row);
-            let logprob = logprob.map(|(lse, top)| TokenLogprob {
-                id,
-                logprob: self.scratch[id as usize] - lse,
-                top,
-            });
             if s.first_token.is_none() {
                 s.first_token = Some(now);
                 self.metrics
@@ -739,6 +729,54 @@ impl Engine {
         for (i, f) in finished {
             let s = self.running.swap_remove(i);
             self.finish_seq(s, f);
+        }
+    }
+
+    /// The next token of each sequence in `wanted` (ascending indices into `running`, whose
+    /// logits are the consecutive rows of `self.logits`), with its log-probabilities when the
+    /// job asks for them; `None` for a sequence whose job is gone. Each sequence has its own
+    /// sampler and row, so when any of them samples (a softmax over the whole vocabulary) or
+    /// wants log-probabilities, they run in parallel on the engine's pool; greedy picks (an
+    /// argmax) stay on this thread.
+    fn pick_tokens(&mut self, wanted: &[usize], vocab: usize) -> Vec<Option<Pick>> {
+        let jobs = &self.jobs;
+        let mut rows = self.logits.chunks_exact_mut(vocab);
+        let mut next = wanted.iter().copied().peekable();
+        let mut tasks = Vec::with_capacity(wanted.len());
+        for (i, s) in self.running.iter_mut().enumerate() {
+            if next.peek() != Some(&i) {
+                continue;
+            }
+            next.next();
+            let Some(row) = rows.next() else { break };
+            let top = jobs.get(&s.job).map(|j| j.params.logprobs);
+            tasks.push((s, row, top));
+        }
+        let pick = |(s, row, top): &mut (&mut Seq, &mut [f32], Option<Option<usize>>)| {
+            let top = (*top)?;
+            // Log-probabilities of the logits before the sampler's penalties.
+            let lp = top.map(|k| {
+                let copy = row.to_vec();
+                let (lse, top) = top_logprobs(&copy, k);
+                (copy, lse, top)
+            });
+            let id = s.sampler.sample(row);
+            let logprob = lp.map(|(copy, lse, top)| TokenLogprob {
+                id,
+                logprob: copy[id as usize] - lse,
+                top,
+            });
+            Some((id, logprob))
+        };
+        let heavy = tasks.len() > 1
+            && tasks
+                .iter()
+                .any(|(s, _, top)| !s.sampler.is_greedy() || matches!(top, Some(Some(_))));
+        if heavy {
+            use rayon::prelude::*;
+            tasks.par_iter_mut().map(pick).collect()
+        } else {
+            tasks.iter_mut().map(pick).collect()
         }
     }
 

@@ -78,6 +78,64 @@ async fn concurrent_requests_equal_generate() {
     }
 }
 
+/// Sampled requests (temperature, top-p, a seed each; some with log-probabilities) give the
+/// same text (and log-probabilities, to rounding) in one batch, where their tokens are picked in
+/// parallel, as each alone: every sequence draws from its own logits row with its own sampler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampled_requests_in_a_batch_equal_each_alone() {
+    let mut opts = common::options("sampling-model");
+    opts.max_batch = Some(8);
+    let s = TestServer::start(opts).await;
+    let bodies: Vec<String> = (0..8u32)
+        .map(|i| {
+            let mut b = json!({"prompt": format!("The license {i}"), "max_tokens": 20,
+                "temperature": 0.5 + 0.1 * i as f32, "top_p": 0.9, "seed": i, "ignore_eos": true});
+            if i % 3 == 0 {
+                b["logprobs"] = json!(2);
+            }
+            b.to_string()
+        })
+        .collect();
+    let send = |body: String| {
+        let addr = s.addr;
+        tokio::spawn(async move {
+            let (st, _, b) =
+                common::request(addr, "POST", "/v1/completions", body.into_bytes()).await;
+            assert_eq!(st, StatusCode::OK);
+            let v: Value = serde_json::from_slice(&b).unwrap();
+            (
+                v["choices"][0]["text"].clone(),
+                v["choices"][0]["logprobs"].clone(),
+            )
+        })
+    };
+    let mut alone = Vec::new();
+    for b in &bodies {
+        alone.push(send(b.clone()).await.unwrap());
+    }
+    let tasks: Vec<_> = bodies.iter().map(|b| send(b.clone())).collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (text, lp) = t.await.unwrap();
+        assert_eq!(text, alone[i].0, "request {i}");
+        assert_eq!(lp.is_null(), i % 3 != 0, "request {i}");
+        if lp.is_null() {
+            continue;
+        }
+        // The same tokens; their log-probabilities agree to rounding (this fixture's f32 head
+        // sums a batch in another order than one token).
+        assert_eq!(lp["tokens"], alone[i].1["tokens"], "request {i}");
+        let close = |a: &Value, b: &Value| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-4;
+        let (a, b) = (
+            lp["token_logprobs"].as_array().unwrap(),
+            alone[i].1["token_logprobs"].as_array().unwrap(),
+        );
+        assert!(
+            a.len() == 20 && a.len() == b.len() && a.iter().zip(b).all(|(x, y)| close(x, y)),
+            "request {i}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_is_503_with_retry_after_and_counted() {
     let dir = tempfile::tempdir().unwrap();

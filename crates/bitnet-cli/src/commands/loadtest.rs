@@ -39,6 +39,12 @@ pub struct Args {
     /// Let EOS end outputs early (default: ignore EOS, every output has --max-tokens tokens).
     #[arg(long)]
     respect_eos: bool,
+    /// Sampling temperature of every request (0 = greedy; OpenAI's default is 1).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// `top_p` of every request (default: not sent, the server's 1).
+    #[arg(long)]
+    top_p: Option<f32>,
     /// Model id (default: the first of GET /v1/models).
     #[arg(long)]
     model: Option<String>,
@@ -84,6 +90,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
         stream: a.stream,
         prompt: a.prompt,
         ignore_eos: !a.respect_eos,
+        temperature: a.temperature,
+        top_p: a.top_p,
         api_key: a.api_key,
         timeout: secs("timeout", a.timeout)?,
         seed: a.seed,
