@@ -199,9 +199,28 @@ fn top2(row: &[f32]) -> (usize, f32, f32) {
     (i1, v1, v2)
 }
 
-/// Index of the largest value (first on ties).
+/// Index of the largest value (first on ties; NaN never wins; 0 when nothing exceeds −∞), as
+/// [`top2`] finds it, in two passes that vectorize: the maximum over sixteen lanes, then the
+/// first index holding it. Greedy decoding calls it once per token and sequence (the
+/// branchy single pass took ~10 µs for 32k logits, ~2 % of a 16-stream serving step).
 pub fn argmax(row: &[f32]) -> usize {
-    top2(row).0
+    let pick = |a: f32, b: f32| if b > a { b } else { a };
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = row.chunks_exact(16);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = pick(*m, v);
+        }
+    }
+    let max = tail
+        .iter()
+        .copied()
+        .fold(lanes.into_iter().fold(f32::NEG_INFINITY, pick), pick);
+    if max == f32::NEG_INFINITY {
+        return 0;
+    }
+    row.iter().position(|&v| v == max).unwrap_or(0)
 }
 
 /// KL divergence `KL(softmax(a) ‖ softmax(b))` per position of two `[positions, vocab]`
@@ -340,5 +359,52 @@ impl GreedyReport {
     pub fn passes(&self) -> bool {
         let part_ok = self.divergence_gap.is_none_or(|g| g < TOP1_MARGIN);
         part_ok && self.stats.passes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The two-pass `argmax` picks what the single pass of `top2` picks: random rows of every
+    /// length up to 40 and a 32k row, with ties, NaN, ±0, ±∞ and all-(−∞) rows.
+    #[test]
+    fn argmax_matches_the_single_pass() {
+        let mut st = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            st ^= st << 13;
+            st ^= st >> 7;
+            st ^= st << 17;
+            st
+        };
+        let special = [
+            f32::NAN,
+            f32::NEG_INFINITY,
+            f32::INFINITY,
+            0.0,
+            -0.0,
+            1.0,
+            1.0,
+            -1.0,
+        ];
+        for len in (0..=40).chain([32000]) {
+            for _ in 0..50 {
+                let row: Vec<f32> = (0..len)
+                    .map(|_| match next() % 4 {
+                        0 => special[(next() % 8) as usize],
+                        _ => (next() % 7) as f32 - 3.0,
+                    })
+                    .collect();
+                assert_eq!(argmax(&row), top2(&row).0, "{row:?}");
+            }
+        }
+        for row in [
+            vec![f32::NEG_INFINITY; 20],
+            vec![f32::NAN; 17],
+            vec![-0.0, 0.0],
+            vec![0.0, -0.0],
+        ] {
+            assert_eq!(argmax(&row), top2(&row).0, "{row:?}");
+        }
     }
 }
