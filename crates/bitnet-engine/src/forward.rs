@@ -8,8 +8,9 @@
 use crate::config::{Activation, ModelConfig};
 use crate::error::{Error, Result};
 use crate::model::Model;
+use bitnet_kernels::attention::attend_group;
 use bitnet_kernels::ops::{
-    attend, dense_matmul, rmsnorm, rmsnorm_rows, ternary_matmul, ternary_matmul_each,
+    dense_matmul, rmsnorm, rmsnorm_rows, ternary_matmul, ternary_matmul_each,
 };
 use bitnet_kernels::QuantizedActs;
 use rayon::prelude::*;
@@ -102,6 +103,9 @@ pub struct RunState {
     proj: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
+    /// The longest context these buffers serve.
+    n_ctx: usize,
+    /// Attention scores of one key/value head's query heads (`gqa_group · n_ctx`).
     scores: Vec<f32>,
     acts: QuantizedActs,
     logits: Vec<f32>,
@@ -129,7 +133,8 @@ impl RunState {
             proj: vec![0.0; b * c.hidden_size],
             gate: vec![0.0; b * c.intermediate_size],
             up: vec![0.0; b * c.intermediate_size],
-            scores: vec![0.0; n_ctx],
+            n_ctx,
+            scores: vec![0.0; n_ctx * c.gqa_group()],
             acts: QuantizedActs::new(),
             logits: vec![0.0; c.vocab_size],
             slots: Vec::with_capacity(b),
@@ -197,10 +202,7 @@ impl Model {
         }
         self.check_cache_device(cache)?;
         let end = cache.len + tokens.len();
-        let limit = cache
-            .capacity
-            .min(self.rope.max_pos())
-            .min(state.scores.len());
+        let limit = cache.capacity.min(self.rope.max_pos()).min(state.n_ctx);
         if end > limit {
             return Err(Error::ContextOverflow {
                 prompt_tokens: end,
@@ -304,11 +306,7 @@ impl Model {
             }
             self.check_cache_device(s.cache)?;
             let end = s.cache.len + s.tokens.len();
-            let limit = s
-                .cache
-                .capacity
-                .min(self.rope.max_pos())
-                .min(state.scores.len());
+            let limit = s.cache.capacity.min(self.rope.max_pos()).min(state.n_ctx);
             if end > limit {
                 return Err(Error::ContextOverflow {
                     prompt_tokens: end,
@@ -440,26 +438,36 @@ impl Model {
                 }
             }
             let heads = c.num_attention_heads;
-            // Prefill, batches, and single-token decode over a long enough context: every
-            // (token, head) pair in parallel, scratch per worker.
+            // The query heads that share a key/value head attend together (each cached row is
+            // loaded once for all of them; same bits as one head at a time). Prefill, batches,
+            // and single-token decode over a long enough context: every (token, heads) task in
+            // parallel, scratch per worker, a task being the whole group — or halves of it
+            // while there would be fewer than four tasks per thread (decode).
             let positions: usize = st.slots[..n].iter().map(|s| s.1 + 1).sum();
-            if rayon::current_num_threads() > 1 && (n > 1 || positions * heads >= 1024) {
+            let threads = rayon::current_num_threads();
+            if threads > 1 && (n > 1 || positions * heads >= 1024) {
+                let mut sub = group;
+                while sub.is_multiple_of(2) && n * heads / sub < 4 * threads {
+                    sub /= 2;
+                }
                 let (q, slots, caches_ref) = (&st.q, &st.slots, &*caches);
                 let longest = slots.iter().map(|s| s.1 + 1).max().unwrap_or(0);
+                let per_token = heads / sub;
                 st.att[..n * qd]
-                    .par_chunks_mut(hd)
+                    .par_chunks_mut(sub * hd)
                     .enumerate()
                     .for_each_init(
-                        || vec![0f32; longest],
+                        || vec![0f32; sub * longest],
                         |scores, (i, out)| {
-                            let (t, head) = (i / heads, i % heads);
+                            let (t, h0) = (i / per_token, i % per_token * sub);
                             let (si, pos) = slots[t];
                             let cache_ref = &*caches_ref[si];
                             let npos = pos + 1;
-                            let base = cache_ref.base(li, head / group);
+                            let base = cache_ref.base(li, h0 / group);
                             let span = base..base + npos * hd;
-                            attend(
-                                &q[t * qd + head * hd..][..hd],
+                            attend_group(
+                                &q[t * qd + h0 * hd..][..sub * hd],
+                                hd,
                                 &cache_ref.k[span.clone()],
                                 &cache_ref.v[span],
                                 npos,
@@ -474,17 +482,19 @@ impl Model {
                     let (si, pos) = st.slots[t];
                     let cache = &*caches[si];
                     let npos = pos + 1;
-                    for head in 0..heads {
-                        let base = cache.base(li, head / group);
+                    for kvh in 0..c.num_key_value_heads {
+                        let base = cache.base(li, kvh);
                         let span = base..base + npos * hd;
-                        attend(
-                            &st.q[t * qd + head * hd..][..hd],
+                        let heads_at = t * qd + kvh * group * hd..t * qd + (kvh + 1) * group * hd;
+                        attend_group(
+                            &st.q[heads_at.clone()],
+                            hd,
                             &cache.k[span.clone()],
                             &cache.v[span],
                             npos,
                             scale,
                             &mut st.scores,
-                            &mut st.att[t * qd + head * hd..][..hd],
+                            &mut st.att[heads_at],
                         );
                     }
                 }

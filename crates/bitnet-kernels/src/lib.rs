@@ -10,12 +10,14 @@
 //!   [`quant::TernaryBlock`]); [`formats`]: the GGML formats (Q8_0, Q4_K, Q6_K, TQ1_0, TQ2_0, I2_S).
 //! - [`act`]: per-token absmax int8 activation quantization ([`act::QuantizedActs`]).
 //! - [`dense`]: float matrices (embeddings, output head) stored as f32, bf16 or f16.
-//! - [`ops`]: integer GEMM/GEMV, RMSNorm, RoPE, softmax, attention; [`glu`]: the SiLU-gated
-//!   FFN activation with a vectorized `exp`.
+//! - [`ops`]: integer GEMM/GEMV, RMSNorm, RoPE, softmax, attention; [`attention`]: the query
+//!   heads of one key/value head together; [`glu`]: the SiLU-gated FFN activation with a
+//!   vectorized `exp`.
 
 pub mod act;
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
+pub mod attention;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 pub mod buf;

@@ -517,6 +517,72 @@ fn attention_simd_is_bit_identical_to_its_twin() {
 }
 
 #[test]
+fn grouped_attention_is_bit_identical_to_each_head_alone() {
+    // One to nine heads per key/value head (register blocks of 4, 3, 2, 1), head sizes the
+    // AVX-512 kernel takes (multiples of 64) and others (each head through `attend`), one to
+    // many positions, large and tiny scores; every head against the scalar twin, bit for bit.
+    eprintln!(
+        "grouped attention on kernel {:?}",
+        bitnet_kernels::dispatch::active()
+    );
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(23);
+    for (hd, npos) in [
+        (64usize, 1usize),
+        (64, 37),
+        (128, 1),
+        (128, 130),
+        (192, 9),
+        (96, 5),
+        (136, 3),
+    ] {
+        for heads in [1usize, 2, 3, 4, 5, 8, 9] {
+            for spread in [0.01f32, 1.0, 30.0] {
+                let q: Vec<f32> = (0..heads * hd)
+                    .map(|_| rng.random_range(-spread..spread))
+                    .collect();
+                let k: Vec<f32> = (0..npos * hd)
+                    .map(|_| rng.random_range(-2.0..2.0))
+                    .collect();
+                let v: Vec<f32> = (0..npos * hd)
+                    .map(|_| rng.random_range(-2.0..2.0))
+                    .collect();
+                let scale = 1.0 / (hd as f32).sqrt();
+                let mut scores = vec![f32::NAN; heads * npos];
+                let mut got = vec![f32::NAN; heads * hd];
+                bitnet_kernels::attention::attend_group(
+                    &q,
+                    hd,
+                    &k,
+                    &v,
+                    npos,
+                    scale,
+                    &mut scores,
+                    &mut got,
+                );
+                let bits = |o: &[f32]| o.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                for j in 0..heads {
+                    let (mut s, mut want) = (vec![0f32; npos], vec![0f32; hd]);
+                    bitnet_kernels::ops::attend_scalar(
+                        &q[j * hd..(j + 1) * hd],
+                        &k,
+                        &v,
+                        npos,
+                        scale,
+                        &mut s,
+                        &mut want,
+                    );
+                    assert_eq!(
+                        bits(&got[j * hd..(j + 1) * hd]),
+                        bits(&want),
+                        "hd {hd} npos {npos} heads {heads} head {j} spread {spread}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn two_row_dot_equals_two_single_rows_on_every_kernel() {
     // The 2-row VNNI block (8 tokens at a time, the rest per row) against the scalar twin:
     // token counts below, at and past the block; random and extreme values.

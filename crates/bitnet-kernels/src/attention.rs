@@ -1,0 +1,210 @@
+//! Grouped-query attention: the query heads that share one key/value head attend together, so
+//! each cached key and value row is loaded once for all of them instead of once per head
+//! (2B-4T: 20 query heads over 5 key/value heads, four per row).
+//!
+//! Every head's result is bit-identical to [`crate::ops::attend`] for that head alone (and so to
+//! its scalar twin [`crate::ops::attend_scalar`]): the AVX-512 kernel below keeps, lane for
+//! lane, the operations of the AVX2 kernel — the four 8-lane FMA accumulators of the key dot
+//! product are the two halves of two 16-lane registers, reduced in the same pairs; the value
+//! sum is `o + w·v` per lane and position, unfused, in position order — so prefill, batched
+//! decode and single-token decode agree whichever way the heads are grouped. Where the kernel
+//! does not apply (one head, another kernel forced, a head size that is not a multiple of 64),
+//! each head goes through [`crate::ops::attend`].
+
+/// The `qs.len() / hd` query heads of `qs` (head-major, `hd = out.len() / heads`) attending
+/// over the same `npos` cached positions: for each head `j`,
+/// `out[j·hd..][..hd] = softmax(q_j·Kᵀ·scale) · V`. `keys`/`values` are `[npos, hd]` row-major;
+/// `scores` is scratch of at least `heads · npos` values (head `j`'s at `j·npos`).
+///
+/// # Panics
+/// When `out.len() != qs.len()`, `qs.len()` is not a multiple of `hd`, or a slice is shorter
+/// than the shapes need.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_group(
+    qs: &[f32],
+    hd: usize,
+    keys: &[f32],
+    values: &[f32],
+    npos: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    assert!(
+        hd > 0
+            && qs.len().is_multiple_of(hd)
+            && out.len() == qs.len()
+            && scores.len() >= qs.len() / hd * npos,
+        "attend_group: shapes"
+    );
+    // One head alone takes `attend` (the AVX2 kernel): a 16-lane version of it measured no
+    // faster; the gain here is sharing the loads between heads.
+    #[cfg(target_arch = "x86_64")]
+    if hd.is_multiple_of(64)
+        && qs.len() >= 2 * hd
+        && crate::dense::simd_dense()
+        && matches!(
+            crate::dispatch::active(),
+            crate::Kernel::Avx512Vnni | crate::Kernel::Amx
+        )
+    {
+        // SAFETY: the AVX-512 kernels are active only where AVX-512 F/VL are detected, and
+        // `simd_dense` checked AVX2/FMA; the shapes are asserted above and in the kernel.
+        unsafe { avx512::attend_group(qs, hd, keys, values, npos, scale, scores, out) };
+        return;
+    }
+    for j in 0..qs.len() / hd {
+        crate::ops::attend(
+            &qs[j * hd..(j + 1) * hd],
+            keys,
+            values,
+            npos,
+            scale,
+            &mut scores[j * npos..(j + 1) * npos],
+            &mut out[j * hd..(j + 1) * hd],
+        );
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use crate::x86::prefetch_ahead;
+    use std::arch::x86_64::*;
+
+    /// Query heads per register block (8 key accumulators or 16 value accumulators).
+    const G: usize = 4;
+
+    /// The sum of a register's two 8-lane halves (AVX-512 F only: no `vextractf32x8`).
+    #[inline(always)]
+    unsafe fn halves(v: __m512) -> __m256 {
+        // SAFETY: the callers enable AVX-512 F.
+        unsafe {
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+            _mm256_add_ps(_mm512_castps512_ps256(v), hi)
+        }
+    }
+
+    /// [`super::attend_group`] with AVX-512 F/VL, heads in blocks of up to four.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and AVX-512 F/VL; `hd` is a multiple of 64 (asserted
+    /// with the slice lengths).
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
+    pub(super) unsafe fn attend_group(
+        qs: &[f32],
+        hd: usize,
+        keys: &[f32],
+        values: &[f32],
+        npos: usize,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let heads = qs.len() / hd;
+        assert!(
+            hd.is_multiple_of(64)
+                && keys.len() >= npos * hd
+                && values.len() >= npos * hd
+                && scores.len() >= heads * npos
+                && out.len() >= heads * hd,
+            "attend_group (AVX-512): shapes"
+        );
+        let mut h0 = 0;
+        while h0 < heads {
+            let g = (heads - h0).min(G);
+            let (q, s, o) = (
+                &qs[h0 * hd..(h0 + g) * hd],
+                &mut scores[h0 * npos..(h0 + g) * npos],
+                &mut out[h0 * hd..(h0 + g) * hd],
+            );
+            // SAFETY: features as this function's; the block's slices hold `g` heads.
+            unsafe {
+                match g {
+                    4 => block::<4>(q, hd, keys, values, npos, scale, s, o),
+                    3 => block::<3>(q, hd, keys, values, npos, scale, s, o),
+                    2 => block::<2>(q, hd, keys, values, npos, scale, s, o),
+                    _ => block::<1>(q, hd, keys, values, npos, scale, s, o),
+                }
+            }
+            h0 += g;
+        }
+    }
+
+    /// `N` heads: scores (the key row loaded once per position for all `N`), the softmax per
+    /// head, then the value sum 64 lanes at a time (the value row loaded once for all `N`).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
+    unsafe fn block<const N: usize>(
+        qs: &[f32],
+        hd: usize,
+        keys: &[f32],
+        values: &[f32],
+        npos: usize,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        // SAFETY (whole block): features enabled by the caller; every load reads inside
+        // `keys[p·hd..][..hd]`, `values[p·hd..][..hd]` (p < npos) or `qs[j·hd..][..hd]` (j < N),
+        // every store writes `out[j·hd..][..hd]`; `hd` is a multiple of 64 (asserted by the
+        // caller with the lengths).
+        unsafe {
+            let q = qs.as_ptr();
+            for p in 0..npos {
+                let k = keys.as_ptr().add(p * hd);
+                prefetch_ahead(k, 2);
+                // The AVX2 kernel's accumulators 0|1 (elements 32i..32i+16) and 2|3
+                // (32i+16..32i+32), per head.
+                let mut a = [_mm512_setzero_ps(); N];
+                let mut b = [_mm512_setzero_ps(); N];
+                for i in (0..hd).step_by(32) {
+                    let ka = _mm512_loadu_ps(k.add(i));
+                    let kb = _mm512_loadu_ps(k.add(i + 16));
+                    for j in 0..N {
+                        let qj = q.add(j * hd + i);
+                        a[j] = _mm512_fmadd_ps(ka, _mm512_loadu_ps(qj), a[j]);
+                        b[j] = _mm512_fmadd_ps(kb, _mm512_loadu_ps(qj.add(16)), b[j]);
+                    }
+                }
+                for j in 0..N {
+                    // (acc0 + acc1) + (acc2 + acc3), then the 128-bit tree of `dot_wide`.
+                    let s = _mm256_add_ps(halves(a[j]), halves(b[j]));
+                    let t = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+                    let t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+                    let t = _mm_add_ss(t, _mm_shuffle_ps(t, t, 1));
+                    *scores.get_unchecked_mut(j * npos + p) = _mm_cvtss_f32(t) * scale;
+                }
+            }
+            for j in 0..N {
+                crate::ops::softmax(&mut scores[j * npos..(j + 1) * npos]);
+            }
+            let w = scores.as_ptr();
+            for c in (0..hd).step_by(64) {
+                let mut o = [[_mm512_setzero_ps(); 4]; N];
+                for p in 0..npos {
+                    let v = values.as_ptr().add(p * hd + c);
+                    prefetch_ahead(v, 4);
+                    let vv = [
+                        _mm512_loadu_ps(v),
+                        _mm512_loadu_ps(v.add(16)),
+                        _mm512_loadu_ps(v.add(32)),
+                        _mm512_loadu_ps(v.add(48)),
+                    ];
+                    for (j, oj) in o.iter_mut().enumerate() {
+                        let wv = _mm512_set1_ps(*w.add(j * npos + p));
+                        for (oi, &x) in oj.iter_mut().zip(&vv) {
+                            *oi = _mm512_add_ps(*oi, _mm512_mul_ps(wv, x));
+                        }
+                    }
+                }
+                for (j, oj) in o.iter().enumerate() {
+                    for (i, oi) in oj.iter().enumerate() {
+                        _mm512_storeu_ps(out.as_mut_ptr().add(j * hd + c + 16 * i), *oi);
+                    }
+                }
+            }
+        }
+    }
+}
