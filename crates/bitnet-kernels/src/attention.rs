@@ -3,13 +3,14 @@
 //! (2B-4T: 20 query heads over 5 key/value heads, four per row).
 //!
 //! Every head's result is bit-identical to [`crate::ops::attend`] for that head alone (and so to
-//! its scalar twin [`crate::ops::attend_scalar`]): the AVX-512 kernel below keeps, lane for
-//! lane, the operations of the AVX2 kernel — the four 8-lane FMA accumulators of the key dot
-//! product are the two halves of two 16-lane registers, reduced in the same pairs; the value
-//! sum is `o + w·v` per lane and position, unfused, in position order — so prefill, batched
-//! decode and single-token decode agree whichever way the heads are grouped. Where the kernel
-//! does not apply (one head, another kernel forced, a head size that is not a multiple of 64),
-//! each head goes through [`crate::ops::attend`].
+//! its scalar twin [`crate::ops::attend_scalar`]): the kernels below keep, lane for lane, the
+//! operations of the one-head AVX2 kernel — four 8-lane FMA accumulators per key dot product
+//! (in the AVX-512 kernel the halves of two 16-lane registers), reduced in the same pairs; the
+//! value sum `o + w·v` per lane and position, unfused, in position order — so prefill, batched
+//! decode and single-token decode agree whichever way the heads are grouped. AVX-512 takes up to
+//! four heads per block (head sizes that are multiples of 64), AVX2 two (its 16 registers hold
+//! two heads' accumulators; multiples of 32); one head alone, the scalar kernel or another head
+//! size goes through [`crate::ops::attend`].
 
 /// The `qs.len() / hd` query heads of `qs` (head-major, `hd = out.len() / heads`) attending
 /// over the same `npos` cached positions: for each head `j`,
@@ -30,6 +31,29 @@ pub fn attend_group(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
+    let kernel = crate::dispatch::active();
+    attend_group_with(kernel, qs, hd, keys, values, npos, scale, scores, out)
+}
+
+/// [`attend_group`] on a given kernel (parity tests): AVX-512 blocks for the AVX-512 and AMX
+/// kernels, AVX2 pairs for the AVX2 kernel, one head at a time ([`crate::ops::attend`], on the
+/// active kernel) otherwise; the same bits on every one.
+///
+/// # Panics
+/// As [`attend_group`].
+#[allow(clippy::too_many_arguments)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut, unused_variables))]
+pub fn attend_group_with(
+    kernel: crate::Kernel,
+    qs: &[f32],
+    hd: usize,
+    keys: &[f32],
+    values: &[f32],
+    npos: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
     assert!(
         hd > 0
             && qs.len().is_multiple_of(hd)
@@ -39,21 +63,38 @@ pub fn attend_group(
     );
     // One head alone takes `attend` (the AVX2 kernel): a 16-lane version of it measured no
     // faster; the gain here is sharing the loads between heads.
+    let heads = qs.len() / hd;
+    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if hd.is_multiple_of(64)
-        && qs.len() >= 2 * hd
-        && crate::dense::simd_dense()
-        && matches!(
-            crate::dispatch::active(),
-            crate::Kernel::Avx512Vnni | crate::Kernel::Amx
-        )
+    if heads >= 2
+        && kernel != crate::Kernel::Scalar
+        && kernel.available()
+        && std::is_x86_feature_detected!("fma")
     {
-        // SAFETY: the AVX-512 kernels are active only where AVX-512 F/VL are detected, and
-        // `simd_dense` checked AVX2/FMA; the shapes are asserted above and in the kernel.
-        unsafe { avx512::attend_group(qs, hd, keys, values, npos, scale, scores, out) };
-        return;
+        if hd.is_multiple_of(64) && matches!(kernel, crate::Kernel::Avx512Vnni | crate::Kernel::Amx)
+        {
+            // SAFETY: the AVX-512 and AMX kernels are available only where AVX-512 F/BW/VL are
+            // detected (with AVX2), FMA is checked above; the shapes are asserted above and in
+            // the kernel.
+            unsafe { avx512::attend_group(qs, hd, keys, values, npos, scale, scores, out) };
+            return;
+        }
+        if hd.is_multiple_of(32) {
+            // Pairs of heads with AVX2 (an odd last head alone, below).
+            while done + 2 <= heads {
+                let (q, s, o) = (
+                    &qs[done * hd..(done + 2) * hd],
+                    &mut scores[done * npos..(done + 2) * npos],
+                    &mut out[done * hd..(done + 2) * hd],
+                );
+                // SAFETY: every x86 kernel but scalar needs AVX2 to be available, FMA is checked
+                // above; the shapes are asserted in the kernel.
+                unsafe { avx2::attend_pair(q, hd, keys, values, npos, scale, s, o) };
+                done += 2;
+            }
+        }
     }
-    for j in 0..qs.len() / hd {
+    for j in done..heads {
         crate::ops::attend(
             &qs[j * hd..(j + 1) * hd],
             keys,
@@ -202,6 +243,97 @@ mod avx512 {
                 for (j, oj) in o.iter().enumerate() {
                     for (i, oi) in oj.iter().enumerate() {
                         _mm512_storeu_ps(out.as_mut_ptr().add(j * hd + c + 16 * i), *oi);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use crate::x86::prefetch_ahead;
+    use std::arch::x86_64::*;
+
+    /// Two heads over the same positions with AVX2: the key row loaded once for both (four
+    /// accumulators each, as `dot_wide`), then the value sum 32 lanes at a time (four
+    /// accumulators each, one value load for both heads).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `hd` is a multiple of 32 (asserted with the slice
+    /// lengths).
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn attend_pair(
+        qs: &[f32],
+        hd: usize,
+        keys: &[f32],
+        values: &[f32],
+        npos: usize,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        assert!(
+            hd.is_multiple_of(32)
+                && qs.len() >= 2 * hd
+                && keys.len() >= npos * hd
+                && values.len() >= npos * hd
+                && scores.len() >= 2 * npos
+                && out.len() >= 2 * hd,
+            "attend_pair: shapes"
+        );
+        // SAFETY (whole block): AVX2/FMA enabled by the caller; every load reads inside
+        // `keys[p·hd..][..hd]`, `values[p·hd..][..hd]` (p < npos) or `qs[j·hd..][..hd]` (j < 2),
+        // every store writes `out[j·hd..][..hd]` (asserted lengths, `hd` a multiple of 32).
+        unsafe {
+            let q = qs.as_ptr();
+            for p in 0..npos {
+                let k = keys.as_ptr().add(p * hd);
+                prefetch_ahead(k, 2);
+                let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+                for i in (0..hd).step_by(32) {
+                    for m in 0..4 {
+                        let kv = _mm256_loadu_ps(k.add(i + 8 * m));
+                        for (j, a) in acc.iter_mut().enumerate() {
+                            let x = _mm256_loadu_ps(q.add(j * hd + i + 8 * m));
+                            a[m] = _mm256_fmadd_ps(kv, x, a[m]);
+                        }
+                    }
+                }
+                for (j, a) in acc.iter().enumerate() {
+                    // `dot_wide`'s reduction.
+                    let s = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
+                    let t = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+                    let t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+                    let t = _mm_add_ss(t, _mm_shuffle_ps(t, t, 1));
+                    *scores.get_unchecked_mut(j * npos + p) = _mm_cvtss_f32(t) * scale;
+                }
+            }
+            crate::ops::softmax(&mut scores[..npos]);
+            crate::ops::softmax(&mut scores[npos..2 * npos]);
+            let w = scores.as_ptr();
+            for c in (0..hd).step_by(32) {
+                let mut o = [[_mm256_setzero_ps(); 4]; 2];
+                for p in 0..npos {
+                    let v = values.as_ptr().add(p * hd + c);
+                    prefetch_ahead(v, 2);
+                    let vv = [
+                        _mm256_loadu_ps(v),
+                        _mm256_loadu_ps(v.add(8)),
+                        _mm256_loadu_ps(v.add(16)),
+                        _mm256_loadu_ps(v.add(24)),
+                    ];
+                    for (j, oj) in o.iter_mut().enumerate() {
+                        let wv = _mm256_set1_ps(*w.add(j * npos + p));
+                        for (oi, &x) in oj.iter_mut().zip(&vv) {
+                            *oi = _mm256_add_ps(*oi, _mm256_mul_ps(wv, x));
+                        }
+                    }
+                }
+                for (j, oj) in o.iter().enumerate() {
+                    for (i, oi) in oj.iter().enumerate() {
+                        _mm256_storeu_ps(out.as_mut_ptr().add(j * hd + c + 8 * i), *oi);
                     }
                 }
             }

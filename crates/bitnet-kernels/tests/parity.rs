@@ -521,10 +521,7 @@ fn grouped_attention_is_bit_identical_to_each_head_alone() {
     // One to nine heads per key/value head (register blocks of 4, 3, 2, 1), head sizes the
     // AVX-512 kernel takes (multiples of 64) and others (each head through `attend`), one to
     // many positions, large and tiny scores; every head against the scalar twin, bit for bit.
-    eprintln!(
-        "grouped attention on kernel {:?}",
-        bitnet_kernels::dispatch::active()
-    );
+    eprintln!("grouped attention kernels: {:?}", Kernel::all_available());
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(23);
     for (hd, npos) in [
         (64usize, 1usize),
@@ -533,6 +530,7 @@ fn grouped_attention_is_bit_identical_to_each_head_alone() {
         (128, 130),
         (192, 9),
         (96, 5),
+        (160, 4),
         (136, 3),
     ] {
         for heads in [1usize, 2, 3, 4, 5, 8, 9] {
@@ -547,35 +545,38 @@ fn grouped_attention_is_bit_identical_to_each_head_alone() {
                     .map(|_| rng.random_range(-2.0..2.0))
                     .collect();
                 let scale = 1.0 / (hd as f32).sqrt();
-                let mut scores = vec![f32::NAN; heads * npos];
-                let mut got = vec![f32::NAN; heads * hd];
-                bitnet_kernels::attention::attend_group(
-                    &q,
-                    hd,
-                    &k,
-                    &v,
-                    npos,
-                    scale,
-                    &mut scores,
-                    &mut got,
-                );
                 let bits = |o: &[f32]| o.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                for j in 0..heads {
-                    let (mut s, mut want) = (vec![0f32; npos], vec![0f32; hd]);
-                    bitnet_kernels::ops::attend_scalar(
-                        &q[j * hd..(j + 1) * hd],
+                for kernel in Kernel::all_available() {
+                    let mut scores = vec![f32::NAN; heads * npos];
+                    let mut got = vec![f32::NAN; heads * hd];
+                    bitnet_kernels::attention::attend_group_with(
+                        kernel,
+                        &q,
+                        hd,
                         &k,
                         &v,
                         npos,
                         scale,
-                        &mut s,
-                        &mut want,
+                        &mut scores,
+                        &mut got,
                     );
-                    assert_eq!(
+                    for j in 0..heads {
+                        let (mut s, mut want) = (vec![0f32; npos], vec![0f32; hd]);
+                        bitnet_kernels::ops::attend_scalar(
+                            &q[j * hd..(j + 1) * hd],
+                            &k,
+                            &v,
+                            npos,
+                            scale,
+                            &mut s,
+                            &mut want,
+                        );
+                        assert_eq!(
                         bits(&got[j * hd..(j + 1) * hd]),
                         bits(&want),
-                        "hd {hd} npos {npos} heads {heads} head {j} spread {spread}"
+                        "{kernel:?}: hd {hd} npos {npos} heads {heads} head {j} spread {spread}"
                     );
+                    }
                 }
             }
         }
