@@ -109,7 +109,7 @@ pub fn attend_group_with(
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use crate::x86::prefetch_ahead;
+    use crate::x86::{hsum_ps, prefetch_ahead};
     use std::arch::x86_64::*;
 
     /// Query heads per register block (8 key accumulators or 16 value accumulators).
@@ -210,12 +210,9 @@ mod avx512 {
                     }
                 }
                 for j in 0..N {
-                    // (acc0 + acc1) + (acc2 + acc3), then the 128-bit tree of `dot_wide`.
+                    // (acc0 + acc1) + (acc2 + acc3), then the 128-bit tree of `dot_f32`.
                     let s = _mm256_add_ps(halves(a[j]), halves(b[j]));
-                    let t = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-                    let t = _mm_add_ps(t, _mm_movehl_ps(t, t));
-                    let t = _mm_add_ss(t, _mm_shuffle_ps(t, t, 1));
-                    *scores.get_unchecked_mut(j * npos + p) = _mm_cvtss_f32(t) * scale;
+                    *scores.get_unchecked_mut(j * npos + p) = hsum_ps(s) * scale;
                 }
             }
             for j in 0..N {
@@ -252,7 +249,7 @@ mod avx512 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use crate::x86::prefetch_ahead;
+    use crate::x86::{hsum_ps, prefetch_ahead};
     use std::arch::x86_64::*;
 
     /// Two heads over the same positions with AVX2: the key row loaded once for both (four
@@ -302,12 +299,9 @@ mod avx2 {
                     }
                 }
                 for (j, a) in acc.iter().enumerate() {
-                    // `dot_wide`'s reduction.
+                    // `dot_f32`'s reduction.
                     let s = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
-                    let t = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-                    let t = _mm_add_ps(t, _mm_movehl_ps(t, t));
-                    let t = _mm_add_ss(t, _mm_shuffle_ps(t, t, 1));
-                    *scores.get_unchecked_mut(j * npos + p) = _mm_cvtss_f32(t) * scale;
+                    *scores.get_unchecked_mut(j * npos + p) = hsum_ps(s) * scale;
                 }
             }
             crate::ops::softmax(&mut scores[..npos]);

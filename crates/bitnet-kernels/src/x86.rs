@@ -412,12 +412,7 @@ unsafe fn dot_wide(
             i += 8;
         }
         let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let lo = _mm256_castps256_ps128(s);
-        let hi = _mm256_extractf128_ps(s, 1);
-        let q = _mm_add_ps(lo, hi);
-        let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-        let q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
-        let mut total = _mm_cvtss_f32(q);
+        let mut total = hsum_ps(s);
         while i < n {
             total += scalar(i) * x[i];
             i += 1;
@@ -541,6 +536,8 @@ pub unsafe fn dot_q8_0(blocks: &[crate::formats::BlockQ8_0], x: &[f32]) -> f32 {
     }
 }
 
+/// The horizontal sum that ends [`dot_f32`] (lanes `i + (i+4)`, then `+ 2`, then `+ 1`); the
+/// grouped attention kernels (`attention.rs`) end with it too, so their sums are bit-identical.
 #[inline(always)]
 pub(crate) unsafe fn hsum_ps(s: __m256) -> f32 {
     let lo = _mm256_castps256_ps128(s);
