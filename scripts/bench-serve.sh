@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Serving benchmarks with `bitnet loadtest` against `bitnet serve` on loopback (same machine):
 #   1. headline: tiny model, max_tokens 1, 64 connections (requests/s, P99 latency)
-#   2. continuous batching: small synthetic model (hidden 512, 6 layers), 1 vs 16 streams
+#   2. continuous batching: small synthetic model (hidden 512, 6 layers), 1 vs 16 streams,
+#      greedy and sampled (temperature 1, top_p 0.95)
 #   3. the same on the 2B-4T-shaped model (pass --with-2b4t; ~1 GB of disk, minutes)
 #   4. overload: queue of 4, 32 concurrent requests -> 503 + Retry-After, counted in /metrics
 # JSON reports go to $OUT (default target/bench-serve); a summary with the ratios is printed.
@@ -15,6 +16,8 @@ FIXTURES=${BITNET_FIXTURES:-../shared/fixtures}
 with_2b4t=0
 [ "${1:-}" = "--with-2b4t" ] && with_2b4t=1
 mkdir -p "$OUT" "$MODELS"
+# Reports of an earlier run would show up in the summary as if measured now.
+rm -f "$OUT"/*.json
 
 cargo build --release --locked -q -p bitnet-cli
 B=$CARGO_TARGET_DIR/release/bitnet
@@ -50,6 +53,9 @@ small=$MODELS/small-tq2_0.gguf
 start "$small" --max-batch 16
 lt --concurrency 1 --requests 8 --max-tokens 128 --stream --json "$OUT/small-c1.json" | grep -E "Output token thr|Mean TTFT|Mean TPOT"
 lt --concurrency 16 --requests 64 --max-tokens 128 --stream --json "$OUT/small-c16.json" | grep -E "Output token thr|Mean TTFT|Mean TPOT"
+echo "== 2b. the same, sampled (temperature 1, top_p 0.95: what most clients send)"
+lt --concurrency 1 --requests 8 --max-tokens 128 --stream --temperature 1 --top-p 0.95 --json "$OUT/small-t1-c1.json" | grep -E "Output token thr|Mean TPOT"
+lt --concurrency 16 --requests 64 --max-tokens 128 --stream --temperature 1 --top-p 0.95 --json "$OUT/small-t1-c16.json" | grep -E "Output token thr|Mean TPOT"
 stop
 
 if [ $with_2b4t = 1 ]; then
@@ -79,7 +85,7 @@ for name in ("tiny-c64-short", "tiny-c64-default"):
     d = j(name + ".json")
     print(f"{name}: {d['request_throughput']:.0f} req/s, P99 e2e {d['p99_e2el_ms']:.1f} ms, "
           f"{d['failed']} failed, {d['total_input_tokens'] / max(d['completed'], 1):.0f} prompt tokens")
-for model in ("small", "2b4t"):
+for model in ("small", "small-t1", "2b4t"):
     a, b = j(f"{model}-c1.json"), j(f"{model}-c16.json")
     if a and b:
         tpot = a["mean_tpot_ms"], b["mean_tpot_ms"]
