@@ -494,15 +494,10 @@ mod tests {
         assert!(a.iter().all(|&t| logits[t as usize] == 0.6));
     }
 
-    /// A small xorshift stream for the tests.
-    fn xorshift(seed: u64) -> impl FnMut() -> f32 {
-        let mut st = seed;
-        move || {
-            st ^= st << 13;
-            st ^= st >> 7;
-            st ^= st << 17;
-            (st >> 40) as f32 / (1u64 << 24) as f32
-        }
+    /// Uniform values in [0, 1) from the crate's seeded ChaCha8 stream.
+    fn uniform(seed: u64) -> impl FnMut() -> f32 {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        move || rng.random::<f32>()
     }
 
     /// The softmax of `logits / t` in f64.
@@ -515,7 +510,7 @@ mod tests {
 
     #[test]
     fn nucleus_is_the_smallest_top_set_reaching_the_mass() {
-        let mut next = xorshift(0x5EED);
+        let mut next = uniform(0x5EED);
         for (n, peak) in [
             (1usize, 1.0f32),
             (7, 1.0),
@@ -604,7 +599,7 @@ mod tests {
     #[test]
     fn large_vocabularies_and_bad_logits() {
         // 128k tokens, one far ahead: top-p 0.5 keeps it alone.
-        let mut next = xorshift(9);
+        let mut next = uniform(9);
         let mut logits: Vec<f32> = (0..128_256).map(|_| next()).collect();
         logits[77_777] = 40.0;
         let mut s = Sampler::new(params(|p| p.top_p = 0.5), logits.len()).unwrap();

@@ -342,6 +342,8 @@ struct Seq {
     reserved: usize,
     sampler: Sampler,
     decoder: StreamDecoder,
+    /// The logits before the sampler's penalties, for log-probabilities (grown on first use).
+    logits_copy: Vec<f32>,
     stops: StopMatcher,
     generated: usize,
     admitted: Instant,
@@ -518,6 +520,7 @@ impl Engine {
                     reserved,
                     sampler,
                     decoder: StreamDecoder::new(prompt),
+                    logits_copy: Vec::new(),
                     stops: StopMatcher::new(&job.params.stop),
                     generated: 0,
                     admitted: now,
@@ -754,16 +757,17 @@ impl Engine {
         }
         let pick = |(s, row, top): &mut (&mut Seq, &mut [f32], Option<Option<usize>>)| {
             let top = (*top)?;
-            // Log-probabilities of the logits before the sampler's penalties.
+            // Log-probabilities of the logits before the sampler's penalties (a copy kept in
+            // the sequence: no allocation per token once grown).
             let lp = top.map(|k| {
-                let copy = row.to_vec();
-                let (lse, top) = top_logprobs(&copy, k);
-                (copy, lse, top)
+                s.logits_copy.clear();
+                s.logits_copy.extend_from_slice(row);
+                top_logprobs(&s.logits_copy, k)
             });
             let id = s.sampler.sample(row);
-            let logprob = lp.map(|(copy, lse, top)| TokenLogprob {
+            let logprob = lp.map(|(lse, top)| TokenLogprob {
                 id,
-                logprob: copy[id as usize] - lse,
+                logprob: s.logits_copy[id as usize] - lse,
                 top,
             });
             Some((id, logprob))
