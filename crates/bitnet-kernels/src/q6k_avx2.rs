@@ -216,8 +216,16 @@ pub unsafe fn q6k_split_rows(blocks: &[BlockQ6K], bpr: usize, xs: &[&SplitActs],
             acc[..n].fill(_mm256_setzero_ps());
             for (bi, b) in blocks[r * bpr..(r + 1) * bpr].iter().enumerate() {
                 let u = unpack(b, &picks);
-                // Tokens in pairs: a quant and scale vector serve two tokens per load.
+                // Tokens in fours (eight i32 accumulators, the quant and scale vector and two
+                // activation vectors: 12 of the 16 registers), then a pair, then one: a quant
+                // and scale vector serve four tokens per load.
                 let mut t = 0;
+                while t + 4 <= n {
+                    let a = [acc[t], acc[t + 1], acc[t + 2], acc[t + 3]];
+                    let x = [xs[t], xs[t + 1], xs[t + 2], xs[t + 3]];
+                    [acc[t], acc[t + 1], acc[t + 2], acc[t + 3]] = block::<4>(&u, x, bi, a);
+                    t += 4;
+                }
                 while t + 2 <= n {
                     [acc[t], acc[t + 1]] =
                         block::<2>(&u, [xs[t], xs[t + 1]], bi, [acc[t], acc[t + 1]]);
