@@ -113,9 +113,11 @@ fn batched_steps_equal_single_sequences() {
                     .zip(b)
                     .map(|(x, y)| (x - y).abs())
                     .fold(0f32, f32::max);
+                // Bit for bit: every kernel and the output head give a token the same
+                // operations in a batch as alone.
                 assert!(
-                    worst <= 1e-4,
-                    "{}: seq {i} step {j}: batched vs alone differ by {worst}",
+                    a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{}: seq {i} step {j}: batched vs alone differ by up to {worst}",
                     dir.display()
                 );
             }

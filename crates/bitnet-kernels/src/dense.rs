@@ -107,7 +107,14 @@ impl DenseMatrix {
                 }
             }
             DenseData::F16(v) => {
-                for (o, x) in out.iter_mut().zip(&v[r * c..(r + 1) * c]) {
+                let row = &v[r * c..(r + 1) * c];
+                #[cfg(target_arch = "x86_64")]
+                if simd_dense() {
+                    // SAFETY: `simd_dense` checked F16C (and AVX2); `out` holds `cols` values.
+                    unsafe { crate::x86::f16_to_f32(bytemuck::cast_slice(row), out) };
+                    return;
+                }
+                for (o, x) in out.iter_mut().zip(row) {
                     *o = x.to_f32();
                 }
             }
@@ -199,32 +206,35 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     dot8(a, b, |v| v)
 }
 
-/// Two f32 rows against four activation rows, `out[r][k] = Σ w_r·x_k` (the batched output
-/// head): [`crate::x86::dot_f32_2x4_avx512`] when the AVX-512 (or AMX) kernel is active,
-/// [`crate::x86::dot_f32_2x4`] with AVX2, this scalar twin otherwise. Each output depends only
-/// on its own row and token, so a sequence's logits do not depend on what it is batched with.
+/// One f32 row against two activation rows, `out[k] = Σ w·x_k`, each with exactly the
+/// operations of [`DenseMatrix::row_dot`] on the same row stored as f32, bf16 or f16 (their
+/// conversions to f32 are exact): [`crate::x86::dot_f32_x2`] where the float dots use AVX2,
+/// this scalar twin (`dot8`, as `row_dot_scalar`) otherwise. The batched output head uses it
+/// so that a token's logits are bit-identical to its one-token logits.
 #[inline]
-pub fn dot_f32_2x4(w0: &[f32], w1: &[f32], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
+pub fn dot_f32_x2(w: &[f32], x: [&[f32]; 2]) -> [f32; 2] {
     #[cfg(target_arch = "x86_64")]
     if simd_dense() {
-        if matches!(
-            crate::dispatch::active(),
-            crate::Kernel::Avx512Vnni | crate::Kernel::Amx
-        ) {
-            // SAFETY: the AVX-512 kernel is only active when AVX-512F is detected, and
-            // `simd_dense` checked AVX2/FMA; lengths are asserted inside the kernel.
-            return unsafe { crate::x86::dot_f32_2x4_avx512(w0, w1, x) };
-        }
         // SAFETY: `simd_dense` checked AVX2 and FMA; lengths are asserted inside the kernel.
-        return unsafe { crate::x86::dot_f32_2x4(w0, w1, x) };
+        return unsafe { crate::x86::dot_f32_x2(w, x) };
     }
-    [x.map(|r| dot8(w0, r, |v| v)), x.map(|r| dot8(w1, r, |v| v))]
+    x.map(|r| dot8(w, r, |v| v))
 }
 
 fn dequant_row<B: QuantBlock>(blocks: &[B], out: &mut [f32]) {
     for (b, o) in blocks.iter().zip(out.chunks_exact_mut(B::BLOCK)) {
         b.to_float(o);
     }
+}
+
+/// [`dot_blocks`] of a row already dequantized into `w` (blocks of `block` values): the same
+/// operations, so the same bits, without decoding the row again for every token.
+pub(crate) fn dot_blocks_f32(w: &[f32], x: &[f32], block: usize) -> f32 {
+    let mut acc = 0f32;
+    for (wc, xc) in w.chunks_exact(block).zip(x.chunks_exact(block)) {
+        acc += dot8(wc, xc, |a| a);
+    }
+    acc
 }
 
 /// Dot product of dequantized blocks with `x`, block by block through a stack buffer.

@@ -249,25 +249,40 @@ pub fn dense_matmul(m: &DenseMatrix, x: &[f32], n: usize, out: &mut [f32]) {
         });
         return;
     }
-    // Several tokens (prefill logits, a batch of sequences): a quantized row is dequantized
-    // once into f32 and dotted with every token, instead of decoding it once per token. Rows
-    // go in pairs and tokens in fours through the 2×4 register block of `dot_f32_2x4`; a short
-    // last block repeats its last row/token, so every logit comes from the same kernel and a
-    // sequence's logits do not depend on its place in the batch.
-    let quantized = !matches!(m.data(), crate::DenseData::F32(_));
+    // Several tokens (prefill logits, a batch of sequences). Every logit must have the bits of
+    // the one-token path (`row_dot`), so that a sequence's output does not depend on what it
+    // is batched with. f32 rows go through `row_dot` itself, token by token, while the row is
+    // in L1. Other rows are converted once, a tile at a time, into f32 (exactly the values the
+    // one-token dots use), and each token gets the one-token dot's own operations on them:
+    // `dot_f32_x2` (two tokens per weight load) where `row_dot` is the AVX2 f32 dot — 16-bit
+    // rows, whose conversion is exact, and Q8_0, whose AVX2 dot is the f32 dot of its
+    // dequantized row (`x86::dot_q8_0`) — and the block-by-block sum of `dot_blocks` where
+    // `row_dot` is that.
+    #[cfg(target_arch = "x86_64")]
+    let simd = crate::dense::simd_dense();
+    #[cfg(not(target_arch = "x86_64"))]
+    let simd = false;
+    // The block size of the one-token dot of the format (0: the f32 dot of the whole row).
+    let blocks = match m.data() {
+        crate::DenseData::F32(_) => None,
+        crate::DenseData::F16(_) | crate::DenseData::Bf16(_) => Some(0),
+        crate::DenseData::Q8_0(_) => Some(if simd { 0 } else { 32 }),
+        // The SIMD Q6_K head took the int16 path above; Q4_K has no SIMD dot.
+        crate::DenseData::Q6K(_) | crate::DenseData::Q4K(_) => Some(256),
+    };
     let kernel = |r0: usize, chunk: &mut [f32]| {
         let nr = chunk.len() / n;
-        if !quantized {
+        let Some(block) = blocks else {
             for i in 0..nr {
                 for t in 0..n {
                     chunk[i * n + t] = m.row_dot(r0 + i, &x[t * cols..(t + 1) * cols]);
                 }
             }
             return;
-        }
-        // Rows are dequantized in tiles of TILE (16 KiB of f32 at 512 columns) and every
-        // group of four tokens sweeps the whole tile, so the activations stream from L2 once
-        // per tile instead of once per row pair.
+        };
+        // Rows are converted in tiles of TILE (16 KiB of f32 at 512 columns) and every pair
+        // of tokens sweeps the whole tile, so the activations stream from L2 once per tile
+        // instead of once per row.
         const TILE: usize = 8;
         let mut tile = vec![0f32; TILE * cols];
         let xt = |t: usize| &x[t.min(n - 1) * cols..(t.min(n - 1) + 1) * cols];
@@ -276,22 +291,18 @@ pub fn dense_matmul(m: &DenseMatrix, x: &[f32], n: usize, out: &mut [f32]) {
             for j in 0..tr {
                 m.row_to_f32(r0 + i0 + j, &mut tile[j * cols..(j + 1) * cols]);
             }
-            for t in (0..n).step_by(4) {
-                let nt = (n - t).min(4);
-                let xs = [xt(t), xt(t + 1), xt(t + 2), xt(t + 3)];
-                for j in (0..tr).step_by(2) {
-                    let pair = j + 1 < tr;
-                    let ra = &tile[j * cols..(j + 1) * cols];
-                    let rb = if pair {
-                        &tile[(j + 1) * cols..(j + 2) * cols]
+            for t in (0..n).step_by(2) {
+                for j in 0..tr {
+                    let w = &tile[j * cols..(j + 1) * cols];
+                    let d = if block == 0 {
+                        crate::dense::dot_f32_x2(w, [xt(t), xt(t + 1)])
                     } else {
-                        ra
+                        [xt(t), xt(t + 1)].map(|x| crate::dense::dot_blocks_f32(w, x, block))
                     };
-                    let d = crate::dense::dot_f32_2x4(ra, rb, xs);
-                    let i = i0 + j;
-                    chunk[i * n + t..i * n + t + nt].copy_from_slice(&d[0][..nt]);
-                    if pair {
-                        chunk[(i + 1) * n + t..(i + 1) * n + t + nt].copy_from_slice(&d[1][..nt]);
+                    let o = (i0 + j) * n + t;
+                    chunk[o] = d[0];
+                    if t + 1 < n {
+                        chunk[o + 1] = d[1];
                     }
                 }
             }

@@ -342,11 +342,11 @@ pub unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
     // SAFETY: `dot_wide` only calls `load(i)` with `i + 8 <= w.len()`; AVX2 is enabled here.
     dot_wide(
         w.len(),
-        x,
+        [x],
         |i| prefetch_ahead(w.as_ptr().wrapping_add(i), 2),
         |i| unsafe { _mm256_loadu_ps(w.as_ptr().add(i)) },
         |i| w[i],
-    )
+    )[0]
 }
 
 /// Σ w·x over bf16 weights (bits) with AVX2 + FMA: bf16 → f32 is a 16-bit left shift.
@@ -358,14 +358,35 @@ pub unsafe fn dot_bf16(w: &[u16], x: &[f32]) -> f32 {
     // SAFETY: `dot_wide` only calls `load(i)` with `i + 8 <= w.len()`; AVX2 is enabled here.
     dot_wide(
         w.len(),
-        x,
+        [x],
         |i| prefetch_ahead(w.as_ptr().wrapping_add(i), 1),
         |i| unsafe {
             let h = _mm_loadu_si128(w.as_ptr().add(i) as *const __m128i);
             _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
         },
         |i| f32::from_bits((w[i] as u32) << 16),
-    )
+    )[0]
+}
+
+/// f16 (bits) to f32 with F16C, eight at a time (the conversion is exact, as `half`'s, which
+/// is a software loop unless the whole build targets F16C).
+///
+/// # Safety
+/// The CPU must support AVX and F16C; `out.len() >= src.len()` (asserted).
+#[target_feature(enable = "avx,f16c")]
+pub unsafe fn f16_to_f32(src: &[u16], out: &mut [f32]) {
+    assert!(out.len() >= src.len(), "f16_to_f32: output too short");
+    let n8 = src.len() / 8 * 8;
+    for i in (0..n8).step_by(8) {
+        // SAFETY: i + 8 <= src.len() <= out.len(); unaligned loads and stores.
+        unsafe {
+            let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        }
+    }
+    for i in n8..src.len() {
+        out[i] = half::f16::from_bits(src[i]).to_f32();
+    }
 }
 
 /// Σ w·x over f16 weights (bits) with AVX2 + FMA + F16C.
@@ -377,47 +398,81 @@ pub unsafe fn dot_f16(w: &[u16], x: &[f32]) -> f32 {
     // SAFETY: `dot_wide` only calls `load(i)` with `i + 8 <= w.len()`; F16C is enabled here.
     dot_wide(
         w.len(),
-        x,
+        [x],
         |i| prefetch_ahead(w.as_ptr().wrapping_add(i), 1),
         |i| unsafe { _mm256_cvtph_ps(_mm_loadu_si128(w.as_ptr().add(i) as *const __m128i)) },
         |i| half::f16::from_bits(w[i]).to_f32(),
-    )
+    )[0]
 }
 
-/// The shared FMA loop: `load(i)` gives 8 weights at `i` as f32, `scalar(i)` one (tail);
-/// `prefetch(i)` is called once per 32 weights.
+/// The shared FMA loop, for `T` activation rows at once: `load(i)` gives 8 weights at `i` as
+/// f32 (loaded once for the `T` rows), `scalar(i)` one (tail); `prefetch(i)` is called once per
+/// 32 weights. Each row gets its own four accumulators and exactly the operations it gets alone
+/// (`T = 1`), so a token's dot product has the same bits whatever it is computed with.
 #[inline(always)]
-unsafe fn dot_wide(
+unsafe fn dot_wide<const T: usize>(
     n: usize,
-    x: &[f32],
+    x: [&[f32]; T],
     prefetch: impl Fn(usize),
     load: impl Fn(usize) -> __m256,
     scalar: impl Fn(usize) -> f32,
-) -> f32 {
-    assert!(x.len() >= n, "dot: activation shorter than the weight row");
+) -> [f32; T] {
+    assert!(
+        x.iter().all(|x| x.len() >= n),
+        "dot: activation shorter than the weight row"
+    );
     // SAFETY (whole block): callers enabled AVX2/FMA; every load reads i..i+8 < n ≤ x.len().
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut acc = [[_mm256_setzero_ps(); 4]; T];
         let mut i = 0;
         while i + 32 <= n {
             prefetch(i);
-            for (k, a) in acc.iter_mut().enumerate() {
+            for k in 0..4 {
                 let j = i + 8 * k;
-                *a = _mm256_fmadd_ps(load(j), _mm256_loadu_ps(x.as_ptr().add(j)), *a);
+                let w = load(j);
+                for (a, x) in acc.iter_mut().zip(&x) {
+                    a[k] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x.as_ptr().add(j)), a[k]);
+                }
             }
             i += 32;
         }
         while i + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(load(i), _mm256_loadu_ps(x.as_ptr().add(i)), acc[0]);
+            let w = load(i);
+            for (a, x) in acc.iter_mut().zip(&x) {
+                a[0] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x.as_ptr().add(i)), a[0]);
+            }
             i += 8;
         }
-        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let mut total = hsum_ps(s);
-        while i < n {
-            total += scalar(i) * x[i];
-            i += 1;
+        let mut out = [0f32; T];
+        for ((o, a), x) in out.iter_mut().zip(&acc).zip(&x) {
+            let s = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
+            *o = hsum_ps(s);
+            for j in i..n {
+                *o += scalar(j) * x[j];
+            }
         }
-        total
+        out
+    }
+}
+
+/// One f32 weight row against two activation rows, each with exactly [`dot_f32`]'s operations
+/// (so the bits of [`dot_bf16`] and [`dot_f16`] too, whose conversions to f32 are exact): the
+/// batched output head's kernel for 16-bit weights dequantized once into f32, which keeps every
+/// token's logits bit-identical to its one-token ones. Scalar twin: `dense::dot_f32_x2`.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `x[k].len() >= w.len()` (asserted).
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_f32_x2(w: &[f32], x: [&[f32]; 2]) -> [f32; 2] {
+    // SAFETY: `dot_wide` only calls `load(i)` with `i + 8 <= w.len()`; AVX2 is enabled here.
+    unsafe {
+        dot_wide(
+            w.len(),
+            x,
+            |_| {},
+            |i| _mm256_loadu_ps(w.as_ptr().add(i)),
+            |i| w[i],
+        )
     }
 }
 
@@ -503,7 +558,10 @@ pub unsafe fn dot_q6k(blocks: &[crate::formats::BlockQ6K], x: &[f32]) -> f32 {
     }
 }
 
-/// Σ w·x over Q8_0 blocks (`x.len() >= blocks.len()·32`), AVX2 + FMA, `w = d · q`.
+/// Σ w·x over Q8_0 blocks (`x.len() >= blocks.len()·32`), AVX2 + FMA, `w = d · q`. Its
+/// operations are [`dot_f32`]'s on the dequantized row (`to_float`'s `q·d`; values `8j..8j+8` of
+/// every 32 into accumulator `j`; the same final sum), which the batched output head relies on
+/// to give a token the bits of its one-token logits.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
@@ -546,97 +604,6 @@ pub(crate) unsafe fn hsum_ps(s: __m256) -> f32 {
     let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
     let q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
     _mm_cvtss_f32(q)
-}
-
-/// Two f32 rows against four activation rows: `out[r][k] = Σ w_r·x_k`. The 2×4 register
-/// block keeps eight independent FMA chains in flight (one per (row, token) pair: enough to
-/// cover the FMA latency) and loads each chunk of six vectors once for eight FMAs. Each
-/// output depends only on its own row and token (not on the other row or tokens of the block).
-/// Scalar twin: `dense::dot_f32_2x4`.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA; both rows have the same length and every
-/// `x[k].len() >= w0.len()` (asserted).
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn dot_f32_2x4(w0: &[f32], w1: &[f32], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
-    let n = w0.len();
-    assert!(
-        w1.len() == n && x.iter().all(|r| r.len() >= n),
-        "dot_f32_2x4: row lengths"
-    );
-    let mut out = [[0f32; 4]; 2];
-    // SAFETY (whole block): AVX2/FMA enabled; loads read i..i+8 ≤ n ≤ every row's length.
-    unsafe {
-        let mut a0 = [_mm256_setzero_ps(); 4];
-        let mut a1 = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 8 <= n {
-            let u = _mm256_loadu_ps(w0.as_ptr().add(i));
-            let v = _mm256_loadu_ps(w1.as_ptr().add(i));
-            for k in 0..4 {
-                let xv = _mm256_loadu_ps(x[k].as_ptr().add(i));
-                a0[k] = _mm256_fmadd_ps(u, xv, a0[k]);
-                a1[k] = _mm256_fmadd_ps(v, xv, a1[k]);
-            }
-            i += 8;
-        }
-        for k in 0..4 {
-            out[0][k] = hsum_ps(a0[k]);
-            out[1][k] = hsum_ps(a1[k]);
-            for j in i..n {
-                out[0][k] += w0[j] * x[k][j];
-                out[1][k] += w1[j] * x[k][j];
-            }
-        }
-    }
-    out
-}
-
-/// [`dot_f32_2x4`] on 16-lane AVX-512 vectors: the same 2×4 register block, half the
-/// instructions. Lanes fold 16 → 8 (`lo + hi`) and then sum as [`hsum_ps`].
-///
-/// # Safety
-/// The CPU must support AVX-512F, AVX2 and FMA; lengths as [`dot_f32_2x4`] (asserted).
-#[target_feature(enable = "avx512f,avx2,fma")]
-pub unsafe fn dot_f32_2x4_avx512(w0: &[f32], w1: &[f32], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
-    let n = w0.len();
-    assert!(
-        w1.len() == n && x.iter().all(|r| r.len() >= n),
-        "dot_f32_2x4_avx512: row lengths"
-    );
-    let mut out = [[0f32; 4]; 2];
-    // SAFETY (whole block): AVX-512F/AVX2/FMA enabled; loads read i..i+16 ≤ n ≤ every row's
-    // length.
-    unsafe {
-        let mut a0 = [_mm512_setzero_ps(); 4];
-        let mut a1 = [_mm512_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 16 <= n {
-            let u = _mm512_loadu_ps(w0.as_ptr().add(i));
-            let v = _mm512_loadu_ps(w1.as_ptr().add(i));
-            for k in 0..4 {
-                let xv = _mm512_loadu_ps(x[k].as_ptr().add(i));
-                a0[k] = _mm512_fmadd_ps(u, xv, a0[k]);
-                a1[k] = _mm512_fmadd_ps(v, xv, a1[k]);
-            }
-            i += 16;
-        }
-        let fold = |z: __m512| {
-            _mm256_add_ps(
-                _mm512_castps512_ps256(z),
-                _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z), 1)),
-            )
-        };
-        for k in 0..4 {
-            out[0][k] = hsum_ps(fold(a0[k]));
-            out[1][k] = hsum_ps(fold(a1[k]));
-            for j in i..n {
-                out[0][k] += w0[j] * x[k][j];
-                out[1][k] += w1[j] * x[k][j];
-            }
-        }
-    }
-    out
 }
 
 /// One query head over `npos` cached positions (`ops::attend`'s SIMD path): the scores with

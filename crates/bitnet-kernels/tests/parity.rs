@@ -356,10 +356,14 @@ fn batched_dense_head_matches_per_row_dots() {
         // bound is relative to Σ|w·x| (as for the decode head), and a token's logits are
         // bit-identical to its one-token run.
         let int16 = int16_head();
+        let f16: Vec<half::f16> = vals.iter().map(|&v| half::f16::from_f32(v)).collect();
+        let bf16: Vec<half::bf16> = vals.iter().map(|&v| half::bf16::from_f32(v)).collect();
         for data in [
             DenseData::Q6K(quantize_row::<BlockQ6K>(&vals).into()),
             DenseData::Q8_0(quantize_row::<BlockQ8_0>(&vals).into()),
             DenseData::F32(vals.clone().into()),
+            DenseData::F16(f16.clone().into()),
+            DenseData::Bf16(bf16.clone().into()),
         ] {
             let q6k = matches!(data, DenseData::Q6K(_));
             let m = DenseMatrix::new(rows, cols, data);
@@ -372,17 +376,18 @@ fn batched_dense_head_matches_per_row_dots() {
                 for r in 0..rows {
                     let want = m.row_dot_scalar(r, xt);
                     let got = out[t * rows + r];
+                    // Every format: a token's batched logit has the bits of its one-token one.
+                    assert_eq!(
+                        got.to_bits(),
+                        alone[r].to_bits(),
+                        "t {t} r {r}: batch vs alone"
+                    );
                     let tol = if q6k && int16 {
                         let bound: f32 = vals[r * cols..(r + 1) * cols]
                             .iter()
                             .zip(xt)
                             .map(|(w, x)| (w * x).abs())
                             .sum();
-                        assert_eq!(
-                            got.to_bits(),
-                            alone[r].to_bits(),
-                            "t {t} r {r}: batch vs alone"
-                        );
                         1e-4 * bound
                     } else {
                         1e-3 * (1.0 + want.abs())
@@ -407,49 +412,39 @@ fn int16_head() -> bool {
 }
 
 #[test]
-fn dot_f32_2x4_matches_f64_and_is_position_independent() {
-    // Every output equals the f64 dot within f32 rounding, and depends only on its own row and
-    // token: swapping the other row or reordering the tokens leaves it bit-identical (the
-    // batched head relies on this for batch-independent logits). Odd lengths hit the tails.
+fn dot_f32_x2_matches_f64_and_each_token_alone() {
+    // Every output equals the f64 dot within f32 rounding and has the bits of the one-token
+    // dot of its own token (the batched head relies on this for batch-independent logits),
+    // whatever the other token. Odd lengths hit the tails.
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-    for n in [0usize, 1, 7, 8, 9, 15, 16, 17, 63, 512, 513] {
-        let mut rows: Vec<Vec<f32>> = (0..3)
-            .map(|_| (0..n).map(|_| rng.random_range(-3.0..3.0)).collect())
-            .collect();
+    for n in [0usize, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 512, 513] {
+        let mut w: Vec<f32> = (0..n).map(|_| rng.random_range(-3.0..3.0)).collect();
         if n > 2 {
-            rows[1][..n / 2].fill(1e15); // large magnitudes
+            w[..n / 2].fill(1e15); // large magnitudes
         }
-        let xs: Vec<Vec<f32>> = (0..4)
+        let xs: Vec<Vec<f32>> = (0..3)
             .map(|_| (0..n).map(|_| rng.random_range(-3.0..3.0)).collect())
             .collect();
-        let x = [&xs[0][..], &xs[1][..], &xs[2][..], &xs[3][..]];
-        let got = bitnet_kernels::dense::dot_f32_2x4(&rows[0], &rows[1], x);
-        for (r, g) in got.iter().enumerate() {
-            for k in 0..4 {
-                let want: f64 = rows[r]
-                    .iter()
-                    .zip(&xs[k])
-                    .map(|(a, b)| *a as f64 * *b as f64)
-                    .sum();
-                let mag: f64 = rows[r]
-                    .iter()
-                    .zip(&xs[k])
-                    .map(|(a, b)| (*a as f64 * *b as f64).abs())
-                    .sum();
-                assert!(
-                    (g[k] as f64 - want).abs() <= 1e-5 * mag + 1e-6,
-                    "n {n} row {r} token {k}: {} vs {want}",
-                    g[k]
-                );
-            }
-        }
-        let swapped =
-            bitnet_kernels::dense::dot_f32_2x4(&rows[2], &rows[0], [x[3], x[2], x[1], x[0]]);
-        for k in 0..4 {
-            assert_eq!(
-                swapped[1][3 - k].to_bits(),
-                got[0][k].to_bits(),
-                "n {n} token {k}"
+        let got = bitnet_kernels::dense::dot_f32_x2(&w, [&xs[0], &xs[1]]);
+        let other = bitnet_kernels::dense::dot_f32_x2(&w, [&xs[2], &xs[0]]);
+        assert_eq!(other[1].to_bits(), got[0].to_bits(), "n {n}: position");
+        for k in 0..2 {
+            let alone = bitnet_kernels::dense::dot_f32(&w, &xs[k]);
+            assert_eq!(got[k].to_bits(), alone.to_bits(), "n {n} token {k}: alone");
+            let want: f64 = w
+                .iter()
+                .zip(&xs[k])
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum();
+            let mag: f64 = w
+                .iter()
+                .zip(&xs[k])
+                .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                .sum();
+            assert!(
+                (got[k] as f64 - want).abs() <= 1e-5 * mag + 1e-6,
+                "n {n} token {k}: {} vs {want}",
+                got[k]
             );
         }
     }
@@ -521,7 +516,14 @@ fn grouped_attention_is_bit_identical_to_each_head_alone() {
     // One to nine heads per key/value head (register blocks of 4, 3, 2, 1), head sizes the
     // AVX-512 kernel takes (multiples of 64) and others (each head through `attend`), one to
     // many positions, large and tiny scores; every head against the scalar twin, bit for bit.
-    eprintln!("grouped attention kernels: {:?}", Kernel::all_available());
+    // The twin's dot products follow the active kernel (AVX2 where it runs), so with the
+    // scalar path forced (`BITNET_KERNEL=scalar`) only the scalar kernel can match it.
+    let kernels = if bitnet_kernels::dispatch::active() == Kernel::Scalar {
+        vec![Kernel::Scalar]
+    } else {
+        Kernel::all_available()
+    };
+    eprintln!("grouped attention kernels: {kernels:?}");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(23);
     for (hd, npos) in [
         (64usize, 1usize),
@@ -546,7 +548,7 @@ fn grouped_attention_is_bit_identical_to_each_head_alone() {
                     .collect();
                 let scale = 1.0 / (hd as f32).sqrt();
                 let bits = |o: &[f32]| o.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                for kernel in Kernel::all_available() {
+                for &kernel in &kernels {
                     let mut scores = vec![f32::NAN; heads * npos];
                     let mut got = vec![f32::NAN; heads * hd];
                     bitnet_kernels::attention::attend_group_with(
