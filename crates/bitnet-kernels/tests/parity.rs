@@ -819,3 +819,30 @@ fn matmul_each_matches_one_by_one() {
         }
     }
 }
+
+/// The F16C row conversion of the batched head's tiles equals `half`'s, bit for bit, on every
+/// length (the 8-wide body and the tail) and on zeros, subnormals, infinities and NaN.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn f16_to_f32_matches_half_on_every_length_and_special() {
+    if !std::is_x86_feature_detected!("f16c") {
+        eprintln!("SKIPPED: no F16C");
+        return;
+    }
+    let special = [
+        0x0000u16, 0x8000, 0x0001, 0x83ff, 0x7c00, 0xfc00, 0x7e00, 0x3c00, 0xfbff,
+    ];
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(31);
+    for n in 0..40usize {
+        let src: Vec<u16> = (0..n)
+            .map(|i| special.get(i).copied().unwrap_or_else(|| rng.random()))
+            .collect();
+        let mut got = vec![f32::NAN; n];
+        // SAFETY: F16C detected above; `got` holds `n` values.
+        unsafe { bitnet_kernels::x86::f16_to_f32(&src, &mut got) };
+        for (i, (&h, g)) in src.iter().zip(&got).enumerate() {
+            let want = half::f16::from_bits(h).to_f32();
+            assert_eq!(g.to_bits(), want.to_bits(), "n {n} index {i} bits {h:#06x}");
+        }
+    }
+}
