@@ -57,7 +57,7 @@ fn gemm_16_tokens(b: Bencher, kernel: &str) {
     run(b, kernel, 16);
 }
 
-/// Where AMX takes over from VNNI (`AMX_MIN_TOKENS`): 32 tokens.
+/// Past where AMX takes over from VNNI (`AMX_MIN_TOKENS`): 32 tokens.
 #[divan::bench(args = kernels(), sample_count = 20)]
 fn gemm_32_tokens(b: Bencher, kernel: &str) {
     run(b, kernel, 32);
@@ -82,4 +82,29 @@ fn gemm_128_tokens_by_shape(b: Bencher, shape: &str) {
     let mut out = vec![0f32; r * n];
     b.counter(ItemsCount::new(r * c * n))
         .bench_local(|| ternary_matmul_with(bitnet_kernels::dispatch::active(), &m, &a, &mut out));
+}
+
+/// The AMX tile kernel called directly (whatever `AMX_MIN_TOKENS` the dispatcher uses), all
+/// four shapes per iteration; argument: tokens. Compare with `gemm_*_tokens` on `avx512` to
+/// see where tiles start to pay. Empty where AMX is not available.
+#[cfg(target_arch = "x86_64")]
+#[divan::bench(args = amx_tokens(), sample_count = 20)]
+fn amx_direct(b: Bencher, n: usize) {
+    let data: Vec<_> = SHAPES.iter().map(|&(r, c)| setup(r, c, n)).collect();
+    let macs: usize = SHAPES.iter().map(|&(r, c)| r * c * n).sum();
+    let mut outs: Vec<Vec<f32>> = SHAPES.iter().map(|&(r, _)| vec![0f32; r * n]).collect();
+    b.counter(ItemsCount::new(macs)).bench_local(|| {
+        for ((m, a), out) in data.iter().zip(outs.iter_mut()) {
+            bitnet_kernels::amx::ternary_matmul(m, a, out);
+        }
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+fn amx_tokens() -> Vec<usize> {
+    if Kernel::Amx.available() {
+        vec![8, 9, 16, 32, 128]
+    } else {
+        Vec::new()
+    }
 }

@@ -10,12 +10,12 @@ use rayon::prelude::*;
 const PAR_THRESHOLD: usize = 1 << 18;
 
 /// Fewest tokens for which the AMX kernel runs a ternary matmul. Below, the VNNI register
-/// blocks are faster: AMX unpacks every weight to a byte first, which pays off only once a
-/// full 2×2 tile block (32 tokens) shares it (`benches/gemm.rs`, 1 thread, 2B-4T shapes, G
-/// multiply-adds/s: 16 tokens VNNI ~150 vs AMX ~103; 32 tokens AMX ~165 vs VNNI ~104; 128 tokens
-/// AMX ~277 vs VNNI ~100).
-#[cfg(target_arch = "x86_64")]
-const AMX_MIN_TOKENS: usize = 32;
+/// blocks are faster: AMX unpacks every weight to a byte first, which costs about what eight
+/// tokens of `vpdpbusd` do; VNNI takes tokens in blocks of 8 and the rest one row at a time, so
+/// 9 tokens already cost it nearly 16 (2026-12-07, fourteenth session, Xeon with AMX, 1 thread,
+/// 6912 × 2560, µs per matmul: 8 tokens VNNI 562 vs AMX 714; 10 tokens 928 vs 680; 16 tokens
+/// 1,392 vs 728; `benches/gemm.rs` `amx_direct` against `gemm_*_tokens`).
+const AMX_MIN_TOKENS: usize = 9;
 
 /// `out[t, r] = (Σ_c T[r, c] · q[t, c]) · scale / s_x[t]` for every token row `t` of `x` and
 /// every weight row `r`: ternary × int8 with i32 accumulation (`Σ w·q = Σ c·q − Σ q`), one float

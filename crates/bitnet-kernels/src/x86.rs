@@ -197,7 +197,7 @@ unsafe fn vnni_block<const N: usize>(
 /// Unpacks a block's 32 code bytes into two 512-bit vectors of 64 codes (elements 0-63 and
 /// 64-127): the bytes are broadcast to both halves and shifted per half (6|4, then 2|0).
 #[inline(always)]
-unsafe fn unpack512(qs: &[u8; 32]) -> [__m512i; 2] {
+pub(crate) unsafe fn unpack512(qs: &[u8; 32]) -> [__m512i; 2] {
     // SAFETY: `qs` is 32 readable bytes; callers enable AVX-512 F/BW.
     unsafe {
         let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(qs.as_ptr() as *const __m256i));

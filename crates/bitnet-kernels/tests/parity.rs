@@ -203,6 +203,8 @@ fn matmul_tile_edges_are_identical_on_every_kernel() {
         (65, 129, 48),
         (40, 2560, 9),
         (47, 768, 40),
+        // Five token tiles: AMX keeps the unpacked codes for three passes (the last one odd).
+        (50, 512, 70),
         // Past 4096 columns the VNNI tiles go in column slices of 20 blocks (here 20 + 14).
         (33, 4300, 17),
     ];
