@@ -353,6 +353,13 @@ unsafe fn q6k_tokens_rows<const R: usize>(
 unsafe fn q6k_scaled(b: &crate::formats::BlockQ6K, sel: &[__m512i; 8]) -> ([__m512i; 8], __m512) {
     // 210-byte blocks: four lines cover one.
     prefetch_ahead(b, 4);
+    // And the block after next from L2 into L1: its first loads otherwise wait for L2.
+    let near = (b as *const crate::formats::BlockQ6K as *const i8).wrapping_add(2 * 210);
+    for l in 0..4 {
+        // SAFETY: SSE is baseline; a prefetch never faults (`wrapping_add` keeps the
+        // arithmetic defined).
+        _mm_prefetch::<_MM_HINT_T0>(near.wrapping_add(64 * l));
+    }
     // SAFETY: reads the block's 16 scale bytes and (in `q6k_block512`) its quants; the callers
     // enable AVX-512 F/BW and F16C.
     unsafe {
