@@ -191,6 +191,26 @@ impl Model {
         tokens: &[u32],
         cache: &mut KvCache,
         state: &mut RunState,
+        all: Option<&mut Vec<f32>>,
+    ) -> Result<()> {
+        self.awake(|| self.forward_inner(tokens, cache, state, all))
+    }
+
+    /// Runs `f` (a forward pass) with the CPU pool's workers kept spinning between its
+    /// parallel regions ([`bitnet_kernels::pool::keep_workers_awake`]); on the GPU, as is.
+    fn awake<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        #[cfg(feature = "cuda")]
+        if self.cuda.is_some() {
+            return f();
+        }
+        bitnet_kernels::pool::keep_workers_awake(f)
+    }
+
+    fn forward_inner(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        state: &mut RunState,
         mut all: Option<&mut Vec<f32>>,
     ) -> Result<()> {
         if tokens.is_empty() {
@@ -283,6 +303,15 @@ impl Model {
     /// for all tokens). For each sequence with `want_logits`, in order, its last token's logits
     /// are written to `logits` (`wanted × vocab`). Takes at most [`RunState::max_batch`] tokens.
     pub fn forward_batch(
+        &self,
+        seqs: &mut [SeqStep<'_>],
+        state: &mut RunState,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
+        self.awake(|| self.forward_batch_inner(seqs, state, logits))
+    }
+
+    fn forward_batch_inner(
         &self,
         seqs: &mut [SeqStep<'_>],
         state: &mut RunState,

@@ -28,6 +28,7 @@ pub mod glu;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 pub mod ops;
+pub mod pool;
 #[cfg(target_arch = "x86_64")]
 pub mod q6k_avx2;
 #[cfg(target_arch = "x86_64")]

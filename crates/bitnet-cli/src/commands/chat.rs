@@ -92,12 +92,15 @@ pub fn run(a: Args) -> Result<ExitCode> {
             sampling: sampling.clone(),
             ..Default::default()
         };
-        let mut out = std::io::stdout().lock();
-        let g = gen.generate(&ids, &params, |s| {
-            let _ = out.write_all(s.as_bytes());
-            let _ = out.flush();
+        // On a worker of the pool (see `generate`): decode steps keep the workers awake.
+        let g = rayon::scope(|_| {
+            let mut out = std::io::stdout().lock();
+            gen.generate(&ids, &params, |s| {
+                let _ = out.write_all(s.as_bytes());
+                let _ = out.flush();
+            })
         })?;
-        let _ = writeln!(out);
+        let _ = writeln!(std::io::stdout().lock());
         messages.push(ChatMessage::new("assistant", &g.text));
     }
     Ok(ExitCode::SUCCESS)

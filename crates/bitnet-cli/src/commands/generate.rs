@@ -44,15 +44,22 @@ pub fn run(a: Args) -> Result<ExitCode> {
         ignore_eos: a.ignore_eos,
     };
     let mut gen = Generator::new(&model, &tok, None);
-    let mut out = std::io::stdout().lock();
-    let mut io_err = None;
-    let g = gen.generate(&ids, &params, |s| {
-        if io_err.is_none() {
-            if let Err(e) = out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
-                io_err = Some(e);
+    // On a worker of the pool, so that each decode step keeps the other workers awake between
+    // its parallel regions (`bitnet_kernels::pool::keep_workers_awake`).
+    let (g, io_err) = rayon::scope(|_| {
+        let mut out = std::io::stdout().lock();
+        let mut io_err = None;
+        let g = gen.generate(&ids, &params, |s| {
+            if io_err.is_none() {
+                if let Err(e) = out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
+                    io_err = Some(e);
+                }
             }
-        }
-    })?;
+        });
+        (g, io_err)
+    });
+    let g = g?;
+    let mut out = std::io::stdout().lock();
     if let Some(e) = io_err {
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             return Err(e.into());
