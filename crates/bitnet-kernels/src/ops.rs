@@ -15,6 +15,7 @@ const PAR_THRESHOLD: usize = 1 << 18;
 /// 9 tokens already cost it nearly 16 (2026-12-07, fourteenth session, Xeon with AMX, 1 thread,
 /// 6912 × 2560, µs per matmul: 8 tokens VNNI 562 vs AMX 714; 10 tokens 928 vs 680; 16 tokens
 /// 1,392 vs 728; `benches/gemm.rs` `amx_direct` against `gemm_*_tokens`).
+#[cfg(target_arch = "x86_64")]
 const AMX_MIN_TOKENS: usize = 9;
 
 /// `out[t, r] = (Σ_c T[r, c] · q[t, c]) · scale / s_x[t]` for every token row `t` of `x` and
