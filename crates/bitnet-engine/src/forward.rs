@@ -197,10 +197,18 @@ impl Model {
     }
 
     /// Runs `f` (a forward pass) with the CPU pool's workers kept spinning between its
-    /// parallel regions ([`bitnet_kernels::pool::keep_workers_awake`]); on the GPU, as is.
+    /// parallel regions ([`bitnet_kernels::pool::keep_workers_awake`]), for models whose
+    /// one-token projections already go parallel (decode is then a long run of short regions).
+    /// As is on the GPU, and for smaller models: there a pass has few parallel regions, and the
+    /// spinning core would be taken from the server's HTTP threads.
     fn awake<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         #[cfg(feature = "cuda")]
         if self.cuda.is_some() {
+            return f();
+        }
+        let c = &self.config;
+        let per_token = c.hidden_size * c.intermediate_size.max(c.hidden_size);
+        if per_token < bitnet_kernels::ops::PAR_THRESHOLD {
             return f();
         }
         bitnet_kernels::pool::keep_workers_awake(f)

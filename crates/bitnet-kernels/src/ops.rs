@@ -6,8 +6,9 @@ use crate::dense::DenseMatrix;
 use crate::ternary::TernaryMatrix;
 use rayon::prelude::*;
 
-/// Multiply-adds below which a matmul stays on the calling thread.
-const PAR_THRESHOLD: usize = 1 << 18;
+/// Multiply-adds below which a matmul stays on the calling thread (the engine also keeps the
+/// pool awake only for passes whose layers reach it).
+pub const PAR_THRESHOLD: usize = 1 << 18;
 
 /// Fewest tokens for which the AMX kernel runs a ternary matmul. Below, the VNNI register
 /// blocks are faster: AMX unpacks every weight to a byte first, which costs about what eight
