@@ -35,7 +35,7 @@ fn keeping_workers_awake_allocates_nothing() {
         .build()
         .expect("pool");
     let mut out = vec![0u64; 4096];
-    let mut step = |out: &mut [u64]| {
+    let step = |out: &mut [u64]| {
         keep_workers_awake(|| {
             // Many short parallel regions, as a decode step has.
             for r in 0..50u64 {
