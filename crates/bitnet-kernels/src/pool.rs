@@ -38,13 +38,22 @@ pub fn keep_workers_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     let stop = &stop;
     let body = move || {
         RUNNING.with(|c| c.set(c.get() + 1));
-        let r = f();
-        RUNNING.with(|c| c.set(c.get() - 1));
-        stop.store(true, Ordering::Release);
-        r
+        // Undone on return and on a panic out of `f` alike.
+        let _done = Done(stop);
+        f()
     };
     // `join` runs `body` here and offers the spinners to the other workers.
     rayon::join(body, move || spinners(n - 1, stop)).0
+}
+
+/// Ends a body: this thread runs one body fewer, and its spinners stop.
+struct Done<'a>(&'a AtomicBool);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        RUNNING.with(|c| c.set(c.get() - 1));
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 /// `k` spinners, offered to the pool one `join` at a time.
