@@ -3,37 +3,10 @@
 use bitnet_engine::sampling::Sampler;
 use bitnet_engine::test_support::fixture_models;
 use bitnet_engine::{KvCache, Model, RunState, SamplingParams};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
-struct Counting;
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use bitnet_kernels::alloc_count::CountingAlloc;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAlloc = CountingAlloc::new();
 
 #[test]
 fn decode_step_does_not_allocate() {
@@ -64,20 +37,13 @@ fn decode_step_does_not_allocate() {
         // Warm-up step, then count.
         logits.copy_from_slice(model.forward_last(&[id], &mut cache, &mut st).unwrap());
         id = sampler.sample(&mut logits);
-        ALLOCS.store(0, Ordering::SeqCst);
-        COUNTING.store(true, Ordering::SeqCst);
+        GLOBAL.start();
         for _ in 0..20 {
             let l = model.forward_last(&[id], &mut cache, &mut st).unwrap();
             logits.copy_from_slice(l);
             sampler.accept(id);
             id = sampler.sample(&mut logits);
         }
-        COUNTING.store(false, Ordering::SeqCst);
-        assert_eq!(
-            ALLOCS.load(Ordering::SeqCst),
-            0,
-            "{}: allocations in decode",
-            dir.display()
-        );
+        assert_eq!(GLOBAL.stop(), 0, "{}: allocations in decode", dir.display());
     }
 }

@@ -344,36 +344,28 @@ unsafe fn block(
                 }
                 for half in 0..2 {
                     let (a, j) = (slot(bi).add(half * 2048), 2 * bi + half);
-                    if !pair && half == 1 {
-                        // One token tile: the odd chunks accumulate into tmm5/tmm7 (the second
-                        // token tile's C), two independent chains per row tile instead of one.
+                    asm!(
+                        "tileloadd tmm0, [{a0} + {s64}*1]",
+                        "tileloadd tmm1, [{a1} + {s64}*1]",
+                        a0 = in(reg) a,
+                        a1 = in(reg) a.add(1024),
+                        s64 = in(reg) 64usize,
+                        options(nostack, readonly)
+                    );
+                    // Two token tiles: the first into tmm4/tmm6, the second into tmm5/tmm7.
+                    // One token tile (`b1 == b0`): its even chunks into tmm4/tmm6, its odd
+                    // chunks into tmm5/tmm7 — two independent chains per row tile.
+                    if pair || half == 0 {
                         asm!(
-                            "tileloadd tmm0, [{a0} + {s64}*1]",
-                            "tileloadd tmm1, [{a1} + {s64}*1]",
-                            "tileloadd tmm3, [{b0} + {s64}*1]",
-                            "tdpbusd tmm5, tmm0, tmm3",
-                            "tdpbusd tmm7, tmm1, tmm3",
-                            a0 = in(reg) a,
-                            a1 = in(reg) a.add(1024),
+                            "tileloadd tmm2, [{b0} + {s64}*1]",
+                            "tdpbusd tmm4, tmm0, tmm2",
+                            "tdpbusd tmm6, tmm1, tmm2",
                             b0 = in(reg) b0.add(j * 1024),
                             s64 = in(reg) 64usize,
                             options(nostack, readonly)
                         );
-                        continue;
                     }
-                    asm!(
-                        "tileloadd tmm0, [{a0} + {s64}*1]",
-                        "tileloadd tmm1, [{a1} + {s64}*1]",
-                        "tileloadd tmm2, [{b0} + {s64}*1]",
-                        "tdpbusd tmm4, tmm0, tmm2",
-                        "tdpbusd tmm6, tmm1, tmm2",
-                        a0 = in(reg) a,
-                        a1 = in(reg) a.add(1024),
-                        b0 = in(reg) b0.add(j * 1024),
-                        s64 = in(reg) 64usize,
-                        options(nostack, readonly)
-                    );
-                    if pair {
+                    if pair || half == 1 {
                         asm!(
                             "tileloadd tmm3, [{b1} + {s64}*1]",
                             "tdpbusd tmm5, tmm0, tmm3",

@@ -15,6 +15,7 @@
 //!   vectorized `exp`.
 
 pub mod act;
+pub mod alloc_count;
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
 pub mod attention;
