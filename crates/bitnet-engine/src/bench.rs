@@ -2,7 +2,7 @@
 //! token ids from an empty cache, as llama-bench measures `pp` and `tg`.
 
 use crate::error::Result;
-use crate::forward::{KvCache, RunState, DEFAULT_MAX_BATCH};
+use crate::forward::{KvCache, KvType, RunState, DEFAULT_MAX_BATCH};
 use crate::model::Model;
 use std::time::Instant;
 
@@ -16,20 +16,20 @@ fn tokens(model: &Model, n: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
-/// Seconds to process an `n`-token prompt in one batch.
-pub fn time_prompt(model: &Model, n: usize, seed: u64) -> Result<f64> {
+/// Seconds to process an `n`-token prompt in one batch, into a cache of type `kv`.
+pub fn time_prompt(model: &Model, n: usize, seed: u64, kv: KvType) -> Result<f64> {
     let ids = tokens(model, n, seed);
-    let mut cache = KvCache::new(&model.config, n);
+    let mut cache = KvCache::with_type(&model.config, n, kv);
     let mut state = RunState::new(&model.config, DEFAULT_MAX_BATCH, n);
     let t = Instant::now();
     model.forward_last(&ids, &mut cache, &mut state)?;
     Ok(t.elapsed().as_secs_f64())
 }
 
-/// Seconds to generate `n` tokens one at a time from an empty cache.
-pub fn time_generation(model: &Model, n: usize, seed: u64) -> Result<f64> {
+/// Seconds to generate `n` tokens one at a time from an empty cache of type `kv`.
+pub fn time_generation(model: &Model, n: usize, seed: u64, kv: KvType) -> Result<f64> {
     let ids = tokens(model, n, seed);
-    let mut cache = KvCache::new(&model.config, n);
+    let mut cache = KvCache::with_type(&model.config, n, kv);
     let mut state = RunState::new(&model.config, 1, n);
     let t = Instant::now();
     for id in ids {
@@ -39,16 +39,23 @@ pub fn time_generation(model: &Model, n: usize, seed: u64) -> Result<f64> {
 }
 
 /// Seconds for `streams` sequences to generate `n` tokens each, decoding together (one
-/// [`Model::forward_batch`] step per token: continuous batching's decode), from empty caches.
-pub fn time_generation_streams(model: &Model, n: usize, streams: usize, seed: u64) -> Result<f64> {
+/// [`Model::forward_batch`] step per token: continuous batching's decode), from empty caches
+/// of type `kv`.
+pub fn time_generation_streams(
+    model: &Model,
+    n: usize,
+    streams: usize,
+    seed: u64,
+    kv: KvType,
+) -> Result<f64> {
     if streams <= 1 {
-        return time_generation(model, n, seed);
+        return time_generation(model, n, seed, kv);
     }
     let c = &model.config;
     let ids: Vec<Vec<u32>> = (0..streams as u64)
         .map(|s| tokens(model, n, seed.wrapping_mul(1000) + s))
         .collect();
-    let mut caches: Vec<KvCache> = (0..streams).map(|_| KvCache::new(c, n)).collect();
+    let mut caches: Vec<KvCache> = (0..streams).map(|_| KvCache::with_type(c, n, kv)).collect();
     let mut state = RunState::new(c, streams, n);
     let mut logits = Vec::new();
     let t = Instant::now();

@@ -120,12 +120,12 @@ impl Model {
 
     /// Bytes one cached position takes (keys and values of every layer) on the model's device:
     /// f32 on the CPU, the GPU cache's precision on a GPU.
-    pub fn kv_bytes_per_position(&self) -> usize {
+    pub fn kv_bytes_per_position(&self, host: crate::KvType) -> usize {
         let c = &self.config;
         #[cfg(feature = "cuda")]
-        let elem = self.cuda.as_ref().map_or(4, |g| g.kv_bytes);
+        let elem = self.cuda.as_ref().map_or(host.bytes(), |g| g.kv_bytes);
         #[cfg(not(feature = "cuda"))]
-        let elem = 4;
+        let elem = host.bytes();
         2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * elem
     }
 

@@ -8,7 +8,6 @@
 use crate::config::{Activation, ModelConfig};
 use crate::error::{Error, Result};
 use crate::model::Model;
-use bitnet_kernels::attention::attend_group;
 use bitnet_kernels::ops::{
     dense_matmul, rmsnorm, rmsnorm_rows, ternary_matmul, ternary_matmul_each,
 };
@@ -19,77 +18,7 @@ use rayon::prelude::*;
 /// equivalent, since attention reads earlier chunks from the cache).
 pub const DEFAULT_MAX_BATCH: usize = 256;
 
-/// Keys and values of every layer, `[layer][kv_head][position][head_dim]`, f32.
-pub struct KvCache {
-    n_layers: usize,
-    n_kv: usize,
-    hd: usize,
-    capacity: usize,
-    pub(crate) len: usize,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    /// The cache on the GPU, when the model runs there (allocated at first use; the host
-    /// vectors are then never touched, and their zeroed pages are never committed).
-    #[cfg(feature = "cuda")]
-    pub(crate) dev: Option<crate::cuda::DevCache>,
-}
-
-impl KvCache {
-    /// A cache for `capacity` positions.
-    pub fn new(config: &ModelConfig, capacity: usize) -> Self {
-        let n = config.num_hidden_layers * config.num_key_value_heads * capacity * config.head_dim;
-        KvCache {
-            n_layers: config.num_hidden_layers,
-            n_kv: config.num_key_value_heads,
-            hd: config.head_dim,
-            capacity,
-            len: 0,
-            k: vec![0.0; n],
-            v: vec![0.0; n],
-            #[cfg(feature = "cuda")]
-            dev: None,
-        }
-    }
-    /// Positions filled.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    /// Whether no position is filled.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-    /// Positions available.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-    /// Forgets positions `len..` (keeps a common prefix for reuse).
-    pub fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
-    }
-    /// Grows the cache to hold `capacity` positions, keeping its contents.
-    pub fn reserve(&mut self, capacity: usize) {
-        if capacity <= self.capacity {
-            return;
-        }
-        let n = self.n_layers * self.n_kv * capacity * self.hd;
-        let mut k = vec![0.0; n];
-        let mut v = vec![0.0; n];
-        let (old, hd) = (self.capacity, self.hd);
-        for lh in 0..self.n_layers * self.n_kv {
-            let src = lh * old * hd..lh * old * hd + self.len * hd;
-            let dst = lh * capacity * hd;
-            k[dst..dst + self.len * hd].copy_from_slice(&self.k[src.clone()]);
-            v[dst..dst + self.len * hd].copy_from_slice(&self.v[src]);
-        }
-        self.k = k;
-        self.v = v;
-        self.capacity = capacity;
-    }
-    #[inline]
-    fn base(&self, layer: usize, kvh: usize) -> usize {
-        (layer * self.n_kv + kvh) * self.capacity * self.hd
-    }
-}
+pub use crate::kv_cache::{KvCache, KvType};
 
 /// Scratch buffers for up to `max_batch` tokens per step.
 pub struct RunState {
@@ -230,7 +159,7 @@ impl Model {
         }
         self.check_cache_device(cache)?;
         let end = cache.len + tokens.len();
-        let limit = cache.capacity.min(self.rope.max_pos()).min(state.n_ctx);
+        let limit = cache.capacity().min(self.rope.max_pos()).min(state.n_ctx);
         if end > limit {
             return Err(Error::ContextOverflow {
                 prompt_tokens: end,
@@ -343,7 +272,7 @@ impl Model {
             }
             self.check_cache_device(s.cache)?;
             let end = s.cache.len + s.tokens.len();
-            let limit = s.cache.capacity.min(self.rope.max_pos()).min(state.n_ctx);
+            let limit = s.cache.capacity().min(self.rope.max_pos()).min(state.n_ctx);
             if end > limit {
                 return Err(Error::ContextOverflow {
                     prompt_tokens: end,
@@ -469,9 +398,8 @@ impl Model {
                 self.rope.apply(&mut st.q[t * qd..(t + 1) * qd], pos);
                 self.rope.apply(&mut st.k[t * kvd..(t + 1) * kvd], pos);
                 for j in 0..c.num_key_value_heads {
-                    let dst = cache.base(li, j) + pos * hd;
-                    cache.k[dst..dst + hd].copy_from_slice(&st.k[t * kvd + j * hd..][..hd]);
-                    cache.v[dst..dst + hd].copy_from_slice(&st.v[t * kvd + j * hd..][..hd]);
+                    let at = t * kvd + j * hd;
+                    cache.write(li, j, pos, &st.k[at..at + hd], &st.v[at..at + hd]);
                 }
             }
             let heads = c.num_attention_heads;
@@ -499,15 +427,11 @@ impl Model {
                             let (t, h0) = (i / per_token, i % per_token * sub);
                             let (si, pos) = slots[t];
                             let cache_ref = &*caches_ref[si];
-                            let npos = pos + 1;
-                            let base = cache_ref.base(li, h0 / group);
-                            let span = base..base + npos * hd;
-                            attend_group(
+                            cache_ref.attend(
+                                li,
+                                h0 / group,
+                                pos + 1,
                                 &q[t * qd + h0 * hd..][..sub * hd],
-                                hd,
-                                &cache_ref.k[span.clone()],
-                                &cache_ref.v[span],
-                                npos,
                                 scale,
                                 scores,
                                 out,
@@ -518,17 +442,13 @@ impl Model {
                 for t in 0..n {
                     let (si, pos) = st.slots[t];
                     let cache = &*caches[si];
-                    let npos = pos + 1;
                     for kvh in 0..c.num_key_value_heads {
-                        let base = cache.base(li, kvh);
-                        let span = base..base + npos * hd;
                         let heads_at = t * qd + kvh * group * hd..t * qd + (kvh + 1) * group * hd;
-                        attend_group(
+                        cache.attend(
+                            li,
+                            kvh,
+                            pos + 1,
                             &st.q[heads_at.clone()],
-                            hd,
-                            &cache.k[span.clone()],
-                            &cache.v[span],
-                            npos,
                             scale,
                             &mut st.scores,
                             &mut st.att[heads_at],

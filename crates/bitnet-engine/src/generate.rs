@@ -94,6 +94,14 @@ impl<'m> Generator<'m> {
         }
     }
 
+    /// The same generator over a KV cache of element type `ty` (f32 by default); whatever was
+    /// cached is dropped.
+    pub fn with_kv_type(mut self, ty: crate::KvType) -> Self {
+        self.cache = KvCache::with_type(&self.model.config, 0, ty);
+        self.cached.clear();
+        self
+    }
+
     /// Context window in tokens.
     pub fn n_ctx(&self) -> usize {
         self.n_ctx

@@ -11,13 +11,15 @@ mod cuda_layout;
 pub mod device;
 pub mod error;
 pub mod forward;
+pub mod kv_cache;
 pub mod model;
 pub mod weights;
 
 pub use config::{Activation, Architecture, ModelConfig, WeightFormat};
 pub use device::{Device, Placement};
 pub use error::{Error, Result};
-pub use forward::{KvCache, RunState, SeqStep};
+pub use forward::{RunState, SeqStep};
+pub use kv_cache::{KvCache, KvType};
 pub use model::Model;
 pub mod bench;
 pub mod chat;

@@ -4,14 +4,14 @@
 
 use bitnet_engine::forward::DEFAULT_MAX_BATCH;
 use bitnet_engine::test_support::fixture_models;
-use bitnet_engine::{compare::argmax, KvCache, Model, RunState, SeqStep};
+use bitnet_engine::{compare::argmax, KvCache, KvType, Model, RunState, SeqStep};
 
 const STEPS: usize = 10;
 
-/// Greedy logits of `prompt` then `STEPS` tokens, run alone.
-fn alone(m: &Model, prompt: &[u32]) -> Vec<Vec<f32>> {
+/// Greedy logits of `prompt` then `STEPS` tokens, run alone over a cache of type `kv`.
+fn alone(m: &Model, prompt: &[u32], kv: KvType) -> Vec<Vec<f32>> {
     let c = &m.config;
-    let mut cache = KvCache::new(c, prompt.len() + STEPS + 1);
+    let mut cache = KvCache::with_type(c, prompt.len() + STEPS + 1, kv);
     let mut st = RunState::new(c, DEFAULT_MAX_BATCH, 256);
     let mut out = vec![m
         .forward_last(prompt, &mut cache, &mut st)
@@ -35,6 +35,16 @@ struct Seq {
 
 #[test]
 fn batched_steps_equal_single_sequences() {
+    batched_equal_alone(KvType::F32);
+}
+
+/// The same with f16 caches: every path reads the same rounded keys and values.
+#[test]
+fn batched_steps_equal_single_sequences_f16_cache() {
+    batched_equal_alone(KvType::F16);
+}
+
+fn batched_equal_alone(kv: KvType) {
     for dir in fixture_models() {
         let m = Model::load(&dir).unwrap();
         let c = &m.config;
@@ -45,7 +55,7 @@ fn batched_steps_equal_single_sequences() {
             (0..33).map(|i| (i * 5 + 1) % v).collect(),
             vec![3],
         ];
-        let want: Vec<_> = prompts.iter().map(|p| alone(&m, p)).collect();
+        let want: Vec<_> = prompts.iter().map(|p| alone(&m, p, kv)).collect();
         // Sequence i joins at step i; prompts are fed at most 8 tokens per step, so prompt
         // pieces and decode tokens of other sequences share steps.
         let mut seqs: Vec<Seq> = prompts
@@ -55,7 +65,7 @@ fn batched_steps_equal_single_sequences() {
                 prompt: p.clone(),
                 fed: 0,
                 join_at: i,
-                cache: KvCache::new(c, p.len() + STEPS + 1),
+                cache: KvCache::with_type(c, p.len() + STEPS + 1, kv),
                 next: None,
                 logits: Vec::new(),
             })
@@ -117,7 +127,7 @@ fn batched_steps_equal_single_sequences() {
                 // operations in a batch as alone.
                 assert!(
                     a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
-                    "{}: seq {i} step {j}: batched vs alone differ by up to {worst}",
+                    "{} ({kv:?}): seq {i} step {j}: batched vs alone differ by up to {worst}",
                     dir.display()
                 );
             }

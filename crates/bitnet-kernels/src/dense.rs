@@ -249,7 +249,7 @@ fn dot_blocks<B: QuantBlock>(blocks: &[B], x: &[f32]) -> f32 {
 }
 
 #[inline]
-fn dot8<T: Copy>(w: &[T], x: &[f32], f: impl Fn(T) -> f32) -> f32 {
+pub(crate) fn dot8<T: Copy>(w: &[T], x: &[f32], f: impl Fn(T) -> f32) -> f32 {
     let mut acc = [0f32; 8];
     let n8 = w.len() / 8 * 8;
     for (wc, xc) in w[..n8].chunks_exact(8).zip(x[..n8].chunks_exact(8)) {

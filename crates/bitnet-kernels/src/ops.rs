@@ -681,50 +681,7 @@ impl RopeTable {
     }
 }
 
-/// One query head attending over `npos` cached positions: `out = softmax(q·Kᵀ·scale) · V`.
-/// `keys`/`values` are `[npos, head_dim]` row-major; `scores` is scratch of length ≥ `npos`.
-pub fn attend(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    npos: usize,
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::dense::simd_dense() {
-        // SAFETY: `simd_dense` checked AVX2/FMA; lengths are asserted inside the kernel.
-        unsafe { crate::x86::attend(q, keys, values, npos, scale, scores, out) };
-        return;
-    }
-    attend_scalar(q, keys, values, npos, scale, scores, out);
-}
-
-/// The portable twin of [`attend`] (8-lane dot products, then the same softmax and value sum).
-pub fn attend_scalar(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    npos: usize,
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    let hd = q.len();
-    let scores = &mut scores[..npos];
-    for (p, s) in scores.iter_mut().enumerate() {
-        *s = crate::dense::dot_f32(q, &keys[p * hd..(p + 1) * hd]) * scale;
-    }
-    softmax(scores);
-    out[..hd].fill(0.0);
-    for (p, &w) in scores.iter().enumerate() {
-        let v = &values[p * hd..(p + 1) * hd];
-        for (o, &x) in out[..hd].iter_mut().zip(v) {
-            *o += w * x;
-        }
-    }
-}
+pub use crate::attention::{attend, attend_scalar};
 
 #[cfg(test)]
 mod tests {

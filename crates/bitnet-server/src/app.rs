@@ -126,7 +126,7 @@ pub fn load(config: &ServeConfig) -> Result<Loaded, ServeError> {
             "--ctx {ctx} exceeds the model's context of {max_ctx} tokens"
         )));
     }
-    let bytes_per_token = model.kv_bytes_per_position();
+    let bytes_per_token = model.kv_bytes_per_position(config.kv_type);
     let kv_tokens = match config.kv_tokens {
         Some(k) => k,
         None => {
@@ -169,6 +169,7 @@ pub fn load(config: &ServeConfig) -> Result<Loaded, ServeError> {
         max_batch: config.max_batch,
         step_tokens: config.step_tokens.max(config.max_batch),
         kv_tokens,
+        kv_type: config.kv_type,
         max_queue: config.max_queue,
         max_queue_tokens: config.max_queue_tokens,
         queue_timeout: config.queue_timeout,
@@ -185,11 +186,12 @@ pub fn load(config: &ServeConfig) -> Result<Loaded, ServeError> {
         source,
     })?;
     tracing::info!(
-        "loaded {} in {:.2} s: ctx {ctx}, KV budget {kv_tokens} tokens ({:.2} GiB), \
+        "loaded {} in {:.2} s: ctx {ctx}, KV budget {kv_tokens} tokens ({:.2} GiB, {}), \
          max batch {}, kernel {}",
         path.display(),
         t.elapsed().as_secs_f64(),
         (kv_tokens * bytes_per_token) as f64 / (1u64 << 30) as f64,
+        config.kv_type,
         config.max_batch,
         if placement.gpu {
             placement.description.as_str()

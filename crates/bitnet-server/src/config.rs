@@ -74,6 +74,11 @@ pub struct ServeOptions {
     /// ctx, capped at half the machine's memory].
     #[arg(long, env = "BITNET_KV_TOKENS")]
     pub kv_tokens: Option<usize>,
+    /// KV-cache element type on the CPU: f32, or f16 (half the memory and half the bytes
+    /// attention reads; each key and value rounded to f16) [default: f32]. On a GPU,
+    /// `BITNET_CUDA_KV` sets the device cache's.
+    #[arg(long, env = "BITNET_KV_TYPE")]
+    pub kv_type: Option<String>,
     /// Where the model runs: auto (a CUDA GPU when this build has the `cuda` feature and one
     /// is usable, else the CPU), cpu, or cuda[:N] [default: auto].
     #[arg(long, env = "BITNET_DEVICE")]
@@ -179,6 +184,8 @@ pub struct ServeConfig {
     pub ctx: Option<usize>,
     /// KV budget override.
     pub kv_tokens: Option<usize>,
+    /// KV-cache element type (CPU).
+    pub kv_type: bitnet_engine::KvType,
     /// Device for the forward pass.
     pub device: bitnet_engine::Device,
     /// Tokens per step.
@@ -252,6 +259,7 @@ impl ServeOptions {
             queue_timeout: self.queue_timeout.or(o.queue_timeout),
             ctx: self.ctx.or(o.ctx),
             kv_tokens: self.kv_tokens.or(o.kv_tokens),
+            kv_type: self.kv_type.or(o.kv_type),
             device: self.device.or(o.device),
             step_tokens: self.step_tokens.or(o.step_tokens),
             request_timeout: self.request_timeout.or(o.request_timeout),
@@ -397,6 +405,14 @@ impl ServeOptions {
             queue_timeout: secs("queue_timeout", o.queue_timeout.unwrap_or(30.0))?,
             ctx: o.ctx.map(|c| positive("ctx", c)).transpose()?,
             kv_tokens: o.kv_tokens.map(|c| positive("kv_tokens", c)).transpose()?,
+            kv_type: match o.kv_type.as_deref() {
+                None => bitnet_engine::KvType::F32,
+                Some(t) => t.parse().map_err(|_| ConfigError::Invalid {
+                    name: "kv_type",
+                    value: t.to_string(),
+                    reason: "expected f32 or f16",
+                })?,
+            },
             device: match o.device.as_deref() {
                 None => bitnet_engine::Device::Auto,
                 Some(d) => d.parse().map_err(|_| ConfigError::Invalid {

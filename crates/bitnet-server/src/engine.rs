@@ -25,6 +25,8 @@ pub struct EngineConfig {
     pub step_tokens: usize,
     /// KV-cache budget in token positions, summed over running sequences.
     pub kv_tokens: usize,
+    /// KV-cache element type of every sequence's cache.
+    pub kv_type: bitnet_engine::KvType,
     /// Requests waiting at most.
     pub max_queue: usize,
     /// Prompt tokens waiting at most.
@@ -516,7 +518,7 @@ impl Engine {
                     prompt: prompt.clone(),
                     fed: 0,
                     pending: 0,
-                    cache: KvCache::new(&self.model.config, reserved),
+                    cache: KvCache::with_type(&self.model.config, reserved, self.config.kv_type),
                     reserved,
                     sampler,
                     decoder: StreamDecoder::new(prompt),

@@ -4,7 +4,7 @@
 
 mod common;
 
-use bitnet_engine::{GenerateParams, Generator, Model, Tokenizer};
+use bitnet_engine::{GenerateParams, Generator, KvType, Model, Tokenizer};
 use common::{chat, read_sse, TestServer};
 use http_body_util::BodyExt;
 use hyper::StatusCode;
@@ -30,8 +30,27 @@ fn small_model(dir: &tempfile::TempDir) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_equal_generate() {
-    let mut opts = common::options("fidelity-model");
+    batched_requests_equal_generate("fidelity-model", KvType::F32).await;
+}
+
+/// The same with `--kv-type f16`: the server's caches are f16, as the generator's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_equal_generate_f16_cache() {
+    batched_requests_equal_generate("fidelity-model-f16", KvType::F16).await;
+}
+
+#[test]
+fn unknown_kv_type_is_a_config_error() {
+    let mut opts = common::options("kv-type-model");
+    opts.kv_type = Some("bf16".into());
+    let e = opts.resolve().unwrap_err().to_string();
+    assert!(e.contains("kv_type") && e.contains("bf16"), "{e}");
+}
+
+async fn batched_requests_equal_generate(name: &str, kv: KvType) {
+    let mut opts = common::options(name);
     opts.max_batch = Some(8);
+    opts.kv_type = Some(kv.name().into());
     let s = TestServer::start(opts).await;
     let model = Model::load(&common::fixture()).unwrap();
     let tok = Tokenizer::load(&common::fixture(), &model.config).unwrap();
@@ -45,7 +64,7 @@ async fn concurrent_requests_equal_generate() {
     let want: Vec<String> = prompts
         .iter()
         .map(|p| {
-            let mut g = Generator::new(&model, &tok, None);
+            let mut g = Generator::new(&model, &tok, None).with_kv_type(kv);
             let params = GenerateParams {
                 max_tokens: 24,
                 ignore_eos: true,
@@ -73,7 +92,7 @@ async fn concurrent_requests_equal_generate() {
         let (st, _, b) = t.await.unwrap();
         assert_eq!(st, StatusCode::OK);
         let v: Value = serde_json::from_slice(&b).unwrap();
-        assert_eq!(v["choices"][0]["text"], want[i], "prompt {i}");
+        assert_eq!(v["choices"][0]["text"], want[i], "{kv}: prompt {i}");
         assert_eq!(v["usage"]["completion_tokens"], 24);
     }
 }

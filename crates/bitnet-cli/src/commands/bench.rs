@@ -35,6 +35,8 @@ pub struct Args {
     /// Repetitions per test.
     #[arg(short = 'r', long, default_value_t = 3)]
     reps: usize,
+    #[command(flatten)]
+    kv: super::KvArgs,
     /// Print a JSON array (llama-bench's field names) instead of the table.
     #[arg(long)]
     json: bool,
@@ -63,6 +65,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if threads.contains(&0) || a.reps == 0 {
         bail!("-t and -r must be positive");
     }
+    let kv = a.kv.kv_type;
     let mut model =
         Model::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
     let placement = super::place(&mut model, a.device)?;
@@ -92,9 +95,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
             }
             let run = |seed: u64| -> Result<f64> {
                 Ok(if n_prompt > 0 {
-                    time_prompt(&model, n_prompt, seed)?
+                    time_prompt(&model, n_prompt, seed, kv)?
                 } else {
-                    time_generation_streams(&model, n_gen, np, seed)?
+                    time_generation_streams(&model, n_gen, np, seed, kv)?
                 })
             };
             pool.install(|| run(0))?; // warm-up, as llama-bench
@@ -126,6 +129,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 "samples_ns": secs.iter().map(|s| (s * 1e9) as u64).collect::<Vec<_>>(),
                 "samples_ts": ts,
                 "kernel": kernel,
+                "type_k": kv.name(),
+                "type_v": kv.name(),
                 "bytes_per_token": if n_gen > 0 { Some(bpt) } else { None },
                 "gbps": gbps,
             }));

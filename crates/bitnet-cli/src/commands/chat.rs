@@ -24,6 +24,8 @@ pub struct Args {
     sampling: SamplingArgs,
     #[command(flatten)]
     device: super::DeviceArgs,
+    #[command(flatten)]
+    kv: super::KvArgs,
 }
 
 /// Runs the subcommand. Each stdin line is one user message; `/reset` clears the conversation,
@@ -33,7 +35,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let sampling = a.sampling.resolve(&model_dir)?;
     let (model, tok) = super::load(&model_dir, a.device)?;
     let template = ChatTemplate::for_model(&model.config, &tok)?;
-    let mut gen = Generator::new(&model, &tok, None);
+    let mut gen = Generator::new(&model, &tok, None).with_kv_type(a.kv.kv_type);
     let interactive = std::io::stdin().is_terminal();
     let fresh = || -> Vec<ChatMessage> {
         a.system

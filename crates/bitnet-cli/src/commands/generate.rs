@@ -29,6 +29,8 @@ pub struct Args {
     ignore_eos: bool,
     #[command(flatten)]
     device: super::DeviceArgs,
+    #[command(flatten)]
+    kv: super::KvArgs,
 }
 
 /// Runs the subcommand.
@@ -43,7 +45,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         stop: a.stop,
         ignore_eos: a.ignore_eos,
     };
-    let mut gen = Generator::new(&model, &tok, None);
+    let mut gen = Generator::new(&model, &tok, None).with_kv_type(a.kv.kv_type);
     // On a worker of the pool, so that each decode step keeps the other workers awake between
     // its parallel regions (`bitnet_kernels::pool::keep_workers_awake`).
     let (g, io_err) = rayon::scope(|_| {

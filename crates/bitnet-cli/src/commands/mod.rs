@@ -100,6 +100,16 @@ pub struct DeviceArgs {
     pub device: Option<bitnet_engine::Device>,
 }
 
+/// `--kv-type`, shared by the commands that run a model on the CPU.
+#[derive(clap::Args, Clone, Copy, Debug, Default)]
+pub struct KvArgs {
+    /// KV-cache element type on the CPU: f32, or f16 (half the memory and half the bytes
+    /// attention reads; each key and value rounded to f16, which moves the logits a little:
+    /// README, "KV cache"). On a GPU, `BITNET_CUDA_KV` sets the device cache's.
+    #[arg(long, env = "BITNET_KV_TYPE", default_value = "f32")]
+    pub kv_type: bitnet_engine::KvType,
+}
+
 /// Puts `model` on the chosen device. A fall-back to the CPU is said on stderr when the user
 /// asked for `auto` or the build could have used a GPU; an unusable `cuda` is an error.
 pub fn place(model: &mut Model, d: DeviceArgs) -> Result<bitnet_engine::Placement> {
