@@ -6,13 +6,15 @@
 #   3. the same on the 2B-4T-shaped model (pass --with-2b4t; ~1 GB of disk, minutes)
 #   4. overload: queue of 4, 32 concurrent requests -> 503 + Retry-After, counted in /metrics
 # JSON reports go to $OUT (default target/bench-serve); a summary with the ratios is printed.
-# Usage: scripts/bench-serve.sh [--with-2b4t]
+# KV_TYPE=f16 runs the small and 2B-4T servers with `--kv-type f16` (default f32).
+# Usage: [KV_TYPE=f32|f16] scripts/bench-serve.sh [--with-2b4t]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bitnet-rust-target}"
 OUT=${OUT:-target/bench-serve}
 MODELS=${MODELS:-$HOME/.cache/bitnet-models}
 FIXTURES=${BITNET_FIXTURES:-../shared/fixtures}
+KV_TYPE=${KV_TYPE:-f32}
 with_2b4t=0
 [ "${1:-}" = "--with-2b4t" ] && with_2b4t=1
 mkdir -p "$OUT" "$MODELS"
@@ -47,10 +49,10 @@ lt --concurrency 64 --duration 10 --max-tokens 1 --prompt "Hi" --json "$OUT/tiny
 lt --concurrency 64 --duration 10 --max-tokens 1 --json "$OUT/tiny-c64-default.json" | grep -E "Successful|Failed|Request throughput|P99 E2EL|Total input"
 stop
 
-echo "== 2. small model (hidden 512, 6 layers, TQ2_0): 1 vs 16 streams, 128 tokens each"
+echo "== 2. small model (hidden 512, 6 layers, TQ2_0): 1 vs 16 streams, 128 tokens each, $KV_TYPE KV cache"
 small=$MODELS/small-tq2_0.gguf
 [ -f "$small" ] || "$B" create-model --shape small --type tq2_0 --out "$small"
-start "$small" --max-batch 16
+start "$small" --max-batch 16 --kv-type "$KV_TYPE"
 lt --concurrency 1 --requests 8 --max-tokens 128 --stream --json "$OUT/small-c1.json" | grep -E "Output token thr|Mean TTFT|Mean TPOT"
 lt --concurrency 16 --requests 64 --max-tokens 128 --stream --json "$OUT/small-c16.json" | grep -E "Output token thr|Mean TTFT|Mean TPOT"
 echo "== 2b. the same, sampled (temperature 1, top_p 0.95: what most clients send)"
@@ -59,10 +61,10 @@ lt --concurrency 16 --requests 64 --max-tokens 128 --stream --temperature 1 --to
 stop
 
 if [ $with_2b4t = 1 ]; then
-  echo "== 3. 2B-4T-shaped model (TQ2_0): 1 vs 16 streams, 64 tokens each"
+  echo "== 3. 2B-4T-shaped model (TQ2_0): 1 vs 16 streams, 64 tokens each, $KV_TYPE KV cache"
   big=$MODELS/2b4t-tq2_0.gguf
   [ -f "$big" ] || "$B" create-model --shape 2b4t --type tq2_0 --out "$big"
-  start "$big" --max-batch 16
+  start "$big" --max-batch 16 --kv-type "$KV_TYPE"
   lt --concurrency 1 --requests 4 --max-tokens 64 --stream --json "$OUT/2b4t-c1.json" | grep -E "Output token thr|Mean TTFT|Mean TPOT"
   lt --concurrency 16 --requests 16 --max-tokens 64 --stream --json "$OUT/2b4t-c16.json" | grep -E "Output token thr|Mean TTFT|Mean TPOT"
   stop
