@@ -1,8 +1,9 @@
-//! The decode step (forward of one token + sampling) allocates nothing once warm.
+//! The decode step (forward of one token + sampling) allocates nothing once warm, over an f32
+//! or an f16 KV cache.
 
 use bitnet_engine::sampling::Sampler;
 use bitnet_engine::test_support::fixture_models;
-use bitnet_engine::{KvCache, Model, RunState, SamplingParams};
+use bitnet_engine::{KvCache, KvType, Model, RunState, SamplingParams};
 use bitnet_kernels::alloc_count::CountingAlloc;
 
 #[global_allocator]
@@ -10,10 +11,13 @@ static GLOBAL: CountingAlloc = CountingAlloc::new();
 
 #[test]
 fn decode_step_does_not_allocate() {
-    for dir in fixture_models() {
+    for (dir, kv) in fixture_models()
+        .into_iter()
+        .flat_map(|d| [(d.clone(), KvType::F32), (d, KvType::F16)])
+    {
         let model = Model::load(&dir).unwrap();
         let c = &model.config;
-        let mut cache = KvCache::new(c, 64);
+        let mut cache = KvCache::with_type(c, 64, kv);
         let mut st = RunState::new(c, 16, 64);
         let params = SamplingParams {
             temperature: 0.9,
@@ -44,6 +48,11 @@ fn decode_step_does_not_allocate() {
             sampler.accept(id);
             id = sampler.sample(&mut logits);
         }
-        assert_eq!(GLOBAL.stop(), 0, "{}: allocations in decode", dir.display());
+        assert_eq!(
+            GLOBAL.stop(),
+            0,
+            "{} ({kv}): allocations in decode",
+            dir.display()
+        );
     }
 }
