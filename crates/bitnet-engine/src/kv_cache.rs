@@ -201,7 +201,8 @@ impl KvCache {
         scores: &mut [f32],
         out: &mut [f32],
     ) {
-        let span = self.base(layer, kvh)..self.base(layer, kvh) + npos * self.hd;
+        let base = self.base(layer, kvh);
+        let span = base..base + npos * self.hd;
         let hd = self.hd;
         match &self.store {
             Store::F32 { k, v } => {

@@ -121,8 +121,6 @@ pub trait KvElem: Copy + Default + Send + Sync + 'static + sealed::Sealed {
     const F16: bool;
     /// The value as f32 (exact).
     fn to_f32(self) -> f32;
-    /// The nearest value to `x` (ties to even).
-    fn from_f32(x: f32) -> Self;
 }
 
 mod sealed {
@@ -137,10 +135,6 @@ impl KvElem for f32 {
     fn to_f32(self) -> f32 {
         self
     }
-    #[inline(always)]
-    fn from_f32(x: f32) -> Self {
-        x
-    }
 }
 
 impl KvElem for half::f16 {
@@ -148,10 +142,6 @@ impl KvElem for half::f16 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
         half::f16::to_f32(self)
-    }
-    #[inline(always)]
-    fn from_f32(x: f32) -> Self {
-        half::f16::from_f32(x)
     }
 }
 

@@ -191,7 +191,12 @@ pub fn load(config: &ServeConfig) -> Result<Loaded, ServeError> {
         path.display(),
         t.elapsed().as_secs_f64(),
         (kv_tokens * bytes_per_token) as f64 / (1u64 << 30) as f64,
-        config.kv_type,
+        // On a GPU the device cache's type is BITNET_CUDA_KV's, not --kv-type's.
+        if placement.gpu {
+            "device cache"
+        } else {
+            config.kv_type.name()
+        },
         config.max_batch,
         if placement.gpu {
             placement.description.as_str()
