@@ -344,6 +344,9 @@ thread_local! {
     /// The AVX2 head's byte-split activations, one per token, reused across calls.
     static SPLIT: std::cell::RefCell<Vec<crate::q6k_avx2::SplitActs>> =
         const { std::cell::RefCell::new(Vec::new()) };
+    /// The VNNI head's prepared activations, one per token, reused across calls.
+    static VNNI: std::cell::RefCell<Vec<crate::q6k_vnni::VnniActs>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Whether the int16 VNNI Q6_K head serves `n` tokens (AVX-512 VNNI or AMX kernel active).
@@ -390,9 +393,16 @@ fn q6k_int16(
         let bpr = cols / 256;
         let x16: &[i16] = &b;
         let vnni = q6k_vnni();
-        // AVX2: every token split into bytes once, for all rows.
+        // Every token prepared once, for all rows: split into bytes (AVX2), or reordered and
+        // split (VNNI).
         let mut split = SPLIT.with(|buf| std::mem::take(&mut *buf.borrow_mut()));
-        if !vnni {
+        let mut acts = VNNI.with(|buf| std::mem::take(&mut *buf.borrow_mut()));
+        if vnni {
+            acts.resize_with(n, Default::default);
+            for (t, a) in acts.iter_mut().enumerate() {
+                a.set(&x16[t * cols..(t + 1) * cols]);
+            }
+        } else {
             split.resize_with(n, Default::default);
             for (t, sp) in split.iter_mut().enumerate() {
                 sp.set(&x16[t * cols..(t + 1) * cols]);
@@ -402,10 +412,13 @@ fn q6k_int16(
             let nr = chunk.len() / n;
             for t0 in (0..n).step_by(16) {
                 let nt = (n - t0).min(16);
-                let xs: [&[i16]; 16] =
-                    std::array::from_fn(|k| &x16[(t0 + k.min(nt - 1)) * cols..][..cols]);
-                let xs = &xs[..nt];
                 let rows_blocks = &blocks[r0 * bpr..(r0 + nr) * bpr];
+                let xs: [&crate::q6k_vnni::VnniActs; 16] = if vnni {
+                    std::array::from_fn(|k| &acts[t0 + k.min(nt - 1)])
+                } else {
+                    [&EMPTY_ACTS; 16]
+                };
+                let xs = &xs[..nt];
                 let sp: [&crate::q6k_avx2::SplitActs; 16] = if vnni {
                     [&EMPTY_SPLIT; 16]
                 } else {
@@ -452,6 +465,7 @@ fn q6k_int16(
             });
         }
         SPLIT.with(|buf| *buf.borrow_mut() = split);
+        VNNI.with(|buf| *buf.borrow_mut() = acts);
     }
     X16.with(|buf| *buf.borrow_mut() = b);
 }
@@ -459,6 +473,10 @@ fn q6k_int16(
 /// Split activations of no token (the VNNI path takes none).
 #[cfg(target_arch = "x86_64")]
 static EMPTY_SPLIT: crate::q6k_avx2::SplitActs = crate::q6k_avx2::SplitActs::EMPTY;
+
+/// VNNI activations of no token (the AVX2 path takes none).
+#[cfg(target_arch = "x86_64")]
+static EMPTY_ACTS: crate::q6k_vnni::VnniActs = crate::q6k_vnni::VnniActs::EMPTY;
 
 /// The int16 Q6_K row kernel: AVX-512 VNNI when `vnni`, else AVX2.
 ///
@@ -470,7 +488,7 @@ unsafe fn q6k_rows(
     vnni: bool,
     blocks: &[crate::formats::BlockQ6K],
     bpr: usize,
-    xs: &[&[i16]],
+    xs: &[&crate::q6k_vnni::VnniActs],
     sp: &[&crate::q6k_avx2::SplitActs],
     out: &mut [f32],
 ) {

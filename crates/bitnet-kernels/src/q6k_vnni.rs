@@ -1,6 +1,20 @@
 //! The Q6_K output head on int16 activations with AVX-512 VNNI (llama.cpp's `block_q6_K`
 //! layout, see `formats::q6_k`): one token (decode) or up to 16 (batched decode, prefill's last
 //! tokens). Scalar twin: the Q6_K `to_float` dot; parity tests in `tests/parity.rs`.
+//!
+//! Two formulations give the same exact i32 lane sums, so a token's logit is bit-identical
+//! whether it runs alone or in a batch:
+//! * **several tokens** ([`q6k_scaled`], [`q6k_tokens`]): a block's quants are widened to i16
+//!   and multiplied by their sub-block scales once, then every token takes eight `vpdpwssd`
+//!   (i16 pairs) per block;
+//! * **one token** ([`q6k_split_block`]): no widening; the activations are split into bytes
+//!   (`x = 256·hi + lo`) and each 64-quant vector takes two `vpdpbusd` (u8 × s8, four products
+//!   per lane) whose i32 lanes fit i16, so one `vpdpwssd` each applies the sub-block scales.
+//!   About 50 instead of 60 vector µops per block: the decode head is bound by them.
+//!
+//! Lane `l` of both collects the quants `64j + 4l .. 64j + 4l + 4` of the block's four 64-quant
+//! vectors `j`: the i16 path takes the even and the odd quants of a vector as two vectors, and
+//! its activations are reordered to match ([`VnniActs`]).
 
 #![cfg(target_arch = "x86_64")]
 
@@ -70,24 +84,25 @@ impl<'a> LaneSums<'a> {
     }
 }
 
-/// The 256 quants of a Q6_K block (`q − 32`) as eight vectors of 32 signed bytes (elements
-/// 32j ..), unpacked with 512-bit operations: per half h, `ql[64h..64h+64]` holds the low
-/// nibbles of elements 128h + 0..64 and the high nibbles of 128h + 64..128, and the two high bits
-/// come from `qh[32h + l]` at shifts 0, 2, 4, 6 for the four 32-element groups (llama.cpp's
-/// `block_q6_K`). Same values as [`q6k_half`].
+/// The 256 stored quants of a Q6_K block (0..=63, without the `− 32`) as four vectors of 64
+/// bytes in element order (vector j: elements 64j ..), unpacked with 512-bit operations: per
+/// half h, `ql[64h..64h+64]` holds the low nibbles of elements 128h + 0..64 and the high nibbles
+/// of 128h + 64..128, and the two high bits come from `qh[32h + l]` at shifts 0, 2, 4, 6 for the
+/// four 32-element groups (llama.cpp's `block_q6_K`). Same values as [`q6k_half_unsigned`].
+///
+/// [`q6k_half_unsigned`]: crate::x86::q6k_half_unsigned
 #[inline(always)]
-unsafe fn q6k_block512(b: &crate::formats::BlockQ6K) -> [__m256i; 8] {
+unsafe fn q6k_quants512(b: &crate::formats::BlockQ6K) -> [__m512i; 4] {
     // SAFETY: loads read `ql[64h..64h+64]` and `qh[32h..32h+32]` inside the block; the callers
     // enable AVX-512 F/BW.
     unsafe {
         let m4 = _mm512_set1_epi8(0x0F);
         let m30 = _mm512_set1_epi8(0x30);
-        let c32 = _mm512_set1_epi8(32);
         // Per 256-bit half: high bits of groups 0|1 to bit 4 (left shifts 4|2), of 2|3 (right
         // shifts 0|2); 16-bit lane shifts are exact per byte after the 0x30 mask.
         let shl = _mm512_inserti64x4::<1>(_mm512_set1_epi16(4), _mm256_set1_epi16(2));
         let shr = _mm512_inserti64x4::<1>(_mm512_set1_epi16(0), _mm256_set1_epi16(2));
-        let mut out = [_mm256_setzero_si256(); 8];
+        let mut out = [_mm512_setzero_si512(); 4];
         for h in 0..2 {
             let ql = _mm512_loadu_si512(b.ql.as_ptr().add(64 * h) as *const __m512i);
             let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(
@@ -95,41 +110,102 @@ unsafe fn q6k_block512(b: &crate::formats::BlockQ6K) -> [__m256i; 8] {
             ));
             let h01 = _mm512_and_si512(_mm512_sllv_epi16(qh, shl), m30);
             let h23 = _mm512_and_si512(_mm512_srlv_epi16(qh, shr), m30);
-            let q01 = _mm512_sub_epi8(_mm512_or_si512(_mm512_and_si512(ql, m4), h01), c32);
-            let q23 = _mm512_sub_epi8(
-                _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), h23),
-                c32,
-            );
-            out[4 * h] = _mm512_castsi512_si256(q01);
-            out[4 * h + 1] = _mm512_extracti64x4_epi64::<1>(q01);
-            out[4 * h + 2] = _mm512_castsi512_si256(q23);
-            out[4 * h + 3] = _mm512_extracti64x4_epi64::<1>(q23);
+            out[2 * h] = _mm512_or_si512(_mm512_and_si512(ql, m4), h01);
+            out[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), h23);
         }
         out
     }
 }
 
+/// One token's int16 activations prepared for [`q6k_i16_vnni_rows`] (`|x| ≤ 32767`, a length
+/// that is a multiple of 64):
+/// * `x16`: the values with every 64-value chunk reordered as its 32 even-position values, then
+///   its 32 odd-position ones (the lane order of the i16 quant vectors of [`q6k_scaled`]);
+/// * `hi`, `lo`: `x = 256·hi + lo` in element order (hi = `x >> 8`, lo = `x & 255`);
+/// * `corr`: `−32 · Σ hi` of every 4 consecutive values, the `− 32` of the quants for
+///   [`q6k_split_block`] (`|corr| ≤ 16 384`).
+#[derive(Clone, Debug, Default)]
+pub struct VnniActs {
+    x16: Vec<i16>,
+    hi: Vec<i8>,
+    lo: Vec<u8>,
+    corr: Vec<i32>,
+}
+
+impl VnniActs {
+    /// No values.
+    pub const EMPTY: VnniActs = VnniActs {
+        x16: Vec::new(),
+        hi: Vec::new(),
+        lo: Vec::new(),
+        corr: Vec::new(),
+    };
+
+    /// Prepares `x` (its length a multiple of 64, every `|x| ≤ 32767`).
+    pub fn new(x: &[i16]) -> VnniActs {
+        let mut a = VnniActs::default();
+        a.set(x);
+        a
+    }
+
+    /// [`VnniActs::new`] into this one's buffers (no allocation once they are large enough).
+    ///
+    /// # Panics
+    /// If the length is not a multiple of 64 or a value is −32768.
+    pub fn set(&mut self, x: &[i16]) {
+        assert!(
+            x.len().is_multiple_of(64) && x.iter().all(|&v| v != i16::MIN),
+            "VnniActs: length not a multiple of 64, or a value out of ±32767"
+        );
+        self.x16.clear();
+        for c in x.chunks_exact(64) {
+            self.x16.extend(c.iter().step_by(2));
+            self.x16.extend(c.iter().skip(1).step_by(2));
+        }
+        self.hi.clear();
+        self.hi.extend(x.iter().map(|&v| (v >> 8) as i8));
+        self.lo.clear();
+        self.lo.extend(x.iter().map(|&v| v as u8));
+        self.corr.clear();
+        self.corr.extend(
+            self.hi
+                .chunks_exact(4)
+                .map(|g| -32 * g.iter().map(|&h| i32::from(h)).sum::<i32>()),
+        );
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        self.hi.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.hi.is_empty()
+    }
+}
+
 /// The Q6_K head on int16 activations with AVX-512 VNNI, for consecutive rows of `bpr` blocks
 /// each (`blocks` holds them back to back) and `n = xs.len()` activation rows:
-/// `out[r·n + t] = Σ w_r·xs[t]`. Each 32-quant group is widened to i16, multiplied by its two
+/// `out[r·n + t] = Σ w_r·xs[t]`. The quants (`q − 32`) are widened to i16, multiplied by their
 /// 16-quant sub-block scales (`|q·sc| ≤ 32·128 = 4096`, fits i16) and accumulated with `vpdpwssd`
 /// (i16 pairs → i32) straight into one 16-lane i32 sum per block. Exact: a lane takes 16
 /// products per block, `16 · 4096 · 32767 = 2 147 418 112 < 2³¹` with `|x16| ≤ 32767` (the
 /// quantizer's range). The block sum is then scaled by `d` in f32. A block's quants are
 /// unpacked and scale-folded once for all tokens, and every token goes through the same
-/// operations in the same order as when alone, so a token's result does not depend on the
-/// others in the batch. Scalar twin:
-/// the Q6_K `to_float` dot.
+/// operations in the same order as when alone; one token alone takes the byte-split
+/// [`q6k_split_block`], which gives the same exact lane sums. So a token's result does not
+/// depend on the others in the batch. Scalar twin: the Q6_K `to_float` dot.
 ///
 /// # Safety
-/// The CPU must support AVX-512 F/BW/VNNI, AVX2, FMA and F16C; every `|xs[t][i]| ≤ 32767`;
-/// `out.len()` is a multiple of `n` (1 ≤ n ≤ 16), `blocks.len() >= out.len() / n · bpr` and every
-/// `xs[t].len() >= bpr·256` (the shapes are asserted).
+/// The CPU must support AVX-512 F/BW/VNNI, AVX2, FMA and F16C; `out.len()` is a multiple of `n`
+/// (1 ≤ n ≤ 16), `blocks.len() >= out.len() / n · bpr` and every `xs[t].len() >= bpr·256` (the
+/// shapes are asserted).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
 pub unsafe fn q6k_i16_vnni_rows(
     blocks: &[crate::formats::BlockQ6K],
     bpr: usize,
-    xs: &[&[i16]],
+    xs: &[&VnniActs],
     out: &mut [f32],
 ) {
     let n = xs.len();
@@ -143,27 +219,24 @@ pub unsafe fn q6k_i16_vnni_rows(
         "q6k_i16_vnni_rows: shapes"
     );
     // SAFETY (whole block): features enabled; the helpers read inside each block, and the
-    // activation loads read xs[t][256·bi .. 256·bi + 256], in bounds by the assert.
+    // activation loads read 256 values (and 64 `corr` sums) of block bi of xs[t], in bounds by
+    // the assert.
     unsafe {
-        // Scale selectors: group j (32 quants) takes sub-block scales 2j (lanes 0-15) and
-        // 2j+1 (lanes 16-31).
-        let mut sel = [_mm512_setzero_si512(); 8];
+        // Scale selectors: word m of 64-quant vector j takes sub-block scale 4j + m/8.
+        let mut sel = [_mm512_setzero_si512(); 4];
         for (j, s) in sel.iter_mut().enumerate() {
-            *s = _mm512_mask_blend_epi16(
-                0xFFFF_0000,
-                _mm512_set1_epi16(2 * j as i16),
-                _mm512_set1_epi16(2 * j as i16 + 1),
-            );
+            let idx: [i16; 32] = std::array::from_fn(|m| (4 * j + m / 8) as i16);
+            *s = _mm512_loadu_si512(idx.as_ptr() as *const __m512i);
         }
         // Every (row, token) accumulator goes through `sums` in output order.
         let mut sums = LaneSums::new(out);
         if n == 1 {
+            let x = xs[0];
             for row in blocks.chunks_exact(bpr).take(rows) {
                 // Decode: the accumulator stays in a register (measured faster than the array).
                 let mut acc = _mm512_setzero_ps();
                 for (bi, b) in row.iter().enumerate() {
-                    let (w, d) = q6k_scaled(b, &sel);
-                    let isum = q6k_block_dot(&w, xs[0].as_ptr().add(bi * 256));
+                    let (isum, d) = q6k_split_block(b, &sel, x, bi);
                     acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, acc);
                 }
                 sums.push(acc);
@@ -171,6 +244,7 @@ pub unsafe fn q6k_i16_vnni_rows(
             sums.finish();
             return;
         }
+        let x16: [&[i16]; 16] = std::array::from_fn(|k| &xs[k.min(n - 1)].x16[..]);
         // Several tokens: a tile of ROWS rows is unpacked and scale-folded once into `w` (`tile`
         // rows × 8 vectors per block), then the tokens go through the tile in register blocks of
         // ROWS rows × 4 tokens ([`q6k_tokens_rows`]: each activation load serves four rows, so
@@ -196,7 +270,7 @@ pub unsafe fn q6k_i16_vnni_rows(
                     2..=3 => 2,
                     _ => 1,
                 };
-                let xt = &xs[t..];
+                let xt = &x16[t..n];
                 let mut i = 0;
                 if g == 4 {
                     // Rows in fours × 4 tokens: each activation load serves four rows.
@@ -347,58 +421,124 @@ unsafe fn q6k_tokens_rows<const R: usize>(
     }
 }
 
-/// A Q6_K block's quants as eight vectors of 32 i16 already multiplied by their sub-block
-/// scales (`sel` from [`q6k_i16_vnni_rows`]), and the block scale `d` broadcast.
+/// Prefetches for a block's first touch: four lines (210-byte blocks) a few blocks ahead into
+/// L2, and the block after next from L2 into L1 (its first loads otherwise wait for L2).
 #[inline(always)]
-unsafe fn q6k_scaled(b: &crate::formats::BlockQ6K, sel: &[__m512i; 8]) -> ([__m512i; 8], __m512) {
-    // 210-byte blocks: four lines cover one.
+fn prefetch_block(b: &crate::formats::BlockQ6K) {
     prefetch_ahead(b, 4);
-    // And the block after next from L2 into L1: its first loads otherwise wait for L2.
     let near = (b as *const crate::formats::BlockQ6K as *const i8).wrapping_add(2 * 210);
     for l in 0..4 {
         // SAFETY: SSE is baseline; a prefetch never faults (`wrapping_add` keeps the
         // arithmetic defined).
-        _mm_prefetch::<_MM_HINT_T0>(near.wrapping_add(64 * l));
-    }
-    // SAFETY: reads the block's 16 scale bytes and (in `q6k_block512`) its quants; the callers
-    // enable AVX-512 F/BW and F16C.
-    unsafe {
-        let sc8 = _mm_loadu_si128(b.scales.as_ptr() as *const __m128i);
-        let sc16 = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(sc8));
-        let q = q6k_block512(b);
-        // A loop, not `array::from_fn`: a closure does not inherit the caller's target
-        // features, so its intrinsics may not inline.
-        let mut w = [_mm512_setzero_si512(); 8];
-        for j in 0..8 {
-            let s = _mm512_permutexvar_epi16(sel[j], sc16);
-            w[j] = _mm512_mullo_epi16(_mm512_cvtepi8_epi16(q[j]), s);
-        }
-        // `d` through F16C (exact, like `half`, without its call and feature check).
-        let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(b.d))));
-        (w, _mm512_set1_ps(d))
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(near.wrapping_add(64 * l)) };
     }
 }
 
-/// The exact i32 lane sums of one block: `vpdpwssd` of the eight scaled quant vectors with the
-/// 256 int16 activations at `xb`, in group order.
-#[inline]
-#[target_feature(enable = "avx512f,avx512vnni")]
-unsafe fn q6k_block_dot(w: &[__m512i; 8], xb: *const i16) -> __m512i {
-    // SAFETY: callers pass `xb` with 256 readable values and enable AVX-512 VNNI.
+/// A block's 16 sub-block scales as i16 in the low words of a vector, and `d` broadcast.
+#[inline(always)]
+unsafe fn q6k_scales(b: &crate::formats::BlockQ6K) -> (__m512i, __m512) {
+    // SAFETY: reads the block's 16 scale bytes; the callers enable AVX-512 F/BW and F16C.
     unsafe {
-        let mut isum = _mm512_setzero_si512();
-        for (j, &wj) in w.iter().enumerate() {
-            // `vpdpwssd` as inline assembly (see `q6k_tokens`: the intrinsic is split into
-            // `vpmaddwd` + `vpaddd`).
+        let sc8 = _mm_loadu_si128(b.scales.as_ptr() as *const __m128i);
+        // `d` through F16C (exact, like `half`, without its call and feature check).
+        let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(b.d))));
+        (
+            _mm512_castsi256_si512(_mm256_cvtepi8_epi16(sc8)),
+            _mm512_set1_ps(d),
+        )
+    }
+}
+
+/// A Q6_K block's quants `q − 32` as eight vectors of 32 i16 already multiplied by their
+/// sub-block scales (`sel` from [`q6k_i16_vnni_rows`]), and the block scale `d` broadcast.
+/// Vector `2j` holds the even-position quants of 64-quant vector j, `2j + 1` the odd ones, in
+/// the order of [`VnniActs`]' `x16`, so that lane `l` pairs quants `64j + 4l + {0, 2}` and
+/// `64j + 4l + {1, 3}`: the lanes of [`q6k_split_block`].
+#[inline(always)]
+unsafe fn q6k_scaled(b: &crate::formats::BlockQ6K, sel: &[__m512i; 4]) -> ([__m512i; 8], __m512) {
+    prefetch_block(b);
+    // SAFETY: reads inside the block (`q6k_quants512`, `q6k_scales`); the callers enable
+    // AVX-512 F/BW and F16C.
+    unsafe {
+        let (sc16, d) = q6k_scales(b);
+        let q = q6k_quants512(b);
+        let c32 = _mm512_set1_epi8(32);
+        // A loop, not `array::from_fn`: a closure does not inherit the caller's target
+        // features, so its intrinsics may not inline.
+        let mut w = [_mm512_setzero_si512(); 8];
+        for j in 0..4 {
+            let s = _mm512_permutexvar_epi16(sel[j], sc16);
+            let q32 = _mm512_sub_epi8(q[j], c32);
+            // Sign-extended low and high bytes of each word: the even and odd quants.
+            let even = _mm512_srai_epi16(_mm512_slli_epi16(q32, 8), 8);
+            let odd = _mm512_srai_epi16(q32, 8);
+            w[2 * j] = _mm512_mullo_epi16(even, s);
+            w[2 * j + 1] = _mm512_mullo_epi16(odd, s);
+        }
+        (w, d)
+    }
+}
+
+/// One token's exact i32 lane sums of block `bi` of a row (and the block's `d`), without
+/// widening the quants: per 64-quant vector j,
+/// * `p = corr + vpdpbusd(q, hi)`, i.e. `Σ (q − 32)·hi` over the lane's four quants
+///   (`|p| ≤ 4·32·128`), and `A += p · sc` with `vpdpwssd` (p fits the low i16 word; the
+///   selector leaves the high word of the scale 0);
+/// * `p' = vpdpbusd(lo, q − 32)`, `Σ (q − 32)·lo` (`|p'| ≤ 4·255·32 < 2¹⁵`), and `L += p' · sc`;
+///
+/// then `256·A + L` in wrapping i32 arithmetic, which is the exact lane sum
+/// `Σ (q − 32)·sc·x` because that sum fits i32 (see [`q6k_i16_vnni_rows`]). Lane `l` covers the
+/// quants `64j + 4l ..+4` as in [`q6k_scaled`], so the sums equal the i16 path's bit for bit.
+/// `vpdpbusd`/`vpdpwssd` are inline assembly (see [`q6k_tokens`]).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+unsafe fn q6k_split_block(
+    b: &crate::formats::BlockQ6K,
+    sel: &[__m512i; 4],
+    x: &VnniActs,
+    bi: usize,
+) -> (__m512i, __m512) {
+    prefetch_block(b);
+    // SAFETY: the caller enables AVX-512 F/BW/VNNI and F16C and checked that `x` holds block
+    // `bi` (256 `hi`/`lo` values, 64 `corr` sums); the block loads read inside the block.
+    unsafe {
+        let (sc16, d) = q6k_scales(b);
+        let q = q6k_quants512(b);
+        let c32 = _mm512_set1_epi8(32);
+        let hi = x.hi.as_ptr().add(256 * bi);
+        let lo = x.lo.as_ptr().add(256 * bi);
+        let corr = x.corr.as_ptr().add(64 * bi);
+        let mut a = _mm512_setzero_si512();
+        let mut l = _mm512_setzero_si512();
+        for j in 0..4 {
+            // Scales in the low word of each lane, 0 in the high word.
+            let s = _mm512_maskz_permutexvar_epi16(0x5555_5555, sel[j], sc16);
+            let mut p = _mm512_loadu_si512(corr.add(16 * j) as *const __m512i);
             std::arch::asm!(
-                "vpdpwssd {acc}, {w}, zmmword ptr [{x}]",
-                acc = inout(zmm_reg) isum,
-                w = in(zmm_reg) wj,
-                x = in(reg) xb.add(32 * j),
+                "vpdpbusd {p}, {q}, zmmword ptr [{h}]",
+                "vpdpwssd {a}, {p}, {s}",
+                p = inout(zmm_reg) p,
+                a = inout(zmm_reg) a,
+                q = in(zmm_reg) q[j],
+                s = in(zmm_reg) s,
+                h = in(reg) hi.add(64 * j),
                 options(pure, readonly, nostack, preserves_flags)
             );
+            let xl = _mm512_loadu_si512(lo.add(64 * j) as *const __m512i);
+            let q32 = _mm512_sub_epi8(q[j], c32);
+            let mut p2 = _mm512_setzero_si512();
+            std::arch::asm!(
+                "vpdpbusd {p}, {x}, {q}",
+                "vpdpwssd {l}, {p}, {s}",
+                p = inout(zmm_reg) p2,
+                l = inout(zmm_reg) l,
+                x = in(zmm_reg) xl,
+                q = in(zmm_reg) q32,
+                s = in(zmm_reg) s,
+                options(pure, nomem, nostack, preserves_flags)
+            );
         }
-        isum
+        (_mm512_add_epi32(_mm512_slli_epi32(a, 8), l), d)
     }
 }
 

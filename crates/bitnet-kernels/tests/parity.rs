@@ -763,16 +763,25 @@ fn q6k_int16_kernels_match_dequantized_dot_at_the_extremes() {
                     "avx2 {avx2} vs {want} (extreme {extreme})"
                 );
                 if vnni {
-                    // SAFETY: AVX-512 VNNI detected; |x16| ≤ 32767.
-                    let mut out = [0f32];
+                    // One token (the byte-split path) and 5 (the i16 path): the same bits.
+                    let acts = bitnet_kernels::q6k_vnni::VnniActs::new(&x16);
+                    let (mut out, mut out5) = ([0f32], [0f32; 5]);
+                    // SAFETY: AVX-512 VNNI detected; `acts` covers every block.
                     unsafe {
                         bitnet_kernels::q6k_vnni::q6k_i16_vnni_rows(
                             blocks,
                             blocks.len(),
-                            &[&x16],
+                            &[&acts],
                             &mut out,
-                        )
-                    };
+                        );
+                        bitnet_kernels::q6k_vnni::q6k_i16_vnni_rows(
+                            blocks,
+                            blocks.len(),
+                            &[&acts; 5],
+                            &mut out5,
+                        );
+                    }
+                    assert!(out5.iter().all(|v| v.to_bits() == out[0].to_bits()));
                     let got = out[0] as f64;
                     assert!(
                         (got - want).abs() <= 1e-5 * bound,
