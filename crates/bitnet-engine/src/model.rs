@@ -59,6 +59,30 @@ impl Model {
         Self::from_checkpoint(config, &ckpt)
     }
 
+    /// Loads a model and its tokenizer ([`Model::load`] and [`crate::Tokenizer::load`]), the
+    /// tokenizer first: building it (for a GGUF file, from a vocabulary of up to ~128k tokens
+    /// and their merges) makes tens of MB of short-lived allocations, which are then freed
+    /// before the weights are repacked instead of lingering on top of them. A GGUF file is
+    /// opened and its metadata parsed once for both.
+    pub fn load_with_tokenizer(dir: &Path) -> Result<(Self, crate::Tokenizer)> {
+        if dir.is_file() {
+            let f = bitnet_formats::gguf::GgufFile::open(dir)?;
+            let config = crate::gguf_model::config_from_gguf(&f)?;
+            let tok = crate::Tokenizer::from_gguf(&f, &config)?;
+            return Ok((crate::gguf_model::model_from_gguf(&f)?, tok));
+        }
+        if !dir.is_dir() {
+            return Err(Error::NotFound {
+                path: dir.to_path_buf(),
+                what: "model directory",
+            });
+        }
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let tok = crate::Tokenizer::load(dir, &config)?;
+        let ckpt = Checkpoint::open(dir)?;
+        Ok((Self::from_checkpoint(config, &ckpt)?, tok))
+    }
+
     /// Builds the model from a parsed config and an opened checkpoint.
     pub fn from_checkpoint(config: ModelConfig, ckpt: &Checkpoint) -> Result<Self> {
         let c = &config;

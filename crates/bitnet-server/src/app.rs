@@ -114,10 +114,9 @@ pub fn load(config: &ServeConfig) -> Result<Loaded, ServeError> {
         path: path.clone(),
         source: Box::new(source),
     };
-    let mut model = Model::load(path).map_err(err)?;
+    let (mut model, tok) = Model::load_with_tokenizer(path).map_err(err)?;
     let placement = model.use_device(config.device).map_err(err)?;
     tracing::info!("device: {}", placement.description);
-    let tok = Tokenizer::load(path, &model.config).map_err(err)?;
     let template = ChatTemplate::for_model(&model.config, &tok).ok();
     let max_ctx = model.config.max_position_embeddings;
     let ctx = config.ctx.unwrap_or(max_ctx);

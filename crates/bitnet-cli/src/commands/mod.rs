@@ -128,11 +128,22 @@ pub fn place(model: &mut Model, d: DeviceArgs) -> Result<bitnet_engine::Placemen
 }
 
 /// Loads model and tokenizer on the chosen device, logging the load time.
+/// Hands the pages freed during a model load (the GGUF metadata, the tokenizer's build: tens of
+/// MB for a 128k vocabulary) back to the OS at once, instead of after mimalloc's purge delay:
+/// otherwise they are still resident when the first forward pass maps the output head in, and
+/// the peak RSS carries them (2B-4T shape, `generate --max-tokens 1`: 860 → 819 MiB).
+fn release_freed_memory() {
+    // SAFETY: `mi_collect` only walks the allocator's own free lists and returns unused pages
+    // to the OS; no live allocation is touched.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+}
+
 pub fn load(dir: &Path, device: DeviceArgs) -> Result<(Model, Tokenizer)> {
     let t = Instant::now();
-    let mut model = Model::load(dir).with_context(|| format!("loading model {}", dir.display()))?;
+    let (mut model, tok) = Model::load_with_tokenizer(dir)
+        .with_context(|| format!("loading model {}", dir.display()))?;
     place(&mut model, device)?;
-    let tok = Tokenizer::load(dir, &model.config)?;
+    release_freed_memory();
     tracing::info!(
         "loaded {} in {:.2} s",
         dir.display(),
