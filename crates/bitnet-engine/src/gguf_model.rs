@@ -389,9 +389,8 @@ impl Loader<'_> {
     /// 256-value rows: transcoded into one anonymous mapping whose start is 2 MiB-aligned, with
     /// transparent huge pages advised before it is written, so that decode's weight stream takes
     /// one TLB entry per 2 MiB (2B-4T decode, 1 thread, on a Xeon host: ~15.1 tokens/s with huge
-    /// pages under the ternary weights, ~12.6 without). The allocator itself is built without
-    /// huge pages (mimalloc's `no_thp`), so only the weights get them and short-lived heap blocks
-    /// no longer pin whole 2 MiB pages. Other formats: each projection on its own
+    /// pages under the ternary weights, ~12.6 without), and the mapping is returned whole to the
+    /// OS when the model is dropped. Other formats: each projection on its own
     /// ([`Loader::ternary`]).
     fn ternary_layer(&self, specs: &[(String, usize, usize)]) -> Result<Vec<TernaryMatrix>> {
         let fast = specs.iter().all(|(n, _, inp)| {

@@ -131,7 +131,7 @@ pub fn place(model: &mut Model, d: DeviceArgs) -> Result<bitnet_engine::Placemen
 /// Hands the pages freed during a model load (the GGUF metadata, the tokenizer's build: tens of
 /// MB for a 128k vocabulary) back to the OS at once, instead of after mimalloc's purge delay:
 /// otherwise they are still resident when the first forward pass maps the output head in, and
-/// the peak RSS carries them (2B-4T shape, `generate --max-tokens 1`: 860 → 819 MiB).
+/// the peak RSS carries them (2B-4T shape, `generate --max-tokens 1`: ~40 MB less).
 fn release_freed_memory() {
     // SAFETY: `mi_collect` only walks the allocator's own free lists and returns unused pages
     // to the OS; no live allocation is touched.
