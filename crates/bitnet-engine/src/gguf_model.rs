@@ -385,14 +385,14 @@ impl Loader<'_> {
         Ok(scale.unwrap_or(0.0))
     }
 
-    /// A layer's projections (`(name, out, in)`), when every one is TQ2_0 or TQ1_0 with whole
-    /// 256-value rows: transcoded into one anonymous mapping whose start is 2 MiB-aligned, with
-    /// transparent huge pages advised before it is written, so that decode's weight stream takes
-    /// one TLB entry per 2 MiB (2B-4T decode, 1 thread, on a Xeon host: ~15.1 tokens/s with huge
-    /// pages under the ternary weights, ~12.6 without), and the mapping is returned whole to the
-    /// OS when the model is dropped. Other formats: each projection on its own
-    /// ([`Loader::ternary`]).
-    fn ternary_layer(&self, specs: &[(String, usize, usize)]) -> Result<Vec<TernaryMatrix>> {
+    /// The model's ternary projections (`(name, out, in)`, transcoded in parallel), when every
+    /// one is TQ2_0 or TQ1_0 with whole 256-value rows: into one anonymous mapping whose start is
+    /// 2 MiB-aligned, with transparent huge pages advised before it is written, so that decode's
+    /// weight stream takes one TLB entry per 2 MiB (2B-4T decode, 1 thread, on a Xeon host:
+    /// ~15.1 tokens/s on huge pages, ~12.6–12.9 on 4 KiB pages), and outside the allocator's heap,
+    /// whose freed blocks would otherwise sit beside them. Other formats: each projection on its
+    /// own ([`Loader::ternary`]).
+    fn ternary_all(&self, specs: &[(String, usize, usize)]) -> Result<Vec<TernaryMatrix>> {
         let fast = specs.iter().all(|(n, _, inp)| {
             self.f.tensor(&format!("{n}.weight")).is_some_and(|t| {
                 inp.is_multiple_of(QK_K) && matches!(t.ggml_type, GgmlType::TQ2_0 | GgmlType::TQ1_0)
@@ -400,7 +400,7 @@ impl Loader<'_> {
         });
         if !fast {
             return specs
-                .iter()
+                .par_iter()
                 .map(|(n, out, inp)| self.ternary(n, *out, *inp))
                 .collect();
         }
@@ -408,37 +408,43 @@ impl Loader<'_> {
         let size = std::mem::size_of::<BlockI2>();
         let bytes: Vec<usize> = specs.iter().map(|(_, o, i)| o * i / 128 * size).collect();
         let total: usize = bytes.iter().sum();
+        let io = |e| Error::Io {
+            path: self.f.path().to_path_buf(),
+            source: e,
+        };
         let mut map = memmap2::MmapOptions::new()
             .len(total + HUGE)
             .map_anon()
-            .map_err(|e| Error::Io {
-                path: self.f.path().to_path_buf(),
-                source: e,
-            })?;
+            .map_err(io)?;
         let pad = (map.as_ptr() as usize).next_multiple_of(HUGE) - map.as_ptr() as usize;
         // Advice only: without THP the pages are ordinary ones.
         #[cfg(target_os = "linux")]
         let _ = map.advise_range(memmap2::Advice::HugePage, pad, total);
-        let mut scales = Vec::with_capacity(specs.len());
+        let mut regions = Vec::with_capacity(specs.len());
         let mut rest: &mut [BlockI2] = bytemuck::cast_slice_mut(&mut map[pad..pad + total]);
-        for ((name, out, inp), &b) in specs.iter().zip(&bytes) {
-            let t = self.tensor(&format!("{name}.weight"))?;
-            self.shape(t, &[*inp as u64, *out as u64])?;
+        for &b in &bytes {
             let (dst, r) = std::mem::take(&mut rest).split_at_mut(b / size);
+            regions.push(dst);
             rest = r;
-            let scale = if t.ggml_type == GgmlType::TQ2_0 {
-                self.transcode_into::<BlockTQ2_0>(t, dst)?
-            } else {
-                self.transcode_into::<BlockTQ1_0>(t, dst)?
-            };
-            scales.push(scale * self.extra_scale(name)?);
-            self.f.release(t);
         }
+        let scales = specs
+            .par_iter()
+            .zip(regions)
+            .map(|((name, out, inp), dst)| {
+                let t = self.tensor(&format!("{name}.weight"))?;
+                self.shape(t, &[*inp as u64, *out as u64])?;
+                let scale = if t.ggml_type == GgmlType::TQ2_0 {
+                    self.transcode_into::<BlockTQ2_0>(t, dst)?
+                } else {
+                    self.transcode_into::<BlockTQ1_0>(t, dst)?
+                };
+                // Repacked: the file's copy need not stay resident.
+                self.f.release(t);
+                Ok(scale * self.extra_scale(name)?)
+            })
+            .collect::<Result<Vec<f32>>>()?;
         let shared: bitnet_kernels::SharedBytes =
-            std::sync::Arc::new(map.make_read_only().map_err(|e| Error::Io {
-                path: self.f.path().to_path_buf(),
-                source: e,
-            })?);
+            std::sync::Arc::new(map.make_read_only().map_err(io)?);
         let mut offset = pad;
         let mut mats = Vec::with_capacity(specs.len());
         for (((name, out, inp), &b), scale) in specs.iter().zip(&bytes).zip(scales) {
@@ -511,12 +517,9 @@ pub fn model_from_gguf(f: &GgufFile) -> Result<Model> {
         c.kv_dim(),
     );
     let embed = ld.dense("token_embd.weight", vocab, h)?;
-    let layers = (0..c.num_hidden_layers)
-        .into_par_iter()
-        .map(|i| {
-            let p = format!("blk.{i}.");
-            let nrm = |n: &str, len: usize| ld.vector(&format!("{p}{n}.weight"), len);
-            let specs: Vec<(String, usize, usize)> = [
+    let specs: Vec<(String, usize, usize)> = (0..c.num_hidden_layers)
+        .flat_map(|i| {
+            [
                 ("attn_q", qd, h),
                 ("attn_k", kvd, h),
                 ("attn_v", kvd, h),
@@ -525,11 +528,14 @@ pub fn model_from_gguf(f: &GgufFile) -> Result<Model> {
                 ("ffn_up", inter, h),
                 ("ffn_down", h, inter),
             ]
-            .into_iter()
-            .map(|(n, out, inp)| (format!("{p}{n}"), out, inp))
-            .collect();
-            let mut lin = ld.ternary_layer(&specs)?.into_iter();
-            let mut next = || lin.next().expect("one matrix per spec");
+            .map(|(n, out, inp)| (format!("blk.{i}.{n}"), out, inp))
+        })
+        .collect();
+    let mut lin = ld.ternary_all(&specs)?.into_iter();
+    let mut next = || lin.next().expect("one matrix per projection");
+    let layers = (0..c.num_hidden_layers)
+        .map(|i| {
+            let nrm = |n: &str, len: usize| ld.vector(&format!("blk.{i}.{n}.weight"), len);
             Ok(Layer {
                 input_norm: nrm("attn_norm", h)?,
                 q: next(),
