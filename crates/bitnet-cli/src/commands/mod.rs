@@ -127,7 +127,6 @@ pub fn place(model: &mut Model, d: DeviceArgs) -> Result<bitnet_engine::Placemen
     Ok(p)
 }
 
-/// Loads model and tokenizer on the chosen device, logging the load time.
 /// Hands the pages freed during a model load (the GGUF metadata, the tokenizer's build: tens of
 /// MB for a 128k vocabulary) back to the OS at once, instead of after mimalloc's purge delay:
 /// otherwise they are still resident when the first forward pass maps the output head in, and
@@ -138,6 +137,7 @@ fn release_freed_memory() {
     unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
+/// Loads model and tokenizer on the chosen device, logging the load time.
 pub fn load(dir: &Path, device: DeviceArgs) -> Result<(Model, Tokenizer)> {
     let t = Instant::now();
     let (mut model, tok) = Model::load_with_tokenizer(dir)
