@@ -236,15 +236,10 @@ impl Loader<'_> {
                 return Ok(m);
             }
         }
-        let fast =
-            inp.is_multiple_of(QK_K) && matches!(t.ggml_type, GgmlType::TQ2_0 | GgmlType::TQ1_0);
-        let m = if fast {
+        let m = if transcodable(t, inp) {
             self.shape(t, &[inp as u64, out as u64])?;
-            let (blocks, scale) = if t.ggml_type == GgmlType::TQ2_0 {
-                self.transcoded_blocks::<BlockTQ2_0>(t)?
-            } else {
-                self.transcoded_blocks::<BlockTQ1_0>(t)?
-            };
+            let mut blocks = vec![BlockI2::ZERO; out * inp / 128];
+            let scale = self.transcode(t, &mut blocks)?;
             TernaryMatrix::from_blocks(out, inp, blocks, scale * self.extra_scale(name)?)
         } else {
             let c = self.ternary_codes(name, out, inp)?;
@@ -321,22 +316,22 @@ impl Loader<'_> {
         }
     }
 
-    /// A TQ1_0 / TQ2_0 tensor whose rows are whole blocks, transcoded block by block into the
-    /// engine's layout ([`TernaryBlock::push_i2`]), with its per-tensor scale. The check of
-    /// [`Self::block_codes`] (every block with a non-zero weight has the same scale), plus a
-    /// finite scale and no code 3, which is not a ternary value. At load this replaces a byte per weight and
-    /// two passes over it (2B-4T: 2.1 G weights).
-    fn transcoded_blocks<B: TernaryBlock + bytemuck::Pod>(
-        &self,
-        t: &TensorInfo,
-    ) -> Result<(Vec<BlockI2>, f32)> {
-        let n = self.f.data(t).len() / std::mem::size_of::<B>() * (B::BLOCK / 128);
-        let mut blocks = vec![BlockI2::ZERO; n];
-        let scale = self.transcode_into::<B>(t, &mut blocks)?;
-        Ok((blocks, scale))
+    /// A TQ1_0 / TQ2_0 tensor ([`transcodable`]) transcoded into `dst` (exactly its blocks);
+    /// returns its per-tensor scale.
+    fn transcode(&self, t: &TensorInfo, dst: &mut [BlockI2]) -> Result<f32> {
+        if t.ggml_type == GgmlType::TQ2_0 {
+            self.transcode_into::<BlockTQ2_0>(t, dst)
+        } else {
+            self.transcode_into::<BlockTQ1_0>(t, dst)
+        }
     }
 
-    /// [`Loader::transcoded_blocks`] into `dst`, which must hold exactly the tensor's blocks.
+    /// A TQ1_0 / TQ2_0 tensor whose rows are whole blocks, transcoded block by block into the
+    /// engine's layout ([`TernaryBlock::push_i2`]) in `dst`, which must hold exactly its blocks;
+    /// returns its per-tensor scale. The check of [`Self::block_codes`] (every block with a
+    /// non-zero weight has the same scale), plus a finite scale and no code 3, which is not a
+    /// ternary value. At load this replaces a byte per weight and two passes over it (2B-4T:
+    /// 2.1 G weights).
     fn transcode_into<B: TernaryBlock + bytemuck::Pod>(
         &self,
         t: &TensorInfo,
@@ -394,9 +389,9 @@ impl Loader<'_> {
     /// own ([`Loader::ternary`]).
     fn ternary_all(&self, specs: &[(String, usize, usize)]) -> Result<Vec<TernaryMatrix>> {
         let fast = specs.iter().all(|(n, _, inp)| {
-            self.f.tensor(&format!("{n}.weight")).is_some_and(|t| {
-                inp.is_multiple_of(QK_K) && matches!(t.ggml_type, GgmlType::TQ2_0 | GgmlType::TQ1_0)
-            })
+            self.f
+                .tensor(&format!("{n}.weight"))
+                .is_some_and(|t| transcodable(t, *inp))
         });
         if !fast {
             return specs
@@ -433,11 +428,7 @@ impl Loader<'_> {
             .map(|((name, out, inp), dst)| {
                 let t = self.tensor(&format!("{name}.weight"))?;
                 self.shape(t, &[*inp as u64, *out as u64])?;
-                let scale = if t.ggml_type == GgmlType::TQ2_0 {
-                    self.transcode_into::<BlockTQ2_0>(t, dst)?
-                } else {
-                    self.transcode_into::<BlockTQ1_0>(t, dst)?
-                };
+                let scale = self.transcode(t, dst)?;
                 // Repacked: the file's copy need not stay resident.
                 self.f.release(t);
                 Ok(scale * self.extra_scale(name)?)
@@ -502,6 +493,12 @@ impl Loader<'_> {
             message: message.to_string(),
         }
     }
+}
+
+/// Whether a projection is transcoded at load (TQ2_0 or TQ1_0 with rows of whole 256-value
+/// blocks) rather than read code by code.
+fn transcodable(t: &TensorInfo, inp: usize) -> bool {
+    inp.is_multiple_of(QK_K) && matches!(t.ggml_type, GgmlType::TQ2_0 | GgmlType::TQ1_0)
 }
 
 /// Loads a model from an opened GGUF file.
