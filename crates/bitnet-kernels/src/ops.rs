@@ -362,10 +362,10 @@ fn q6k_vnni() -> bool {
 /// The output head in Q6_K on int16 activations: each token is quantized to int16 (absmax,
 /// relative error ≤ 2⁻¹⁶ of its largest value — far below the fixture bounds), then every row
 /// goes through [`crate::q6k_vnni::q6k_i16_vnni_rows`] (AVX-512 VNNI) or
-/// [`crate::q6k_avx2::q6k_split_rows`] (AVX2, on the int16 values split into bytes): quants
-/// unpacked once per block for up to 16 tokens, each token's logit computed with the same
-/// operations in the same order as alone, so batching does not change logits. `out` is
-/// `[n, rows]`.
+/// [`crate::q6k_avx2::q6k_split_rows`] (AVX2: the int16 values split into bytes for one token,
+/// a tile of rows scale-folded to i16 for a batch): quants unpacked once per block for up to
+/// 16 tokens, each token's logit computed from the same exact integer sums with the same float
+/// operations as alone, so batching does not change logits. `out` is `[n, rows]`.
 #[cfg(target_arch = "x86_64")]
 fn q6k_int16(
     blocks: &[crate::formats::BlockQ6K],
