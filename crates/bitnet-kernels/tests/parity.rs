@@ -590,7 +590,9 @@ fn grouped_attention_is_bit_identical_to_each_head_alone() {
 #[test]
 fn two_row_dot_equals_two_single_rows_on_every_kernel() {
     // The 2-row VNNI block (8 tokens at a time, the rest per row) against the scalar twin:
-    // token counts below, at and past the block; random and extreme values.
+    // token counts below, at and past the block; random and extreme values; rows past the AVX2
+    // kernel's 15 blocks of i16 sums (2176 columns: 17 blocks), there with the largest i16 sums
+    // (every weight +1 against −128, and −1 against 127).
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(17);
     for (cols, n) in [
         (128usize, 1usize),
@@ -599,15 +601,23 @@ fn two_row_dot_equals_two_single_rows_on_every_kernel() {
         (512, 9),
         (640, 16),
         (1024, 21),
+        (2176, 6),
+        (2176, 11),
     ] {
+        let extreme = cols == 2176 && n == 6;
         let mut w: Vec<i8> = (0..2 * cols).map(|_| rng.random_range(-1..=1)).collect();
         w[..cols / 2].fill(1);
         w[cols..cols + cols / 2].fill(-1);
+        if extreme {
+            w[..cols].fill(1);
+            w[cols..].fill(-1);
+        }
         let m = TernaryMatrix::from_values(2, cols, &w, 1.0);
         let kp = m.cols_padded();
         let mut q = vec![0i8; n * kp];
         for (i, v) in q.iter_mut().enumerate() {
             *v = match i % 5 {
+                _ if extreme => [-128, 127][i / kp % 2],
                 0 => 127,
                 1 => -128,
                 _ => rng.random(),
