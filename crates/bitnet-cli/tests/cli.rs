@@ -513,6 +513,15 @@ fn create_model_then_bench_json() {
         s(&m),
     ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
+    // Its special tokens are added tokens, not vocabulary entries: `inspect` names the model
+    // kind without `tokenizers` warning that the vocabulary "could be corrupted".
+    let o = bitnet(&["inspect", s(&m)]);
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert!(
+        o.status.success() && out.contains("tokenizer:     BPE"),
+        "{out}{err}"
+    );
+    assert!(!err.contains("WARN"), "{err}");
     let o = bitnet(&[
         "bench",
         "-m",

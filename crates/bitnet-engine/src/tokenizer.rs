@@ -320,16 +320,20 @@ impl Tokenizer {
     pub fn path(&self) -> &Path {
         &self.path
     }
-    /// Model kind of the tokenizer ("BPE", "SentencePiece BPE", …).
+    /// Model kind of the tokenizer ("BPE", "SentencePiece BPE", …). Read off the model's type:
+    /// serializing the model for its `type` field (as this once did) copied the whole
+    /// vocabulary, and `tokenizers` warned that a vocabulary whose special tokens live only
+    /// among the added tokens (GGUF files, `create-model`'s) "could be corrupted".
     pub fn kind(&self) -> String {
+        use tokenizers::models::ModelWrapper;
         match &self.backend {
-            Backend::Hf(t) => {
-                let v = serde_json::to_value(t.get_model()).unwrap_or(Value::Null);
-                v.get("type")
-                    .and_then(Value::as_str)
-                    .unwrap_or("unknown")
-                    .to_string()
+            Backend::Hf(t) => match t.get_model() {
+                ModelWrapper::BPE(_) => "BPE",
+                ModelWrapper::WordPiece(_) => "WordPiece",
+                ModelWrapper::WordLevel(_) => "WordLevel",
+                ModelWrapper::Unigram(_) => "Unigram",
             }
+            .into(),
             Backend::Spm(_) => "SentencePiece BPE".into(),
         }
     }
