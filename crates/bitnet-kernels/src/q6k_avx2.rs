@@ -22,7 +22,7 @@
 #![cfg(target_arch = "x86_64")]
 
 use crate::formats::BlockQ6K;
-use crate::x86::{hsum_ps, prefetch_ahead, q6k_half_unsigned};
+use crate::x86::{hsum_ps, prefetch_ahead, q6k_half, q6k_half_unsigned};
 use std::arch::x86_64::*;
 
 /// One token's int16 activations prepared for [`q6k_split_rows`] (`|x| ≤ 32767`, a length that
@@ -184,12 +184,10 @@ unsafe fn widen(b: &BlockQ6K, picks: &[__m256i; 4]) -> ([__m256i; 16], __m256) {
     // SAFETY: reads inside the block; the callers enable AVX2/F16C.
     unsafe {
         let (sc, d) = scales(b, picks);
-        let c32 = _mm256_set1_epi8(32);
         let mut w = [_mm256_setzero_si256(); 16];
         for h in 0..2 {
-            for (k, q) in q6k_half_unsigned(b, h).into_iter().enumerate() {
+            for (k, s) in q6k_half(b, h).into_iter().enumerate() {
                 let j = 4 * h + k;
-                let s = _mm256_sub_epi8(q, c32);
                 let even = _mm256_srai_epi16::<8>(_mm256_slli_epi16::<8>(s));
                 let odd = _mm256_srai_epi16::<8>(s);
                 w[2 * j] = _mm256_mullo_epi16(even, sc[j]);
