@@ -199,7 +199,15 @@ impl Loader<'_> {
             GgmlType::Q4K => DenseData::Q4K(self.buf::<BlockQ4K>(t, d)),
             _ => return Err(self.dtype_err(t, "F32, F16, BF16, Q8_0, Q6_K or Q4_K")),
         };
-        Ok(DenseMatrix::new(rows, cols, data))
+        let m = DenseMatrix::new(rows, cols, data);
+        let shared = m.is_shared();
+        let m = m.into_kernel_layout();
+        if shared && !m.is_shared() {
+            // Reordered for the kernels into memory of its own: the file's copy need not stay
+            // resident.
+            self.f.release(t);
+        }
+        Ok(m)
     }
 
     /// The tensor's values used in place from the memory map (little-endian hosts, aligned

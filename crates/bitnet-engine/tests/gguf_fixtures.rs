@@ -20,8 +20,19 @@ fn every_fixture_gguf_meets_its_reference() {
     for (file, reference) in GGUF_FILES {
         let path = dir.join("gguf").join(file);
         let model = Model::load(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
-        // F16 and Q6_K embeddings are aligned in the file: used in place.
-        assert!(model.zero_copy_embedding(), "{file}: embedding copied");
+        // F16 and Q6_K embeddings are aligned in the file: used in place, except the Q6_K one
+        // (tq2_0_default.gguf) where the AVX-512 VNNI head runs, which the loader reorders into
+        // the kernels' lane order (a copy of its own; the file's pages are released).
+        let reordered = file == "tq2_0_default.gguf"
+            && matches!(
+                bitnet_kernels::dispatch::active(),
+                bitnet_kernels::Kernel::Avx512Vnni | bitnet_kernels::Kernel::Amx
+            );
+        assert_eq!(
+            model.zero_copy_embedding(),
+            !reordered,
+            "{file}: embedding copied, or not reordered for the VNNI head"
+        );
         if file == "i2_s.gguf" {
             // I2_S is our block layout: every projection is used in place from the mmap.
             assert_eq!(model.zero_copy_projections(), (14, 14));

@@ -25,11 +25,14 @@ fn run(b: Bencher, (rows, cols): (usize, usize), n: usize) {
         .map(|_| rng.random_range(-1.0..1.0))
         .collect();
     let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-2.0..2.0)).collect();
+    // In the kernels' own layout, as the model loader keeps it (the VNNI lane order where the
+    // AVX-512 VNNI head runs).
     let m = DenseMatrix::new(
         rows,
         cols,
         DenseData::Q6K(quantize_row::<BlockQ6K>(&w).into()),
-    );
+    )
+    .into_kernel_layout();
     let mut out = vec![0f32; n * rows];
     b.counter(ItemsCount::new(rows * cols * n))
         .bench_local(|| dense_matmul(&m, &x, n, &mut out));

@@ -1,7 +1,7 @@
 //! Float matrices: embeddings and the output head, kept in their stored precision.
 
 use crate::buf::Buf;
-use crate::formats::{BlockQ4K, BlockQ6K, BlockQ8_0};
+use crate::formats::{BlockQ4K, BlockQ6K, BlockQ6KLanes, BlockQ8_0};
 use crate::quant::QuantBlock;
 use half::{bf16, f16};
 
@@ -18,6 +18,9 @@ pub enum DenseData {
     Q8_0(Buf<BlockQ8_0>),
     /// Q6_K blocks.
     Q6K(Buf<BlockQ6K>),
+    /// Q6_K blocks with their quants in the lane order of the AVX-512 VNNI head
+    /// ([`DenseMatrix::into_kernel_layout`]).
+    Q6KLanes(Buf<BlockQ6KLanes>),
     /// Q4_K blocks.
     Q4K(Buf<BlockQ4K>),
 }
@@ -42,6 +45,7 @@ impl DenseMatrix {
             DenseData::F16(v) => v.len(),
             DenseData::Q8_0(v) => v.len() * BlockQ8_0::BLOCK,
             DenseData::Q6K(v) => v.len() * BlockQ6K::BLOCK,
+            DenseData::Q6KLanes(v) => v.len() * BlockQ6KLanes::BLOCK,
             DenseData::Q4K(v) => v.len() * BlockQ4K::BLOCK,
         };
         assert_eq!(len, rows * cols, "dense matrix length");
@@ -62,7 +66,7 @@ impl DenseMatrix {
             DenseData::Bf16(_) => "BF16",
             DenseData::F16(_) => "F16",
             DenseData::Q8_0(_) => "Q8_0",
-            DenseData::Q6K(_) => "Q6_K",
+            DenseData::Q6K(_) | DenseData::Q6KLanes(_) => "Q6_K",
             DenseData::Q4K(_) => "Q4_K",
         }
     }
@@ -74,6 +78,7 @@ impl DenseMatrix {
             DenseData::F16(v) => v.len() * 2,
             DenseData::Q8_0(v) => std::mem::size_of_val(&**v),
             DenseData::Q6K(v) => std::mem::size_of_val(&**v),
+            DenseData::Q6KLanes(v) => std::mem::size_of_val(&**v),
             DenseData::Q4K(v) => std::mem::size_of_val(&**v),
         }
     }
@@ -81,6 +86,27 @@ impl DenseMatrix {
     /// The storage.
     pub fn data(&self) -> &DenseData {
         &self.data
+    }
+
+    /// The matrix in the layout the active kernels read fastest: where the AVX-512 VNNI output
+    /// head runs (the `avx512` or `amx` kernel), a Q6_K matrix becomes [`DenseData::Q6KLanes`]
+    /// (the same quants, scales and `d`, reordered; owned, so a memory-mapped file's copy is
+    /// no longer read and may be released). Every other matrix, and every matrix on other
+    /// CPUs, is returned unchanged. The values do not change: [`DenseMatrix::row_to_f32`]
+    /// gives the same bits either way.
+    pub fn into_kernel_layout(self) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if let DenseData::Q6K(v) = &self.data {
+            if crate::ops::q6k_vnni() {
+                use rayon::prelude::*;
+                let lanes: Vec<BlockQ6KLanes> = v.par_iter().map(BlockQ6KLanes::from_q6k).collect();
+                return DenseMatrix {
+                    data: DenseData::Q6KLanes(lanes.into()),
+                    ..self
+                };
+            }
+        }
+        self
     }
 
     /// Whether the values are borrowed from a memory-mapped file (zero-copy).
@@ -91,6 +117,7 @@ impl DenseMatrix {
             DenseData::F16(v) => v.is_shared(),
             DenseData::Q8_0(v) => v.is_shared(),
             DenseData::Q6K(v) => v.is_shared(),
+            DenseData::Q6KLanes(v) => v.is_shared(),
             DenseData::Q4K(v) => v.is_shared(),
         }
     }
@@ -128,6 +155,21 @@ impl DenseMatrix {
                     return;
                 }
                 dequant_row(blocks, out)
+            }
+            DenseData::Q6KLanes(v) => {
+                // Block by block back in Q6_K's order, then Q6_K's own dequantization (the
+                // same bits as the Q6_K matrix gives).
+                let blocks = &v[r * c / 256..(r + 1) * c / 256];
+                for (b, o) in blocks.iter().zip(out.chunks_exact_mut(256)) {
+                    let q = [b.to_q6k()];
+                    #[cfg(target_arch = "x86_64")]
+                    if simd_dense() {
+                        // SAFETY: `simd_dense` checked AVX2/FMA; `o` holds 256 values.
+                        unsafe { crate::x86::dequant_q6k(&q, o) };
+                        continue;
+                    }
+                    dequant_row(&q, o)
+                }
             }
             DenseData::Q4K(v) => dequant_row(&v[r * c / 256..(r + 1) * c / 256], out),
         }
@@ -176,6 +218,7 @@ impl DenseMatrix {
             DenseData::F16(v) => dot8(&v[r * c..(r + 1) * c], x, |a| a.to_f32()),
             DenseData::Q8_0(v) => dot_blocks(&v[r * c / 32..(r + 1) * c / 32], x),
             DenseData::Q6K(v) => dot_blocks(&v[r * c / 256..(r + 1) * c / 256], x),
+            DenseData::Q6KLanes(v) => dot_blocks(&v[r * c / 256..(r + 1) * c / 256], x),
             DenseData::Q4K(v) => dot_blocks(&v[r * c / 256..(r + 1) * c / 256], x),
         }
     }

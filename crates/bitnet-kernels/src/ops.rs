@@ -237,11 +237,16 @@ pub fn dense_matmul(m: &DenseMatrix, x: &[f32], n: usize, out: &mut [f32]) {
         "dense_matmul shapes"
     );
     #[cfg(target_arch = "x86_64")]
-    if let crate::DenseData::Q6K(blocks) = m.data() {
-        if crate::dense::simd_dense() {
-            q6k_int16(blocks, rows, cols, x, n, out);
+    match m.data() {
+        crate::DenseData::Q6K(blocks) if crate::dense::simd_dense() => {
+            q6k_int16(Q6Rows::Elements(blocks), rows, cols, x, n, out);
             return;
         }
+        crate::DenseData::Q6KLanes(blocks) if q6k_vnni() => {
+            q6k_int16(Q6Rows::Lanes(blocks), rows, cols, x, n, out);
+            return;
+        }
+        _ => {}
     }
     if n == 1 {
         run_rows(rows, cols, &mut out[..rows], 1, |r0, chunk: &mut [f32]| {
@@ -270,7 +275,9 @@ pub fn dense_matmul(m: &DenseMatrix, x: &[f32], n: usize, out: &mut [f32]) {
         crate::DenseData::F16(_) | crate::DenseData::Bf16(_) => Some(0),
         crate::DenseData::Q8_0(_) => Some(if simd { 0 } else { 32 }),
         // The SIMD Q6_K head took the int16 path above; Q4_K has no SIMD dot.
-        crate::DenseData::Q6K(_) | crate::DenseData::Q4K(_) => Some(256),
+        crate::DenseData::Q6K(_) | crate::DenseData::Q6KLanes(_) | crate::DenseData::Q4K(_) => {
+            Some(256)
+        }
     };
     let kernel = |r0: usize, chunk: &mut [f32]| {
         let nr = chunk.len() / n;
@@ -349,9 +356,10 @@ thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Whether the int16 VNNI Q6_K head serves `n` tokens (AVX-512 VNNI or AMX kernel active).
+/// Whether the int16 VNNI Q6_K head runs (AVX-512 VNNI or AMX kernel active): the Q6_K heads
+/// in the lane order ([`crate::DenseMatrix::into_kernel_layout`]) take it.
 #[cfg(target_arch = "x86_64")]
-fn q6k_vnni() -> bool {
+pub(crate) fn q6k_vnni() -> bool {
     crate::dense::simd_dense()
         && matches!(
             crate::dispatch::active(),
@@ -359,22 +367,24 @@ fn q6k_vnni() -> bool {
         )
 }
 
+/// The rows of a Q6_K head: in Q6_K's element order (the AVX2 kernels) or in the lane order of
+/// the AVX-512 VNNI kernels.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+enum Q6Rows<'a> {
+    Elements(&'a [crate::formats::BlockQ6K]),
+    Lanes(&'a [crate::formats::BlockQ6KLanes]),
+}
+
 /// The output head in Q6_K on int16 activations: each token is quantized to int16 (absmax,
 /// relative error ≤ 2⁻¹⁶ of its largest value — far below the fixture bounds), then every row
-/// goes through [`crate::q6k_vnni::q6k_i16_vnni_rows`] (AVX-512 VNNI) or
+/// goes through [`crate::q6k_vnni::q6k_i16_vnni_rows`] (AVX-512 VNNI, rows in the lane order) or
 /// [`crate::q6k_avx2::q6k_split_rows`] (AVX2: the int16 values split into bytes for one token,
 /// a tile of rows scale-folded to i16 for a batch): quants unpacked once per block for up to
 /// 16 tokens, each token's logit computed from the same exact integer sums with the same float
 /// operations as alone, so batching does not change logits. `out` is `[n, rows]`.
 #[cfg(target_arch = "x86_64")]
-fn q6k_int16(
-    blocks: &[crate::formats::BlockQ6K],
-    rows: usize,
-    cols: usize,
-    x: &[f32],
-    n: usize,
-    out: &mut [f32],
-) {
+fn q6k_int16(blocks: Q6Rows, rows: usize, cols: usize, x: &[f32], n: usize, out: &mut [f32]) {
     // The buffers are taken out of the thread-locals for the call (and put back after), so no
     // borrow is held while rayon runs other work on this thread.
     let mut b = X16.with(|buf| std::mem::take(&mut *buf.borrow_mut()));
@@ -392,7 +402,7 @@ fn q6k_int16(
         }
         let bpr = cols / 256;
         let x16: &[i16] = &b;
-        let vnni = q6k_vnni();
+        let vnni = matches!(blocks, Q6Rows::Lanes(_));
         // Every token prepared once, for all rows: split into bytes (AVX2), or reordered and
         // split (VNNI).
         let mut split = SPLIT.with(|buf| std::mem::take(&mut *buf.borrow_mut()));
@@ -412,7 +422,10 @@ fn q6k_int16(
             let nr = chunk.len() / n;
             for t0 in (0..n).step_by(16) {
                 let nt = (n - t0).min(16);
-                let rows_blocks = &blocks[r0 * bpr..(r0 + nr) * bpr];
+                let rows_blocks = match blocks {
+                    Q6Rows::Elements(b) => Q6Rows::Elements(&b[r0 * bpr..(r0 + nr) * bpr]),
+                    Q6Rows::Lanes(b) => Q6Rows::Lanes(&b[r0 * bpr..(r0 + nr) * bpr]),
+                };
                 let xs: [&crate::q6k_vnni::VnniActs; 16] = if vnni {
                     std::array::from_fn(|k| &acts[t0 + k.min(nt - 1)])
                 } else {
@@ -426,10 +439,10 @@ fn q6k_int16(
                 };
                 let sp = &sp[..nt];
                 if nt == n {
-                    // SAFETY: `simd_dense` checked AVX2/FMA, `q6k_vnni` AVX-512 F/BW/VNNI
-                    // (active kernel); |x16| ≤ 32767 by construction above; shapes asserted
-                    // inside.
-                    unsafe { q6k_rows(vnni, rows_blocks, bpr, xs, sp, chunk) };
+                    // SAFETY: `simd_dense` checked AVX2/FMA, and lane-ordered rows come here only
+                    // when `q6k_vnni` (AVX-512 F/BW/VNNI, active kernel) holds; |x16| ≤ 32767
+                    // by construction above; shapes asserted inside.
+                    unsafe { q6k_rows(rows_blocks, bpr, xs, sp, chunk) };
                     if n == 1 {
                         // One flat pass (it vectorizes; a loop per one-element row measured
                         // ~5 % of a small-model decode step).
@@ -448,7 +461,7 @@ fn q6k_int16(
                 }
                 let mut part = vec![0f32; nr * nt];
                 // SAFETY: as above.
-                unsafe { q6k_rows(vnni, rows_blocks, bpr, xs, sp, &mut part) };
+                unsafe { q6k_rows(rows_blocks, bpr, xs, sp, &mut part) };
                 for i in 0..nr {
                     for k in 0..nt {
                         chunk[i * n + t0 + k] = part[i * nt + k] * inv[t0 + k];
@@ -478,15 +491,14 @@ static EMPTY_SPLIT: crate::q6k_avx2::SplitActs = crate::q6k_avx2::SplitActs::EMP
 #[cfg(target_arch = "x86_64")]
 static EMPTY_ACTS: crate::q6k_vnni::VnniActs = crate::q6k_vnni::VnniActs::EMPTY;
 
-/// The int16 Q6_K row kernel: AVX-512 VNNI when `vnni`, else AVX2.
+/// The int16 Q6_K row kernel: AVX-512 VNNI for rows in the lane order, else AVX2.
 ///
 /// # Safety
-/// As [`crate::q6k_vnni::q6k_i16_vnni_rows`] (with `vnni`) or [`crate::q6k_avx2::q6k_split_rows`].
+/// As [`crate::q6k_vnni::q6k_i16_vnni_rows`] (lane order) or [`crate::q6k_avx2::q6k_split_rows`].
 #[cfg(target_arch = "x86_64")]
 #[inline]
 unsafe fn q6k_rows(
-    vnni: bool,
-    blocks: &[crate::formats::BlockQ6K],
+    blocks: Q6Rows,
     bpr: usize,
     xs: &[&crate::q6k_vnni::VnniActs],
     sp: &[&crate::q6k_avx2::SplitActs],
@@ -494,10 +506,9 @@ unsafe fn q6k_rows(
 ) {
     // SAFETY: forwarded caller contract.
     unsafe {
-        if vnni {
-            crate::q6k_vnni::q6k_i16_vnni_rows(blocks, bpr, xs, out)
-        } else {
-            crate::q6k_avx2::q6k_split_rows(blocks, bpr, sp, out)
+        match blocks {
+            Q6Rows::Lanes(b) => crate::q6k_vnni::q6k_i16_vnni_rows(b, bpr, xs, out),
+            Q6Rows::Elements(b) => crate::q6k_avx2::q6k_split_rows(b, bpr, sp, out),
         }
     }
 }

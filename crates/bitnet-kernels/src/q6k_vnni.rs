@@ -1,23 +1,30 @@
-//! The Q6_K output head on int16 activations with AVX-512 VNNI (llama.cpp's `block_q6_K`
-//! layout, see `formats::q6_k`): one token (decode) or up to 16 (batched decode, prefill's last
-//! tokens). Scalar twin: the Q6_K `to_float` dot; parity tests in `tests/parity.rs`.
+//! The Q6_K output head on int16 activations with AVX-512 VNNI, on blocks in the lane order of
+//! [`BlockQ6KLanes`] (a Q6_K block whose quants are reordered so that lane `l` of each of the
+//! four unpacked 64-quant vectors holds four quants of sub-block `l`): one token (decode) or up
+//! to 16 (batched decode, prefill's last tokens). Scalar twin: the Q6_K `to_float` dot; parity
+//! tests in `tests/parity.rs` and `tests/q6k_lanes.rs`.
 //!
-//! Two formulations give the same exact i32 lane sums, so a token's logit is bit-identical
-//! whether it runs alone or in a batch:
+//! Lane `l` of a block sums all 16 quants of sub-block `l`, whose scale is the lane's in every
+//! vector. Two formulations give the same exact i32 lane sums `sc_l · Σ (q − 32)·x`, so a
+//! token's logit is bit-identical whether it runs alone or in a batch:
 //! * **several tokens** ([`q6k_scaled`], [`q6k_tokens`]): a block's quants are widened to i16
-//!   and multiplied by their sub-block scales once, then every token takes eight `vpdpwssd`
+//!   and multiplied by their lane's scale once, then every token takes eight `vpdpwssd`
 //!   (i16 pairs) per block;
 //! * **one token** ([`q6k_split_block`]): no widening; the activations are split into bytes
 //!   (`x = 256·hi + lo`) and each 64-quant vector takes two `vpdpbusd` (u8 × s8, four products
-//!   per lane) whose i32 lanes fit i16, so one `vpdpwssd` each applies the sub-block scales.
-//!   About 50 instead of 60 vector µops per block: the decode head is bound by them.
+//!   per lane), `Σ q·hi` and `Σ q·lo` over the lane's 16 quants; then `256·H + L`, with the
+//!   `− 32` of the quants as one precomputed `−32 · Σ x` per lane, times the lane's scale
+//!   (one `vpmulld` per block). Ten multiply-port µops per block instead of the 17 of the
+//!   element order (whose lanes change sub-block, hence scale, from vector to vector: one
+//!   `vpdpwssd` per vector and half): the decode head is bound by them.
 //!
-//! Lane `l` of both collects the quants `64j + 4l .. 64j + 4l + 4` of the block's four 64-quant
-//! vectors `j`: the i16 path takes the even and the odd quants of a vector as two vectors, and
-//! its activations are reordered to match ([`VnniActs`]).
+//! The i16 path takes the even and the odd quants of a vector as two vectors, and its
+//! activations are reordered to match ([`VnniActs`]).
 
 #![cfg(target_arch = "x86_64")]
 
+use crate::formats::q6_k_lanes::lane_element;
+use crate::formats::BlockQ6KLanes;
 use crate::x86::prefetch_ahead;
 use std::arch::x86_64::*;
 
@@ -84,15 +91,15 @@ impl<'a> LaneSums<'a> {
     }
 }
 
-/// The 256 stored quants of a Q6_K block (0..=63, without the `− 32`) as four vectors of 64
-/// bytes in element order (vector j: elements 64j ..), unpacked with 512-bit operations: per
+/// The 256 stored quants of a block (0..=63, without the `− 32`) as four vectors of 64 bytes
+/// in storage order (vector j: positions 64j ..), unpacked with 512-bit operations: per
 /// half h, `ql[64h..64h+64]` holds the low nibbles of elements 128h + 0..64 and the high nibbles
 /// of 128h + 64..128, and the two high bits come from `qh[32h + l]` at shifts 0, 2, 4, 6 for the
 /// four 32-element groups (llama.cpp's `block_q6_K`). Same values as [`q6k_half_unsigned`].
 ///
 /// [`q6k_half_unsigned`]: crate::x86::q6k_half_unsigned
 #[inline(always)]
-unsafe fn q6k_quants512(b: &crate::formats::BlockQ6K) -> [__m512i; 4] {
+unsafe fn q6k_quants512(b: &BlockQ6KLanes) -> [__m512i; 4] {
     // SAFETY: loads read `ql[64h..64h+64]` and `qh[32h..32h+32]` inside the block; the callers
     // enable AVX-512 F/BW.
     unsafe {
@@ -118,12 +125,14 @@ unsafe fn q6k_quants512(b: &crate::formats::BlockQ6K) -> [__m512i; 4] {
 }
 
 /// One token's int16 activations prepared for [`q6k_i16_vnni_rows`] (`|x| ≤ 32767`, a length
-/// that is a multiple of 64):
-/// * `x16`: the values with every 64-value chunk reordered as its 32 even-position values, then
-///   its 32 odd-position ones (the lane order of the i16 quant vectors of [`q6k_scaled`]);
-/// * `hi`, `lo`: `x = 256·hi + lo` in element order (hi = `x >> 8`, lo = `x & 255`);
-/// * `corr`: `−32 · Σ hi` of every 4 consecutive values, the `− 32` of the quants for
-///   [`q6k_split_block`] (`|corr| ≤ 16 384`).
+/// that is a multiple of 256), each 256-value block in the storage order of [`BlockQ6KLanes`]
+/// (position `p` holds value [`lane_element`]`(p)` of the block):
+/// * `x16`: every 64-position chunk as its 32 even positions, then its 32 odd ones (the lane
+///   order of the i16 quant vectors of [`q6k_scaled`]);
+/// * `hi`, `lo`: `x = 256·hi + lo` (hi = `x >> 8`, lo = `x & 255`);
+/// * `corr`: per block and lane `l`, `−32 · Σ x` over the lane's sub-block (values
+///   `16l .. 16l + 16`), the `− 32` of the quants for [`q6k_split_block`]
+///   (`|corr| ≤ 32·16·32767 < 2²⁴`).
 #[derive(Clone, Debug, Default)]
 pub struct VnniActs {
     x16: Vec<i16>,
@@ -141,7 +150,7 @@ impl VnniActs {
         corr: Vec::new(),
     };
 
-    /// Prepares `x` (its length a multiple of 64, every `|x| ≤ 32767`).
+    /// Prepares `x` (its length a multiple of 256, every `|x| ≤ 32767`).
     pub fn new(x: &[i16]) -> VnniActs {
         let mut a = VnniActs::default();
         a.set(x);
@@ -151,27 +160,30 @@ impl VnniActs {
     /// [`VnniActs::new`] into this one's buffers (no allocation once they are large enough).
     ///
     /// # Panics
-    /// If the length is not a multiple of 64 or a value is −32768.
+    /// If the length is not a multiple of 256 or a value is −32768.
     pub fn set(&mut self, x: &[i16]) {
         assert!(
-            x.len().is_multiple_of(64) && x.iter().all(|&v| v != i16::MIN),
-            "VnniActs: length not a multiple of 64, or a value out of ±32767"
+            x.len().is_multiple_of(256) && x.iter().all(|&v| v != i16::MIN),
+            "VnniActs: length not a multiple of 256, or a value out of ±32767"
         );
-        self.x16.clear();
-        for c in x.chunks_exact(64) {
-            self.x16.extend(c.iter().step_by(2));
-            self.x16.extend(c.iter().skip(1).step_by(2));
+        let (x16, hi, lo, corr) = (&mut self.x16, &mut self.hi, &mut self.lo, &mut self.corr);
+        x16.clear();
+        hi.clear();
+        lo.clear();
+        corr.clear();
+        for b in x.chunks_exact(256) {
+            let v: [i16; 256] = std::array::from_fn(|p| b[lane_element(p)]);
+            for c in v.chunks_exact(64) {
+                x16.extend(c.iter().step_by(2));
+                x16.extend(c.iter().skip(1).step_by(2));
+            }
+            hi.extend(v.iter().map(|&v| (v >> 8) as i8));
+            lo.extend(v.iter().map(|&v| v as u8));
+            corr.extend(
+                b.chunks_exact(16)
+                    .map(|s| -32 * s.iter().map(|&v| i32::from(v)).sum::<i32>()),
+            );
         }
-        self.hi.clear();
-        self.hi.extend(x.iter().map(|&v| (v >> 8) as i8));
-        self.lo.clear();
-        self.lo.extend(x.iter().map(|&v| v as u8));
-        self.corr.clear();
-        self.corr.extend(
-            self.hi
-                .chunks_exact(4)
-                .map(|g| -32 * g.iter().map(|&h| i32::from(h)).sum::<i32>()),
-        );
     }
 
     /// Number of values.
@@ -186,7 +198,7 @@ impl VnniActs {
 }
 
 /// The Q6_K head on int16 activations with AVX-512 VNNI, for consecutive rows of `bpr` blocks
-/// each (`blocks` holds them back to back) and `n = xs.len()` activation rows:
+/// each in the lane order (`blocks` holds them back to back) and `n = xs.len()` activation rows:
 /// `out[r·n + t] = Σ w_r·xs[t]`. The quants (`q − 32`) are widened to i16, multiplied by their
 /// 16-quant sub-block scales (`|q·sc| ≤ 32·128 = 4096`, fits i16) and accumulated with `vpdpwssd`
 /// (i16 pairs → i32) straight into one 16-lane i32 sum per block. Exact: a lane takes 16
@@ -203,7 +215,7 @@ impl VnniActs {
 /// shapes are asserted).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
 pub unsafe fn q6k_i16_vnni_rows(
-    blocks: &[crate::formats::BlockQ6K],
+    blocks: &[BlockQ6KLanes],
     bpr: usize,
     xs: &[&VnniActs],
     out: &mut [f32],
@@ -219,15 +231,9 @@ pub unsafe fn q6k_i16_vnni_rows(
         "q6k_i16_vnni_rows: shapes"
     );
     // SAFETY (whole block): features enabled; the helpers read inside each block, and the
-    // activation loads read 256 values (and 64 `corr` sums) of block bi of xs[t], in bounds by
+    // activation loads read 256 values (and 16 `corr` sums) of block bi of xs[t], in bounds by
     // the assert.
     unsafe {
-        // Scale selectors: word m of 64-quant vector j takes sub-block scale 4j + m/8.
-        let mut sel = [_mm512_setzero_si512(); 4];
-        for (j, s) in sel.iter_mut().enumerate() {
-            let idx: [i16; 32] = std::array::from_fn(|m| (4 * j + m / 8) as i16);
-            *s = _mm512_loadu_si512(idx.as_ptr() as *const __m512i);
-        }
         // Every (row, token) accumulator goes through `sums` in output order.
         let mut sums = LaneSums::new(out);
         if n == 1 {
@@ -236,7 +242,7 @@ pub unsafe fn q6k_i16_vnni_rows(
                 // Decode: the accumulator stays in a register (measured faster than the array).
                 let mut acc = _mm512_setzero_ps();
                 for (bi, b) in row.iter().enumerate() {
-                    let (isum, d) = q6k_split_block(b, &sel, x, bi);
+                    let (isum, d) = q6k_split_block(b, x, bi);
                     acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, acc);
                 }
                 sums.push(acc);
@@ -258,7 +264,7 @@ pub unsafe fn q6k_i16_vnni_rows(
         for rows_t in blocks[..rows * bpr].chunks(tile * bpr) {
             let nr = rows_t.len() / bpr;
             for ((b, wb), db) in rows_t.iter().zip(w.chunks_exact_mut(8)).zip(d.iter_mut()) {
-                let (q, s) = q6k_scaled(b, &sel);
+                let (q, s) = q6k_scaled(b);
                 wb.copy_from_slice(&q);
                 *db = s;
             }
@@ -424,9 +430,9 @@ unsafe fn q6k_tokens_rows<const R: usize>(
 /// Prefetches for a block's first touch: four lines (210-byte blocks) a few blocks ahead into
 /// L2, and the block after next from L2 into L1 (its first loads otherwise wait for L2).
 #[inline(always)]
-fn prefetch_block(b: &crate::formats::BlockQ6K) {
+fn prefetch_block(b: &BlockQ6KLanes) {
     prefetch_ahead(b, 4);
-    let near = (b as *const crate::formats::BlockQ6K as *const i8).wrapping_add(2 * 210);
+    let near = (b as *const BlockQ6KLanes as *const i8).wrapping_add(2 * 210);
     for l in 0..4 {
         // SAFETY: SSE is baseline; a prefetch never faults (`wrapping_add` keeps the
         // arithmetic defined).
@@ -434,42 +440,44 @@ fn prefetch_block(b: &crate::formats::BlockQ6K) {
     }
 }
 
-/// A block's 16 sub-block scales as i16 in the low words of a vector, and `d` broadcast.
+/// A block's 16 sub-block scales, lane `l` holding `scales[l]` sign-extended to i32, and `d`
+/// broadcast.
 #[inline(always)]
-unsafe fn q6k_scales(b: &crate::formats::BlockQ6K) -> (__m512i, __m512) {
+unsafe fn q6k_scales(b: &BlockQ6KLanes) -> (__m512i, __m512) {
     // SAFETY: reads the block's 16 scale bytes; the callers enable AVX-512 F/BW and F16C.
     unsafe {
         let sc8 = _mm_loadu_si128(b.scales.as_ptr() as *const __m128i);
         // `d` through F16C (exact, like `half`, without its call and feature check).
         let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(b.d))));
-        (
-            _mm512_castsi256_si512(_mm256_cvtepi8_epi16(sc8)),
-            _mm512_set1_ps(d),
-        )
+        (_mm512_cvtepi8_epi32(sc8), _mm512_set1_ps(d))
     }
 }
 
-/// A Q6_K block's quants `q − 32` as eight vectors of 32 i16 already multiplied by their
-/// sub-block scales (`sel` from [`q6k_i16_vnni_rows`]), and the block scale `d` broadcast.
-/// Vector `2j` holds the even-position quants of 64-quant vector j, `2j + 1` the odd ones, in
-/// the order of [`VnniActs`]' `x16`, so that lane `l` pairs quants `64j + 4l + {0, 2}` and
-/// `64j + 4l + {1, 3}`: the lanes of [`q6k_split_block`].
+/// A block's quants `q − 32` as eight vectors of 32 i16 already multiplied by their lane's
+/// sub-block scale, and the block scale `d` broadcast. Vector `2j` holds the even positions of
+/// 64-quant vector j, `2j + 1` the odd ones, in the order of [`VnniActs`]' `x16`, so that lane
+/// `l` pairs positions `64j + 4l + {0, 2}` and `64j + 4l + {1, 3}`: the lanes of
+/// [`q6k_split_block`].
 #[inline(always)]
-unsafe fn q6k_scaled(b: &crate::formats::BlockQ6K, sel: &[__m512i; 4]) -> ([__m512i; 8], __m512) {
+unsafe fn q6k_scaled(b: &BlockQ6KLanes) -> ([__m512i; 8], __m512) {
     prefetch_block(b);
     // SAFETY: reads inside the block (`q6k_quants512`, `q6k_scales`); the callers enable
     // AVX-512 F/BW and F16C.
     unsafe {
-        let (sc16, d) = q6k_scales(b);
+        let (sc32, d) = q6k_scales(b);
+        // Both words of lane l: scales[l].
+        let s = _mm512_or_si512(
+            _mm512_and_si512(sc32, _mm512_set1_epi32(0xFFFF)),
+            _mm512_slli_epi32(sc32, 16),
+        );
         let q = q6k_quants512(b);
         let c32 = _mm512_set1_epi8(32);
         // A loop, not `array::from_fn`: a closure does not inherit the caller's target
         // features, so its intrinsics may not inline.
         let mut w = [_mm512_setzero_si512(); 8];
         for j in 0..4 {
-            let s = _mm512_permutexvar_epi16(sel[j], sc16);
             let q32 = _mm512_sub_epi8(q[j], c32);
-            // Sign-extended low and high bytes of each word: the even and odd quants.
+            // Sign-extended low and high bytes of each word: the even and odd positions.
             let even = _mm512_srai_epi16(_mm512_slli_epi16(q32, 8), 8);
             let odd = _mm512_srai_epi16(q32, 8);
             w[2 * j] = _mm512_mullo_epi16(even, s);
@@ -480,65 +488,44 @@ unsafe fn q6k_scaled(b: &crate::formats::BlockQ6K, sel: &[__m512i; 4]) -> ([__m5
 }
 
 /// One token's exact i32 lane sums of block `bi` of a row (and the block's `d`), without
-/// widening the quants: per 64-quant vector j,
-/// * `p = corr + vpdpbusd(q, hi)`, i.e. `Σ (q − 32)·hi` over the lane's four quants
-///   (`|p| ≤ 4·32·128`), and `A += p · sc` with `vpdpwssd` (p fits the low i16 word; the
-///   selector leaves the high word of the scale 0);
-/// * `p' = vpdpbusd(lo, q − 32)`, `Σ (q − 32)·lo` (`|p'| ≤ 4·255·32 < 2¹⁵`), and `L += p' · sc`;
+/// widening the quants: over the four 64-quant vectors j,
+/// * `H = Σ vpdpbusd(q, hi)`, i.e. `Σ q·hi` over the lane's 16 quants (q = 0..=63 unsigned);
+/// * `L = corr + Σ vpdpbusd(lo, q)`, `Σ q·lo − 32·Σ x` (q fits the signed operand);
 ///
-/// then `256·A + L` in wrapping i32 arithmetic, which is the exact lane sum
-/// `Σ (q − 32)·sc·x` because that sum fits i32 (see [`q6k_i16_vnni_rows`]). Lane `l` covers the
-/// quants `64j + 4l ..+4` as in [`q6k_scaled`], so the sums equal the i16 path's bit for bit.
-/// `vpdpbusd`/`vpdpwssd` are inline assembly (see [`q6k_tokens`]).
+/// then `sc · (256·H + L)` in wrapping i32 arithmetic, which is the exact lane sum
+/// `sc · Σ (q − 32)·x` because that sum fits i32 (see [`q6k_i16_vnni_rows`]), as do `256·H`
+/// and `L`. So the sums equal the i16 path's bit for bit. `vpdpbusd` is inline assembly (see
+/// [`q6k_tokens`]).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-unsafe fn q6k_split_block(
-    b: &crate::formats::BlockQ6K,
-    sel: &[__m512i; 4],
-    x: &VnniActs,
-    bi: usize,
-) -> (__m512i, __m512) {
+unsafe fn q6k_split_block(b: &BlockQ6KLanes, x: &VnniActs, bi: usize) -> (__m512i, __m512) {
     prefetch_block(b);
     // SAFETY: the caller enables AVX-512 F/BW/VNNI and F16C and checked that `x` holds block
-    // `bi` (256 `hi`/`lo` values, 64 `corr` sums); the block loads read inside the block.
+    // `bi` (256 `hi`/`lo` values, 16 `corr` sums); the block loads read inside the block.
     unsafe {
-        let (sc16, d) = q6k_scales(b);
+        let (sc, d) = q6k_scales(b);
         let q = q6k_quants512(b);
-        let c32 = _mm512_set1_epi8(32);
         let hi = x.hi.as_ptr().add(256 * bi);
         let lo = x.lo.as_ptr().add(256 * bi);
-        let corr = x.corr.as_ptr().add(64 * bi);
-        let mut a = _mm512_setzero_si512();
-        let mut l = _mm512_setzero_si512();
-        for j in 0..4 {
-            // Scales in the low word of each lane, 0 in the high word.
-            let s = _mm512_maskz_permutexvar_epi16(0x5555_5555, sel[j], sc16);
-            let mut p = _mm512_loadu_si512(corr.add(16 * j) as *const __m512i);
+        let mut h = _mm512_setzero_si512();
+        let mut l = _mm512_loadu_si512(x.corr.as_ptr().add(16 * bi) as *const __m512i);
+        for (j, &qj) in q.iter().enumerate() {
+            let xl = _mm512_loadu_si512(lo.add(64 * j) as *const __m512i);
             std::arch::asm!(
-                "vpdpbusd {p}, {q}, zmmword ptr [{h}]",
-                "vpdpwssd {a}, {p}, {s}",
-                p = inout(zmm_reg) p,
-                a = inout(zmm_reg) a,
-                q = in(zmm_reg) q[j],
-                s = in(zmm_reg) s,
-                h = in(reg) hi.add(64 * j),
+                "vpdpbusd {h}, {q}, zmmword ptr [{p}]",
+                "vpdpbusd {l}, {x}, {q}",
+                h = inout(zmm_reg) h,
+                l = inout(zmm_reg) l,
+                q = in(zmm_reg) qj,
+                x = in(zmm_reg) xl,
+                p = in(reg) hi.add(64 * j),
                 options(pure, readonly, nostack, preserves_flags)
             );
-            let xl = _mm512_loadu_si512(lo.add(64 * j) as *const __m512i);
-            let q32 = _mm512_sub_epi8(q[j], c32);
-            let mut p2 = _mm512_setzero_si512();
-            std::arch::asm!(
-                "vpdpbusd {p}, {x}, {q}",
-                "vpdpwssd {l}, {p}, {s}",
-                p = inout(zmm_reg) p2,
-                l = inout(zmm_reg) l,
-                x = in(zmm_reg) xl,
-                q = in(zmm_reg) q32,
-                s = in(zmm_reg) s,
-                options(pure, nomem, nostack, preserves_flags)
-            );
         }
-        (_mm512_add_epi32(_mm512_slli_epi32(a, 8), l), d)
+        (
+            _mm512_mullo_epi32(_mm512_add_epi32(_mm512_slli_epi32(h, 8), l), sc),
+            d,
+        )
     }
 }
 

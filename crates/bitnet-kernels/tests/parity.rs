@@ -320,21 +320,38 @@ fn q6k_decode_head_matches_scalar_within_int16_rounding() {
             cols,
             DenseData::Q6K(quantize_row::<BlockQ6K>(&vals).into()),
         );
-        let mut out = vec![0f32; rows];
-        dense_matmul(&m, &x, 1, &mut out);
-        for r in 0..rows {
-            let want = m.row_dot_scalar(r, &x);
-            let bound: f32 = vals[r * cols..(r + 1) * cols]
-                .iter()
-                .zip(&x)
-                .map(|(w, x)| (w * x).abs())
-                .sum();
-            assert!(
-                (out[r] - want).abs() <= 1e-4 * bound,
-                "row {r}: {} vs {want}",
-                out[r]
-            );
+        // Q6_K's order (the AVX2 kernel) and the kernels' own layout (the VNNI lane order
+        // where the AVX-512 VNNI head runs).
+        let lanes = m.clone().into_kernel_layout();
+        assert_eq!(
+            matches!(lanes.data(), DenseData::Q6KLanes(_)),
+            vnni_head(),
+            "the lane order exactly where the VNNI head runs"
+        );
+        for m in [m, lanes] {
+            let mut out = vec![0f32; rows];
+            dense_matmul(&m, &x, 1, &mut out);
+            q6k_check_rows(&m, &vals, &x, &out);
         }
+    }
+}
+
+/// Each of `out` (one token's logits) against the scalar dot of its row of `m`, within the
+/// int16 head's bound relative to `Σ |w·x|`.
+fn q6k_check_rows(m: &bitnet_kernels::DenseMatrix, vals: &[f32], x: &[f32], out: &[f32]) {
+    let cols = m.cols();
+    for (r, &got) in out.iter().enumerate().take(m.rows()) {
+        let want = m.row_dot_scalar(r, x);
+        let bound: f32 = vals[r * cols..(r + 1) * cols]
+            .iter()
+            .zip(x)
+            .map(|(w, x)| (w * x).abs())
+            .sum();
+        assert!(
+            (got - want).abs() <= 1e-4 * bound,
+            "{:?} row {r}: {got} vs {want}",
+            std::mem::discriminant(m.data())
+        );
     }
 }
 
@@ -360,15 +377,25 @@ fn batched_dense_head_matches_per_row_dots() {
         let int16 = int16_head();
         let f16: Vec<half::f16> = vals.iter().map(|&v| half::f16::from_f32(v)).collect();
         let bf16: Vec<half::bf16> = vals.iter().map(|&v| half::bf16::from_f32(v)).collect();
-        for data in [
+        let q6k = DenseMatrix::new(
+            rows,
+            cols,
             DenseData::Q6K(quantize_row::<BlockQ6K>(&vals).into()),
-            DenseData::Q8_0(quantize_row::<BlockQ8_0>(&vals).into()),
-            DenseData::F32(vals.clone().into()),
-            DenseData::F16(f16.clone().into()),
-            DenseData::Bf16(bf16.clone().into()),
+        );
+        for m in [
+            q6k.clone(),
+            // The VNNI lane order where the AVX-512 VNNI head runs (else Q6_K again).
+            q6k.clone().into_kernel_layout(),
+            DenseMatrix::new(
+                rows,
+                cols,
+                DenseData::Q8_0(quantize_row::<BlockQ8_0>(&vals).into()),
+            ),
+            DenseMatrix::new(rows, cols, DenseData::F32(vals.clone().into())),
+            DenseMatrix::new(rows, cols, DenseData::F16(f16.clone().into())),
+            DenseMatrix::new(rows, cols, DenseData::Bf16(bf16.clone().into())),
         ] {
-            let q6k = matches!(data, DenseData::Q6K(_));
-            let m = DenseMatrix::new(rows, cols, data);
+            let q6k = matches!(m.data(), DenseData::Q6K(_) | DenseData::Q6KLanes(_));
             let mut out = vec![0f32; n * rows];
             dense_matmul(&m, &x, n, &mut out);
             for t in 0..n {
@@ -399,6 +426,14 @@ fn batched_dense_head_matches_per_row_dots() {
             }
         }
     }
+}
+
+/// Whether the AVX-512 VNNI Q6_K head runs (the `avx512` or `amx` kernel active).
+fn vnni_head() -> bool {
+    matches!(
+        bitnet_kernels::dispatch::active(),
+        Kernel::Avx512Vnni | Kernel::Amx
+    )
 }
 
 /// Whether the Q6_K head runs on int16 activations: a SIMD kernel active on a CPU with
@@ -773,7 +808,12 @@ fn q6k_int16_kernels_match_dequantized_dot_at_the_extremes() {
                     "avx2 {avx2} vs {want} (extreme {extreme})"
                 );
                 if vnni {
-                    // One token (the byte-split path) and 5 (the i16 path): the same bits.
+                    // One token (the byte-split path) and 5 (the i16 path), on the blocks in
+                    // the VNNI lane order: the same bits.
+                    let blocks: &Vec<_> = &blocks
+                        .iter()
+                        .map(bitnet_kernels::formats::BlockQ6KLanes::from_q6k)
+                        .collect();
                     let acts = bitnet_kernels::q6k_vnni::VnniActs::new(&x16);
                     let (mut out, mut out5) = ([0f32], [0f32; 5]);
                     // SAFETY: AVX-512 VNNI detected; `acts` covers every block.

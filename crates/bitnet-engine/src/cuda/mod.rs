@@ -180,6 +180,16 @@ impl CudaRunner {
                     .clone_htod(bytemuck::cast_slice::<_, u8>(v))
                     .map_err(ctx_err("uploading the output head"))?,
             ),
+            // Reordered for the CPU's VNNI head at load: back to Q6_K's order (exact).
+            DenseData::Q6KLanes(v) => {
+                let q6k: Vec<bitnet_kernels::formats::BlockQ6K> =
+                    v.par_iter().map(|b| b.to_q6k()).collect();
+                DevHead::Q6K(
+                    stream
+                        .clone_htod(bytemuck::cast_slice::<_, u8>(&q6k))
+                        .map_err(ctx_err("uploading the output head"))?,
+                )
+            }
             // Other block-quantized heads (GGUF Q8_0/Q4_K): expanded to f32 once, exactly.
             _ => {
                 let cols = hm.cols();

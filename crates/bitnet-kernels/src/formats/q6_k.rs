@@ -136,18 +136,42 @@ impl QuantBlock for BlockQ6K {
                 l[16 * j + ii] = (q + 32) as i8;
             }
         }
+        y.set_quants(&l.map(|v| v as u8));
+        y
+    }
+}
+
+impl BlockQ6K {
+    /// The 256 stored quants (0..=63, the value is `q − 32`) in element order.
+    pub fn quants(&self) -> [u8; QK_K] {
+        let mut q = [0u8; QK_K];
+        for half in 0..2 {
+            let (ql, qh) = (&self.ql[64 * half..], &self.qh[32 * half..]);
+            let y = &mut q[128 * half..];
+            for l in 0..32 {
+                y[l] = (ql[l] & 0xF) | ((qh[l] & 3) << 4);
+                y[l + 32] = (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4);
+                y[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+                y[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+            }
+        }
+        q
+    }
+
+    /// Packs 256 stored quants (0..=63, element order) into `ql` and `qh` (the inverse of
+    /// [`BlockQ6K::quants`]; bits above the sixth are dropped).
+    pub fn set_quants(&mut self, l: &[u8; QK_K]) {
         for half in 0..2 {
             let j = 128 * half;
             for i in 0..32 {
-                let li = |k: usize| l[j + i + k] as u8;
-                y.ql[64 * half + i] = (li(0) & 0xF) | ((li(64) & 0xF) << 4);
-                y.ql[64 * half + i + 32] = (li(32) & 0xF) | ((li(96) & 0xF) << 4);
-                y.qh[32 * half + i] = (li(0) >> 4)
+                let li = |k: usize| l[j + i + k] & 63;
+                self.ql[64 * half + i] = (li(0) & 0xF) | ((li(64) & 0xF) << 4);
+                self.ql[64 * half + i + 32] = (li(32) & 0xF) | ((li(96) & 0xF) << 4);
+                self.qh[32 * half + i] = (li(0) >> 4)
                     | ((li(32) >> 4) << 2)
                     | ((li(64) >> 4) << 4)
                     | ((li(96) >> 4) << 6);
             }
         }
-        y
     }
 }
