@@ -230,6 +230,10 @@ pub fn ternary_matmul_each(ws: &[&TernaryMatrix], x: &QuantizedActs, outs: &mut 
 }
 
 /// `out[t, r] = Σ_c M[r, c] · x[t, c]` in f32 (the output head). `x` is `[n, cols]`.
+///
+/// A Q6_K matrix runs fastest in the kernels' own layout: build it with
+/// [`DenseMatrix::into_kernel_layout`] (the model loaders do), else a CPU with AVX-512 VNNI
+/// takes the AVX2 Q6_K kernels.
 pub fn dense_matmul(m: &DenseMatrix, x: &[f32], n: usize, out: &mut [f32]) {
     let (rows, cols) = (m.rows(), m.cols());
     assert!(
