@@ -79,21 +79,8 @@ impl QuantBlock for BlockQ6K {
 
     fn to_float(&self, out: &mut [f32]) {
         let d = f16::from_bits(self.d).to_f32();
-        for half in 0..2 {
-            let (ql, qh) = (&self.ql[64 * half..], &self.qh[32 * half..]);
-            let sc = &self.scales[8 * half..];
-            let y = &mut out[128 * half..128 * (half + 1)];
-            for l in 0..32 {
-                let is = l / 16;
-                let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
-                let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
-                let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
-                let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
-                y[l] = d * sc[is] as f32 * q1 as f32;
-                y[l + 32] = d * sc[is + 2] as f32 * q2 as f32;
-                y[l + 64] = d * sc[is + 4] as f32 * q3 as f32;
-                y[l + 96] = d * sc[is + 6] as f32 * q4 as f32;
-            }
+        for (e, (o, &q)) in out[..QK_K].iter_mut().zip(&self.quants()).enumerate() {
+            *o = d * self.scales[e / 16] as f32 * (i32::from(q) - 32) as f32;
         }
     }
 
