@@ -111,9 +111,9 @@ unsafe fn q6k_quants512(b: &BlockQ6KLanes) -> [__m512i; 4] {
         let shr = _mm512_inserti64x4::<1>(_mm512_set1_epi16(0), _mm256_set1_epi16(2));
         let mut out = [_mm512_setzero_si512(); 4];
         for h in 0..2 {
-            let ql = _mm512_loadu_si512(b.ql.as_ptr().add(64 * h) as *const __m512i);
+            let ql = _mm512_loadu_si512(b.raw().ql.as_ptr().add(64 * h) as *const __m512i);
             let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(
-                b.qh.as_ptr().add(32 * h) as *const __m256i
+                b.raw().qh.as_ptr().add(32 * h) as *const __m256i
             ));
             let h01 = _mm512_and_si512(_mm512_sllv_epi16(qh, shl), m30);
             let h23 = _mm512_and_si512(_mm512_srlv_epi16(qh, shr), m30);
@@ -446,9 +446,9 @@ fn prefetch_block(b: &BlockQ6KLanes) {
 unsafe fn q6k_scales(b: &BlockQ6KLanes) -> (__m512i, __m512) {
     // SAFETY: reads the block's 16 scale bytes; the callers enable AVX-512 F/BW and F16C.
     unsafe {
-        let sc8 = _mm_loadu_si128(b.scales.as_ptr() as *const __m128i);
+        let sc8 = _mm_loadu_si128(b.raw().scales.as_ptr() as *const __m128i);
         // `d` through F16C (exact, like `half`, without its call and feature check).
-        let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(b.d))));
+        let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(b.raw().d))));
         (_mm512_cvtepi8_epi32(sc8), _mm512_set1_ps(d))
     }
 }

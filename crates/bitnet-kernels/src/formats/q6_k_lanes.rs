@@ -10,22 +10,13 @@
 use super::{BlockQ6K, QK_K};
 use crate::quant::QuantBlock;
 
-/// One Q6_K block in the VNNI lane order (same size and fields as [`BlockQ6K`]).
-#[repr(C)]
+/// One Q6_K block in the VNNI lane order: a [`BlockQ6K`]'s bytes whose quants are reordered
+/// (so the inner block is not a valid Q6_K block, and stays private).
+#[repr(transparent)]
 #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct BlockQ6KLanes {
-    /// Low 4 bits of the quants (positions as Q6_K's elements).
-    pub ql: [u8; 128],
-    /// High 2 bits of the quants.
-    pub qh: [u8; 64],
-    /// Sub-block scales: `scales[s]` is the scale of elements `16s .. 16s + 16`.
-    pub scales: [i8; 16],
-    /// Super-block scale (f16 bits).
-    pub d: u16,
-}
+pub struct BlockQ6KLanes(BlockQ6K);
 
 const _: () = assert!(std::mem::size_of::<BlockQ6KLanes>() == 210);
-const _: () = assert!(std::mem::size_of::<BlockQ6KLanes>() == std::mem::size_of::<BlockQ6K>());
 
 /// The block element stored at position `p` (`p < 256`): with `p = 64j + 4l + i` (vector `j`,
 /// lane `l`, byte `i`), element `16l + 4j + i` — sub-block `l`.
@@ -41,20 +32,25 @@ impl BlockQ6KLanes {
         let q = b.quants();
         let mut out = *b;
         out.set_quants(&std::array::from_fn(|p| q[lane_element(p)]));
-        bytemuck::cast(out)
+        BlockQ6KLanes(out)
     }
 
     /// The block in Q6_K's element order (the inverse of [`BlockQ6KLanes::from_q6k`]).
     pub fn to_q6k(&self) -> BlockQ6K {
-        let b: BlockQ6K = bytemuck::cast(*self);
-        let stored = b.quants();
+        let stored = self.0.quants();
         let mut q = [0u8; QK_K];
         for (p, &v) in stored.iter().enumerate() {
             q[lane_element(p)] = v;
         }
-        let mut out = b;
+        let mut out = self.0;
         out.set_quants(&q);
         out
+    }
+
+    /// The stored bytes (`ql`, `qh`, `scales`, `d` as in Q6_K; the quants in the lane order),
+    /// for the kernels' loads.
+    pub(crate) fn raw(&self) -> &BlockQ6K {
+        &self.0
     }
 }
 
@@ -109,7 +105,7 @@ mod tests {
             let b = BlockQ6K::from_float(&x);
             let l = BlockQ6KLanes::from_q6k(&b);
             assert_eq!(l.to_q6k(), b);
-            let (q, ql) = (b.quants(), bytemuck::cast::<_, BlockQ6K>(l).quants());
+            let (q, ql) = (b.quants(), l.raw().quants());
             for p in 0..QK_K {
                 assert_eq!(ql[p], q[lane_element(p)], "position {p}");
             }
